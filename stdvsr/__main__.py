@@ -1,0 +1,3 @@
+from stdvsr.cli import main
+
+main()

