@@ -383,7 +383,7 @@ def read_frames(clip: Clip, indices: Sequence[int], scale: int = 4, degradation:
 class ClipDataset(torch.utils.data.Dataset):
     """Training samples: ``num_frames`` consecutive frames of a clip, cropped and optionally augmented.
 
-    Item ``i`` is a dict: ``lq`` float32 ``(N,3,p/s,p/s)``, ``gt`` ``(N,3,p,p)``, ``clip`` name, ``start`` frame,
+    Item ``i`` (or ``(epoch, i)``) is a dict: ``lq`` float32 ``(N,3,p/s,p/s)``, ``gt`` ``(N,3,p,p)``, ``clip`` name, ``start`` frame,
     ``crop`` ``(top, left)`` of the HR crop in HR pixels (a multiple of the scale), ``transform`` (dihedral index,
     0 = identity). ``patch_size=None`` returns full frames. Every start position of every clip is one item, so a
     Vimeo90K septuplet gives one item and a 250-frame shot gives 244 with ``num_frames=7``.
@@ -413,12 +413,15 @@ class ClipDataset(torch.utils.data.Dataset):
         """Change the random crops/augmentations drawn for every item (call once per pass over the data)."""
         self.epoch = epoch
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        # ``(epoch, index)`` keys let a sampler in the main process choose the epoch, which set_epoch() cannot do
+        # for DataLoader workers that hold their own copy of the dataset.
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         c, start = self.items[index]
         clip = self.clips[c]
         lq, gt = read_frames(clip, range(start, start + self.num_frames), self.scale, self.degradation,
                              self.lq_from_disk, self.mod_crop)
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, epoch, index])
         top = left = 0
         if self.patch_size is not None:
             H, W = gt.shape[-2:]

@@ -1,0 +1,37 @@
+"""Running a multi-frame network over whole clips: sliding windows with the clip's padding mode, frame sizes padded
+to what the network accepts, batched windows."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from stdvsr.data import window_indices
+
+
+@torch.no_grad()
+def upscale_frames(model: nn.Module, lq: torch.Tensor, frames: Sequence[int] | None = None,
+                   padding: str = "replicate", batch_size: int = 4, multiple: int = 4) -> torch.Tensor:
+    """SR of frames ``frames`` (default: all) of one clip ``lq`` ``(T, 3, h, w)`` → ``(len(frames), 3, s·h, s·w)``.
+
+    Each output frame t comes from the ``model.num_frame`` window centred on t (``padding`` beyond the clip's ends).
+    LR frames whose size is not a multiple of ``multiple`` are replicate-padded on the bottom/right and the output
+    cropped back, so any frame size works. Runs on the model's device; returns CPU float32 clamped to [0, 1].
+    """
+    device = next(model.parameters()).device
+    t, _, h, w = lq.shape
+    frames = list(range(t)) if frames is None else list(frames)
+    ph, pw = -h % multiple, -w % multiple
+    if ph or pw:
+        lq = F.pad(lq, (0, pw, 0, ph), mode="replicate")
+    scale = model.scale
+    out = []
+    for i in range(0, len(frames), batch_size):
+        chunk = frames[i:i + batch_size]
+        index = torch.tensor([window_indices(f, t, model.num_frame, padding) for f in chunk])
+        sr = model(lq[index].to(device))
+        out.append(sr[..., : h * scale, : w * scale].clamp_(0, 1).float().cpu())
+    return torch.cat(out)

@@ -1,0 +1,191 @@
+"""The networks: an explicit name → class dict, presets, and checkpoint loading that users' weights survive.
+
+Every network follows one contract (DESIGN.md): ``forward(lq) -> sr`` for deployment, and
+``forward_features(lq) -> Features(sr, feat_sr, feat_lr)`` for training; it carries ``scale`` and ``num_frame``.
+
+Checkpoints (:func:`load_weights`) may be a raw state dict, BasicSR's ``{'params': …}`` / ``{'params_ema': …}``,
+DataParallel's ``module.`` prefix, stdvsr's own checkpoints (which also record the model name and arguments, see
+:func:`load_model`), or EDVR weights with the pre-2020 xinntao/EDVR key names. Files are always read with
+``torch.load(weights_only=True)``: a file that needs pickled code to load is refused.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from stdvsr.errors import StdvsrError
+from stdvsr.models.common import Features
+from stdvsr.models.edvr import EDVR
+
+__all__ = ["Features", "MODELS", "PRESETS", "build_model", "list_models", "load_weights", "load_model",
+           "read_checkpoint", "model_spec"]
+
+MODELS: dict[str, type[nn.Module]] = {
+    "edvr": EDVR,
+}
+
+# name → (architecture, constructor arguments, what it is). Arguments given to build_model override these.
+PRESETS: dict[str, tuple[str, dict, str]] = {
+    "edvr-m": ("edvr", dict(num_feat=64, num_frame=5, deformable_groups=8, num_extract_block=5,
+                            num_reconstruct_block=10), "BasicSR's EDVR-M, 5 frames, 3.3M parameters"),
+    "edvr-l": ("edvr", dict(num_feat=128, num_frame=7, deformable_groups=8, num_extract_block=5,
+                            num_reconstruct_block=40), "EDVR-L with 7 frames (the paper's teacher), 20.7M"),
+    "edvr-s": ("edvr", dict(num_feat=32, num_frame=7, deformable_groups=4, num_extract_block=2,
+                            num_reconstruct_block=4), "small EDVR, 7 frames, trains on a CPU (the demo teacher)"),
+}
+
+
+def list_models() -> list[str]:
+    """Architecture names and preset names that :func:`build_model` accepts."""
+    return sorted(MODELS) + sorted(PRESETS)
+
+
+def model_spec(name: str, **kwargs) -> tuple[str, dict]:
+    """Resolve a model or preset name to ``(architecture, full constructor arguments)``."""
+    if name in PRESETS:
+        arch, preset, _ = PRESETS[name]
+        return arch, {**preset, **kwargs}
+    if name in MODELS:
+        return name, dict(kwargs)
+    raise StdvsrError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """A fresh network by architecture or preset name; ``kwargs`` override the preset's arguments."""
+    arch, args = model_spec(name, **kwargs)
+    try:
+        return MODELS[arch](**args)
+    except (TypeError, ValueError) as e:
+        raise StdvsrError(f"bad arguments for model {name!r}: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def read_checkpoint(path: str | Path) -> dict:
+    """``torch.load(path, weights_only=True)`` with one-line errors for missing, truncated and unsafe files."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise StdvsrError(f"checkpoint {path} does not exist; check the path given to --weights/--resume")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise StdvsrError(f"checkpoint {path} cannot be loaded safely: it needs pickled code to run "
+                          f"({str(e).splitlines()[0][:160]}); re-save it as a plain state dict "
+                          "(torch.save(model.state_dict(), path)) from a trusted environment") from None
+    except Exception as e:  # zip/pickle/storage errors of every kind: the file is not a complete checkpoint
+        raise StdvsrError(f"checkpoint {path} is truncated or not a PyTorch file ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:160]}); re-download or re-create it") from None
+    if not isinstance(obj, dict):
+        raise StdvsrError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+# Pre-2020 xinntao/EDVR (mmsr) names → BasicSR names, applied in order to each key.
+_LEGACY_EDVR_KEYS = [
+    (r"^pre_deblur\.conv_first_1\.", "predeblur.conv_first."),
+    (r"^pre_deblur\.conv_first_2\.", "predeblur.stride_conv_hr1."),
+    (r"^pre_deblur\.conv_first_3\.", "predeblur.stride_conv_hr2."),
+    (r"^pre_deblur\.conv_first\.", "predeblur.conv_first."),
+    (r"^pre_deblur\.deblur_L([23])_conv\.", r"predeblur.stride_conv_l\1."),
+    (r"^pre_deblur\.RB_L3_1\.", "predeblur.resblock_l3."),
+    (r"^pre_deblur\.RB_L2_([12])\.", r"predeblur.resblock_l2_\1."),
+    (r"^pre_deblur\.RB_L1_(\d)\.", lambda m: f"predeblur.resblock_l1.{int(m.group(1)) - 1}."),
+    (r"^fea_L([23])_conv([12])\.", r"conv_l\1_\2."),
+    (r"^pcd_align\.L(\d)_offset_conv(\d)\.", r"pcd_align.offset_conv\2.l\1."),
+    (r"^pcd_align\.L(\d)_dcnpack\.conv_offset_mask\.", r"pcd_align.dcn_pack.l\1.conv_offset."),
+    (r"^pcd_align\.L(\d)_dcnpack\.", r"pcd_align.dcn_pack.l\1."),
+    (r"^pcd_align\.L(\d)_fea_conv\.", r"pcd_align.feat_conv.l\1."),
+    (r"^pcd_align\.cas_dcnpack\.conv_offset_mask\.", "pcd_align.cas_dcnpack.conv_offset."),
+    # the two temporal-attention convs swapped names between the code bases
+    (r"^tsa_fusion\.tAtt_2\.", "fusion.temporal_attn1."),
+    (r"^tsa_fusion\.tAtt_1\.", "fusion.temporal_attn2."),
+    (r"^tsa_fusion\.fea_fusion\.", "fusion.feat_fusion."),
+    (r"^tsa_fusion\.sAtt_add_(\d)\.", r"fusion.spatial_attn_add\1."),
+    (r"^tsa_fusion\.sAtt_L(\d)\.", r"fusion.spatial_attn_l\1."),
+    (r"^tsa_fusion\.sAtt_(\d)\.", r"fusion.spatial_attn\1."),
+    (r"^tsa_fusion\.", "fusion."),  # EDVR without TSA: a single 1×1 conv
+    (r"^recon_trunk\.", "reconstruction."),
+    (r"^HRconv\.", "conv_hr."),
+]
+def _is_legacy_edvr(state: dict) -> bool:
+    """True if any key has a pre-2020 name (no BasicSR key matches these patterns)."""
+    return any(re.match(pattern, k) for k in state for pattern, _ in _LEGACY_EDVR_KEYS)
+
+
+def _rename_legacy_edvr(state: dict) -> dict:
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in _LEGACY_EDVR_KEYS:
+            new, n = re.subn(pattern, repl, key)
+            if n:
+                key = new
+                break
+        out[key] = value
+    return out
+
+
+def _state_dict_of(obj: dict, path: Path, key: str | None) -> tuple[dict, str]:
+    """Pick the weights out of a checkpoint: ``params_ema`` if present (unless ``key`` says), else ``params``."""
+    if key is not None:
+        if key not in obj:
+            raise StdvsrError(f"checkpoint {path} has no {key!r} entry (it has: {', '.join(map(str, obj))[:200]})")
+        return obj[key], key
+    for candidate in ("params_ema", "params", "state_dict"):
+        if isinstance(obj.get(candidate), dict):
+            return obj[candidate], candidate
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, "state dict"
+    raise StdvsrError(f"checkpoint {path} holds no recognisable weights (keys: {', '.join(map(str, obj))[:200]}); "
+                      "expected a state dict, {'params': …} or {'params_ema': …}")
+
+
+def load_weights(model: nn.Module, path: str | Path, key: str | None = None) -> dict:
+    """Load weights into ``model`` (strictly: every key, every shape) from any supported checkpoint format.
+
+    ``key`` chooses the entry of a BasicSR/stdvsr checkpoint (``"params"`` or ``"params_ema"``); by default
+    ``params_ema`` is used when present, else ``params``. Returns ``{"key": …, "renamed_legacy": bool}``. On a
+    mismatch, the error lists the first missing and unexpected keys and the shapes that differ.
+    """
+    path = Path(path).expanduser()
+    state, used = _state_dict_of(read_checkpoint(path), path, key)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    legacy = isinstance(model, EDVR) and _is_legacy_edvr(state)
+    if legacy:
+        state = _rename_legacy_edvr(state)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} with other shapes (e.g. {'; '.join(shapes[:3])})")
+        raise StdvsrError(f"weights in {path} ({used}) do not fit {type(model).__name__}: {'; '.join(parts)}; "
+                          "check the model/preset flags (e.g. --preset, num_feat, num_frame) match the checkpoint")
+    model.load_state_dict(state, strict=True)
+    return {"key": used, "renamed_legacy": legacy}
+
+
+def load_model(path: str | Path, key: str | None = None) -> tuple[nn.Module, dict]:
+    """Build and load a network from a stdvsr checkpoint, which records its model name and arguments.
+
+    Returns ``(model, checkpoint)``; the model is in eval mode on the CPU.
+    """
+    path = Path(path).expanduser()
+    ckpt = read_checkpoint(path)
+    spec = ckpt.get("model")
+    if not (isinstance(spec, dict) and isinstance(spec.get("name"), str)):
+        raise StdvsrError(f"{path} is not a stdvsr checkpoint (no model name inside); build the model with its "
+                          "flags and load the weights with --weights instead")
+    model = build_model(spec["name"], **spec.get("kwargs", {}))
+    load_weights(model, path, key)
+    return model.eval(), ckpt

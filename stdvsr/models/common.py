@@ -1,0 +1,45 @@
+"""Pieces every stdvsr network shares: the output record of the training path and BasicSR's residual block."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class Features(NamedTuple):
+    """What ``forward_features(lq)`` returns (the model contract, DESIGN.md).
+
+    ``sr``: the output frame ``(B, 3, s·h, s·w)``; ``feat_sr``: F^SR, the HR feature map that enters the last conv
+    (``conv_last``) — the input of the spatial and temporal distillation losses; ``feat_lr``: the trunk output
+    before the upsampler (``(B, C, h, w)``), for the F^LR baselines.
+    """
+
+    sr: torch.Tensor
+    feat_sr: torch.Tensor
+    feat_lr: torch.Tensor
+
+
+class ResidualBlockNoBN(nn.Module):
+    """conv3×3 → ReLU → conv3×3, plus the identity (EDSR / BasicSR's block; keys ``conv1``, ``conv2``)."""
+
+    def __init__(self, num_feat: int = 64, res_scale: float = 1.0):
+        super().__init__()
+        self.res_scale = res_scale
+        self.conv1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.relu = nn.ReLU(inplace=True)
+        # BasicSR initialises these with Kaiming-normal ×0.1 so that deep stacks start close to the identity.
+        for conv in (self.conv1, self.conv2):
+            nn.init.kaiming_normal_(conv.weight)
+            conv.weight.data.mul_(0.1)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.relu(self.conv1(x))) * self.res_scale
+
+
+def make_layer(block, num_blocks: int, **kwargs) -> nn.Sequential:
+    """``num_blocks`` copies of ``block(**kwargs)`` in an ``nn.Sequential`` (keys ``0.…``, ``1.…``)."""
+    return nn.Sequential(*(block(**kwargs) for _ in range(num_blocks)))

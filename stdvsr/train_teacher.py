@@ -1,0 +1,247 @@
+"""``stdvsr train-teacher``: train the teacher (EDVR) with the Charbonnier loss, for users without BD weights.
+
+One readable loop: random scale-aligned crops of ``num_frame`` consecutive frames (flips and rotations on), the
+centre frame's HR crop as the target, Adam with a cosine or step schedule, optional EMA of the weights, periodic
+Y-PSNR on the held-out clip(s) next to bicubic, atomic checkpoints every ``ckpt_every`` steps holding the resolved
+config, and ``resume="auto"``, which continues from the newest checkpoint in ``out`` with exactly the batches an
+uninterrupted run would have seen. A non-finite loss stops the run with a clear error; the last checkpoint stays.
+
+Outputs in ``out``: ``config.json``, ``metrics.jsonl`` (one JSON object per log/validation line),
+``checkpoints/step_XXXXXXX.pth`` (the last three), and ``teacher.pth`` — the final weights alone (model name and
+arguments, ``params`` and ``params_ema``), what ``--weights`` and ``stdvsr.models.load_model`` take.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from stdvsr import __version__
+from stdvsr.data import ClipDataset, load_clips, read_frames
+from stdvsr.errors import StdvsrError
+from stdvsr.infer import upscale_frames
+from stdvsr.io import write_text
+from stdvsr.metrics import VideoMetrics
+from stdvsr.progress import training_progress
+from stdvsr.models import build_model, load_weights, model_spec, read_checkpoint
+from stdvsr.training import (EMA, StepBatches, charbonnier, latest_checkpoint, learning_rate, resolve_device,
+                             rng_state, save_checkpoint, seed_everything, set_rng_state)
+
+
+@dataclass
+class TeacherConfig:
+    teacher: str = "edvr"
+    preset: str = "edvr-s"           # edvr-s (CPU), edvr-m, edvr-l; model_args override single values
+    model_args: dict = dataclasses.field(default_factory=dict)
+    init_weights: str | None = None  # start from these weights (fine-tuning), any load_weights format
+    data: str = "demo"
+    val_data: str | None = "auto"    # "auto": the held-out split of demo / vimeo90k; None: no validation
+    degradation: str = "bd"
+    padding: str = "replicate"
+    steps: int = 3000
+    batch_size: int = 4
+    patch_size: int = 128            # HR crop; the LR crop is patch_size / 4
+    lr: float = 4e-4
+    min_lr: float = 1e-6
+    schedule: str = "cosine"
+    lr_step: int = 200_000           # step schedule: multiply by lr_gamma every lr_step steps
+    lr_gamma: float = 0.5
+    ema: float = 0.999               # 0 disables the EMA copy
+    augment: bool = True
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+    out: str = "runs/teacher"
+    log_every: int = 20
+    val_every: int = 500
+    val_stride: int = 4              # validate every val_stride-th frame of each held-out clip
+    ckpt_every: int = 500
+    keep_checkpoints: int = 3
+
+
+# Fields a resumed run may change; anything else must match the checkpoint.
+RESUMABLE_CHANGES = {"steps", "workers", "device", "out", "log_every", "val_every", "val_stride", "ckpt_every",
+                     "keep_checkpoints", "init_weights"}
+
+
+def _val_clips(cfg: TeacherConfig):
+    if cfg.val_data is None:
+        return []
+    if cfg.val_data == "auto":
+        kind = cfg.data.partition(":")[0]
+        if kind not in ("demo", "vimeo90k"):
+            return []  # no held-out split to take: validation only when --val-data names one
+        return load_clips(cfg.data, "test")
+    return load_clips(cfg.val_data, "all" if cfg.val_data == "demo" else "test")
+
+
+class Validator:
+    """Y-PSNR of the model on the held-out clips (every ``stride``-th frame), and of bicubic once."""
+
+    def __init__(self, clips, cfg: TeacherConfig, num_frame: int):
+        self.items = []
+        for clip in clips:
+            lq, gt = read_frames(clip, range(len(clip)), 4, cfg.degradation)
+            frames = list(range(0, len(clip), cfg.val_stride))
+            self.items.append((clip.name, lq, gt, frames))
+        self.padding = cfg.padding
+        self.bicubic = self._score(lambda lq, frames: F.interpolate(lq[frames], scale_factor=4, mode="bicubic",
+                                                                      align_corners=False).clamp(0, 1))
+
+    def _score(self, upscale) -> float:
+        metrics = VideoMetrics(metrics=("psnr",))
+        for name, lq, gt, frames in self.items:
+            for f, sr in zip(frames, upscale(lq, frames)):
+                metrics.add(name, f, sr, gt[f])
+        return metrics.summary()["psnr"]
+
+    def __call__(self, model) -> float:
+        was_training = model.training
+        model.eval()
+        try:
+            return self._score(lambda lq, frames: upscale_frames(model, lq, frames, self.padding))
+        finally:
+            model.train(was_training)
+
+
+def run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | None = None,
+        show_progress: bool = True) -> dict:
+    """Train the teacher; returns ``{"teacher": path, "val_psnr": …, "bicubic_psnr": …, "steps": …, ...}``.
+
+    ``resume``: None (fresh run), ``"auto"`` (newest checkpoint in ``cfg.out`` if any) or a checkpoint path. When
+    resuming, the checkpoint's config is used; of the fields named in ``explicit`` (default: all of ``cfg``), those
+    in ``RESUMABLE_CHANGES`` (e.g. ``steps``) override it and any other that differs is an error naming the flag.
+    """
+    out = Path(cfg.out)
+    ckpt = None
+    if resume is not None:
+        path = latest_checkpoint(out / "checkpoints") if resume == "auto" else Path(resume)
+        if path is not None:  # "auto" with no checkpoint yet starts from scratch
+            ckpt = read_checkpoint(path)
+            stored = TeacherConfig(**ckpt["config"])
+            names = {f.name for f in dataclasses.fields(cfg)} if explicit is None else explicit
+            for name in sorted(names):
+                mine, theirs = getattr(cfg, name), getattr(stored, name)
+                if mine == theirs:
+                    continue
+                if name not in RESUMABLE_CHANGES:
+                    raise StdvsrError(f"--resume: --{name.replace('_', '-')} is {mine!r} but {path} was trained with "
+                                      f"{theirs!r}; drop the flag or start a new --out folder")
+                setattr(stored, name, mine)
+            cfg = stored
+            out = Path(cfg.out)
+    if cfg.teacher != "edvr":
+        raise StdvsrError(f"--teacher {cfg.teacher!r} is not supported; the teacher is edvr")
+    arch, kwargs = model_spec(cfg.preset, **cfg.model_args)
+    if arch != cfg.teacher:
+        raise StdvsrError(f"--preset {cfg.preset} is not an {cfg.teacher} preset")
+
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.preset, **cfg.model_args).to(device)
+    if cfg.init_weights and ckpt is None:
+        load_weights(model, cfg.init_weights)
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    start_step = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["params"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["params_ema"])
+        set_rng_state(ckpt["rng"])
+        start_step = ckpt["step"]
+
+    clips = load_clips(cfg.data, "train")
+    dataset = ClipDataset(clips, num_frames=model.num_frame, scale=model.scale, patch_size=cfg.patch_size,
+                          degradation=cfg.degradation, augment=cfg.augment, seed=cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=StepBatches(len(dataset), cfg.batch_size, cfg.seed, start_step),
+        num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
+        generator=torch.Generator().manual_seed(cfg.seed))
+    validator = Validator(_val_clips(cfg), cfg, model.num_frame)
+    has_val = bool(validator.items)
+
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    config = dataclasses.asdict(cfg)
+    write_text(out / "config.json", json.dumps({**config, "model": {"name": cfg.preset, "kwargs": kwargs},
+                                                "stdvsr": __version__}, indent=1))
+    log = open(out / "metrics.jsonl", "a")
+
+    def record(**row) -> None:
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+
+    def checkpoint(step: int) -> Path:
+        path = out / "checkpoints" / f"step_{step:07d}.pth"
+        save_checkpoint(path, {"model": {"name": cfg.preset, "kwargs": kwargs}, "config": config, "step": step,
+                               "params": model.state_dict(), "params_ema": ema.state_dict() if ema else None,
+                               "optimizer": optimizer.state_dict(), "rng": rng_state(), "stdvsr": __version__})
+        for old in sorted((out / "checkpoints").glob("step_*.pth"))[:-cfg.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    center = model.num_frame // 2
+    val_psnr, last_ckpt, smoothed = None, None, None
+    start_time, data_wait = time.perf_counter(), 0.0
+    model.train()
+    with training_progress(cfg.steps, start_step, enabled=show_progress) as progress:
+        batches = iter(loader)
+        for step in range(start_step, cfg.steps):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            data_wait += time.perf_counter() - t0
+            lr = learning_rate(step, cfg.lr, cfg.steps, cfg.schedule, cfg.min_lr, cfg.lr_step, cfg.lr_gamma)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            lq, gt = batch["lq"].to(device), batch["gt"][:, center].to(device)
+            loss = charbonnier(model(lq), gt)
+            if not torch.isfinite(loss):
+                hint = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                raise StdvsrError(f"training loss became {loss.item()} at step {step + 1}; {hint}; "
+                                  "lower --lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            done = step + 1
+            value = loss.item()
+            smoothed = value if smoothed is None else 0.95 * smoothed + 0.05 * value
+            progress.update(done, loss=smoothed, lr=lr, psnr=val_psnr)
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                record(step=done, loss=value, lr=lr, data_wait=round(data_wait, 3),
+                       elapsed=round(time.perf_counter() - start_time, 2))
+            if has_val and (done % cfg.val_every == 0 or done == cfg.steps):
+                val_psnr = _validate(validator, model, ema, device)
+                record(step=done, val_psnr=val_psnr, bicubic_psnr=validator.bicubic)
+                progress.update(done, loss=smoothed, lr=lr, psnr=val_psnr)
+            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                last_ckpt = checkpoint(done)
+    log.close()
+
+    teacher = out / "teacher.pth"
+    save_checkpoint(teacher, {"model": {"name": cfg.preset, "kwargs": kwargs}, "params": model.state_dict(),
+                              "params_ema": ema.state_dict() if ema else model.state_dict(),
+                              "config": config, "step": cfg.steps, "stdvsr": __version__})
+    return {"teacher": str(teacher), "steps": cfg.steps, "val_psnr": val_psnr,
+            "bicubic_psnr": validator.bicubic if has_val else None, "seconds": time.perf_counter() - start_time,
+            "resumed_from": start_step}
+
+
+def _validate(validator: Validator, model, ema: EMA | None, device) -> float:
+    """Validate the EMA weights when there are any (they are what gets shipped), else the raw weights."""
+    if ema is None:
+        return validator(model)
+    raw = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict({k: v.to(device) for k, v in ema.shadow.items()})
+    try:
+        return validator(model)
+    finally:
+        model.load_state_dict(raw)

@@ -1,0 +1,135 @@
+"""Pieces every training stage shares: the reconstruction loss, learning-rate schedules, EMA, the step-indexed
+batch order that makes resumption exact, atomic checkpoints, and the device choice."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from stdvsr.errors import StdvsrError
+from stdvsr.io import atomic_path
+
+
+def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Charbonnier loss ``mean(sqrt((pred − target)² + ε²))`` (L_rec of the paper, ε = 1e-6).
+
+    BasicSR writes the same loss as ``sqrt(d² + eps)`` with ``eps = 1e-12`` = ε².
+    """
+    return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
+
+
+def learning_rate(step: int, base_lr: float, total_steps: int, schedule: str = "cosine", min_lr: float = 1e-7,
+                  step_size: int = 200_000, gamma: float = 0.5, warmup_steps: int = 0) -> float:
+    """The learning rate at ``step`` (0-based), a pure function of the step so that resuming needs no state.
+
+    ``cosine``: from ``base_lr`` down to ``min_lr`` over ``total_steps`` (after a linear warm-up of
+    ``warmup_steps``); ``step``: ``base_lr · gamma^(step // step_size)`` (the paper: halve every 200K).
+    """
+    if warmup_steps and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "cosine":
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))
+    if schedule == "step":
+        return base_lr * gamma ** (step // step_size)
+    raise StdvsrError(f"unknown --schedule {schedule!r}; use cosine or step")
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers are copied), kept in float32."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].mul_(self.decay).add_(v.detach().float(), alpha=1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict:
+        return {k: v.clone() for k, v in self.shadow.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.shadow = {k: v.detach().clone().float() for k, v in state.items()}
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batches of ``(epoch, index)`` keys as a function of the global step only.
+
+    Epoch ``e`` visits the items in ``randperm(n)`` seeded by ``(seed, e)``; step ``s`` takes batch
+    ``s mod batches_per_epoch`` of epoch ``s div batches_per_epoch``. Starting at ``start_step`` therefore gives
+    exactly the batches an uninterrupted run would have seen from there on, whatever the number of workers.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int = 0):
+        if num_items < batch_size:
+            raise StdvsrError(f"--batch-size {batch_size} is larger than the {num_items} training samples; "
+                              "lower it or add data")
+        self.n, self.batch_size, self.seed, self.start_step = num_items, batch_size, seed, start_step
+        self.per_epoch = num_items // batch_size  # the incomplete last batch of an epoch is dropped
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step
+        while True:
+            epoch, pos = divmod(step, self.per_epoch)
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+            for b in range(pos, self.per_epoch):
+                yield [(epoch, int(i)) for i in perm[b * self.batch_size:(b + 1) * self.batch_size]]
+            step = (epoch + 1) * self.per_epoch
+
+    def __len__(self) -> int:  # infinite in principle; DataLoader only needs a number
+        return 2 ** 62
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """``torch.save`` through a temporary file and a rename: a crash never leaves a truncated checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; otherwise the named device (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise StdvsrError(f"--device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StdvsrError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint with the highest step in ``folder`` (``step_XXXXXXX.pth``), or None."""
+    found = sorted(folder.glob("step_*.pth"))
+    return found[-1] if found else None

@@ -1,0 +1,246 @@
+"""Checkpoint loading in every supported format, and `train-teacher` end to end on tiny real frames."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from stdvsr import train_teacher
+from stdvsr.cli import cli
+from stdvsr.errors import StdvsrError
+from stdvsr.io import write_image
+from stdvsr.models import build_model, load_model, load_weights, read_checkpoint
+
+TINY = dict(num_feat=8, num_frame=3, deformable_groups=2, num_extract_block=1, num_reconstruct_block=1)
+
+
+def tiny(seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    return build_model("edvr", **{**TINY, **kw})
+
+
+def same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ---------------------------------------------------------------------------------------------- load_weights
+def test_every_checkpoint_format_loads(tmp_path):
+    src, other = tiny(1), tiny(2)
+    formats = {
+        "raw.pth": src.state_dict(),
+        "params.pth": {"params": src.state_dict()},
+        "ema_first.pth": {"params": other.state_dict(), "params_ema": src.state_dict()},
+        "module.pth": {"params": {f"module.{k}": v for k, v in src.state_dict().items()}},
+    }
+    for name, obj in formats.items():
+        torch.save(obj, tmp_path / name)
+        model = tiny(3)
+        info = load_weights(model, tmp_path / name)
+        assert same_weights(model, src), name
+        assert not info["renamed_legacy"]
+    assert load_weights(tiny(3), tmp_path / "ema_first.pth")["key"] == "params_ema"
+    model = tiny(3)
+    assert load_weights(model, tmp_path / "ema_first.pth", key="params")["key"] == "params"
+    assert same_weights(model, other)
+    with pytest.raises(StdvsrError, match="has no 'params_ema' entry"):
+        load_weights(tiny(3), tmp_path / "params.pth", key="params_ema")
+
+
+def _legacy_name(key: str) -> str:
+    """BasicSR key → pre-2020 xinntao/EDVR key, written out from the two code bases' module names."""
+    rules = [
+        (r"^conv_l([23])_([12])\.", r"fea_L\1_conv\2."),
+        (r"^pcd_align\.offset_conv(\d)\.l(\d)\.", r"pcd_align.L\2_offset_conv\1."),
+        (r"^pcd_align\.dcn_pack\.l(\d)\.conv_offset\.", r"pcd_align.L\1_dcnpack.conv_offset_mask."),
+        (r"^pcd_align\.dcn_pack\.l(\d)\.", r"pcd_align.L\1_dcnpack."),
+        (r"^pcd_align\.feat_conv\.l(\d)\.", r"pcd_align.L\1_fea_conv."),
+        (r"^pcd_align\.cas_dcnpack\.conv_offset\.", "pcd_align.cas_dcnpack.conv_offset_mask."),
+        (r"^fusion\.temporal_attn1\.", "tsa_fusion.tAtt_2."),
+        (r"^fusion\.temporal_attn2\.", "tsa_fusion.tAtt_1."),
+        (r"^fusion\.feat_fusion\.", "tsa_fusion.fea_fusion."),
+        (r"^fusion\.spatial_attn_add(\d)\.", r"tsa_fusion.sAtt_add_\1."),
+        (r"^fusion\.spatial_attn_l(\d)\.", r"tsa_fusion.sAtt_L\1."),
+        (r"^fusion\.spatial_attn(\d)\.", r"tsa_fusion.sAtt_\1."),
+        (r"^reconstruction\.", "recon_trunk."),
+        (r"^conv_hr\.", "HRconv."),
+    ]
+    for pattern, repl in rules:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return new
+    return key
+
+
+def test_legacy_xinntao_edvr_names_are_mapped(tmp_path):
+    src = tiny(4)
+    legacy = {_legacy_name(k): v for k, v in src.state_dict().items()}
+    assert "tsa_fusion.tAtt_1.weight" in legacy and "pcd_align.L1_dcnpack.conv_offset_mask.weight" in legacy
+    torch.save(legacy, tmp_path / "old.pth")
+    model = tiny(5)
+    assert load_weights(model, tmp_path / "old.pth")["renamed_legacy"]
+    assert same_weights(model, src)
+
+
+def test_legacy_predeblur_names_are_mapped(tmp_path):
+    src = tiny(6, with_predeblur=True)
+    legacy = {}
+    for k, v in src.state_dict().items():
+        k = re.sub(r"^predeblur\.conv_first\.", "pre_deblur.conv_first.", k)
+        k = re.sub(r"^predeblur\.stride_conv_l([23])\.", r"pre_deblur.deblur_L\1_conv.", k)
+        k = re.sub(r"^predeblur\.resblock_l3\.", "pre_deblur.RB_L3_1.", k)
+        k = re.sub(r"^predeblur\.resblock_l2_([12])\.", r"pre_deblur.RB_L2_\1.", k)
+        k = re.sub(r"^predeblur\.resblock_l1\.(\d)\.", lambda m: f"pre_deblur.RB_L1_{int(m.group(1)) + 1}.", k)
+        legacy[_legacy_name(k)] = v
+    torch.save({"params": legacy}, tmp_path / "old.pth")
+    model = tiny(7, with_predeblur=True)
+    load_weights(model, tmp_path / "old.pth")
+    assert same_weights(model, src)
+
+
+def test_mismatches_and_bad_files_are_clear_errors(tmp_path):
+    src = tiny(1)
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    with pytest.raises(StdvsrError, match=r"with other shapes \(e.g. conv_first.weight \(8, 3, 3, 3\) vs model "
+                                          r"\(16, 3, 3, 3\)"):
+        load_weights(tiny(num_feat=16, deformable_groups=2), tmp_path / "w.pth")
+    with pytest.raises(StdvsrError, match=r"missing \(e.g. reconstruction.1.conv1.weight"):
+        load_weights(tiny(num_reconstruct_block=2), tmp_path / "w.pth")
+    with pytest.raises(StdvsrError, match=r"unexpected \(e.g. reconstruction.1.conv1.weight"):
+        torch.save(tiny(num_reconstruct_block=2).state_dict(), tmp_path / "big.pth")
+        load_weights(tiny(), tmp_path / "big.pth")
+    with pytest.raises(StdvsrError, match="does not exist"):
+        load_weights(tiny(), tmp_path / "nope.pth")
+    blob = (tmp_path / "w.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(StdvsrError, match="truncated or not a PyTorch file"):
+        load_weights(tiny(), tmp_path / "cut.pth")
+    (tmp_path / "text.pth").write_text("hello")
+    with pytest.raises(StdvsrError, match="truncated or not a PyTorch file"):
+        read_checkpoint(tmp_path / "text.pth")
+    # a file that needs code execution to unpickle is refused, never run
+    torch.save({"params": src.state_dict(), "evil": Exploit(tmp_path / "pwned")}, tmp_path / "pickle.pth")
+    with pytest.raises(StdvsrError, match="needs pickled code to run"):
+        load_weights(tiny(), tmp_path / "pickle.pth")
+    assert not (tmp_path / "pwned").exists()
+
+
+class Exploit:
+    """Unpickling this would create a file: what a malicious checkpoint could do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (type(self.path).touch, (self.path,))
+
+
+# ------------------------------------------------------------------------------------------------ training
+@pytest.fixture()
+def tiny_frames(tmp_path, carphone_frames):
+    """Two 64×64 HR clips of real frames (LR 16×16), as a folder dataset."""
+    root = tmp_path / "frames"
+    for clip, (top, left) in {"a": (0, 0), "b": (64, 96)}.items():
+        for i, frame in enumerate(carphone_frames[:6]):
+            write_image(root / clip / f"{i:08d}.png", frame[top:top + 64, left:left + 64])
+    return root
+
+
+def tiny_config(tiny_frames, out, **kw) -> train_teacher.TeacherConfig:
+    base = dict(preset="edvr-s", model_args=dict(TINY), data=f"folder:{tiny_frames}",
+                val_data=f"folder:{tiny_frames}", steps=10, batch_size=2, patch_size=32, lr=2e-3, ema=0.9,
+                workers=0, device="cpu", out=str(out), log_every=1, val_every=5, val_stride=3, ckpt_every=5)
+    return train_teacher.TeacherConfig(**{**base, **kw})
+
+
+def losses(out) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_teacher(tiny_frames, tmp_path):
+    from stdvsr.data import ClipDataset, load_clips
+    from stdvsr.training import charbonnier
+
+    cfg = tiny_config(tiny_frames, tmp_path / "run", steps=40, val_every=40, ckpt_every=20, augment=False)
+    batch = [ClipDataset(load_clips(cfg.data), 3, patch_size=None)[i] for i in (0, 4)]
+    lq = torch.stack([b["lq"] for b in batch])
+    gt = torch.stack([b["gt"][1] for b in batch])
+    before = charbonnier(tiny(cfg.seed)(lq), gt).item()  # same seed → same initial weights as the run
+    result = train_teacher.run(cfg, show_progress=False)
+    model, ckpt = load_model(result["teacher"], key="params")
+    after = charbonnier(model(lq), gt).item()
+    assert after < 0.9 * before
+    assert ckpt["model"]["name"] == "edvr-s" and ckpt["model"]["kwargs"]["num_feat"] == 8
+    assert result["val_psnr"] is not None and result["bicubic_psnr"] is not None
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["steps"] == 40 and config["model"]["kwargs"]["num_frame"] == 3
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "step_0000020.pth", "step_0000040.pth"]
+
+
+def test_resume_continues_exactly(tiny_frames, tmp_path, monkeypatch):
+    train_teacher.run(tiny_config(tiny_frames, tmp_path / "full"), show_progress=False)
+    calls = {"n": 0}
+    real = train_teacher.charbonnier
+
+    def interrupted(pred, target):  # Ctrl-C during step 8, after the step-5 checkpoint
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real(pred, target)
+
+    monkeypatch.setattr(train_teacher, "charbonnier", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher.run(tiny_config(tiny_frames, tmp_path / "part"), show_progress=False)
+    monkeypatch.setattr(train_teacher, "charbonnier", real)
+    resumed = train_teacher.run(tiny_config(tiny_frames, tmp_path / "part"), resume="auto", show_progress=False)
+    assert resumed["resumed_from"] == 5
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "part")
+    assert [a[s] for s in range(6, 11)] == [b[s] for s in range(6, 11)]
+    ta = read_checkpoint(tmp_path / "full" / "teacher.pth")
+    tb = read_checkpoint(tmp_path / "part" / "teacher.pth")
+    assert all(torch.equal(ta["params"][k], tb["params"][k]) for k in ta["params"])
+    assert all(torch.equal(ta["params_ema"][k], tb["params_ema"][k]) for k in ta["params_ema"])
+
+
+def test_resume_refuses_changed_settings(tiny_frames, tmp_path):
+    train_teacher.run(tiny_config(tiny_frames, tmp_path / "run", steps=5), show_progress=False)
+    with pytest.raises(StdvsrError, match=r"--batch-size is 4 but .*step_0000005.pth was trained with 2"):
+        train_teacher.run(tiny_config(tiny_frames, tmp_path / "run", batch_size=4), resume="auto",
+                          explicit={"batch_size"}, show_progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_frames, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = train_teacher.charbonnier
+
+    def flaky(pred, target):
+        calls["n"] += 1
+        return real(pred, target) * (float("nan") if calls["n"] == 7 else 1.0)
+
+    monkeypatch.setattr(train_teacher, "charbonnier", flaky)
+    with pytest.raises(StdvsrError, match=r"loss became nan at step 7; the last good checkpoint is .*step_0000005"):
+        train_teacher.run(tiny_config(tiny_frames, tmp_path / "run"), show_progress=False)
+    assert (tmp_path / "run" / "checkpoints" / "step_0000005.pth").is_file()
+    assert not (tmp_path / "run" / "teacher.pth").exists()
+
+
+def test_cli_runs_and_reports(tiny_frames, tmp_path):
+    out = tmp_path / "cli"
+    args = ["train-teacher", "--num-feat", "8", "--num-frame", "3", "--deformable-groups", "2",
+            "--num-extract-block", "1", "--num-reconstruct-block", "1", "--data", f"folder:{tiny_frames}",
+            "--val-data", f"folder:{tiny_frames}", "--steps", "4", "--batch-size", "2", "--patch-size", "32",
+            "--workers", "0", "--device", "cpu", "--out", str(out), "--val-every", "4", "--val-stride", "3"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "held-out Y-PSNR" in result.stdout and "bicubic" in result.stdout and (out / "teacher.pth").is_file()
+    again = CliRunner().invoke(cli, [*args, "--resume", "auto", "--patch-size", "48"])
+    assert again.exit_code == 1 and "Error: --resume: --patch-size is 48" in again.stderr
+    bad = CliRunner().invoke(cli, ["train-teacher", "--weights", str(tmp_path / "none.pth"),
+                                   "--data", f"folder:{tiny_frames}", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.output
