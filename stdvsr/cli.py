@@ -63,6 +63,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
       stdvsr data prepare demo               # decode the demo videos once, print their clips
       stdvsr data info vid4:/data/Vid4       # check a dataset and list its clips
       stdvsr train-teacher --steps 3000      # train the small EDVR teacher on the demo set
+      stdvsr profile --model fastdvdnet      # parameters, MACs and ms per frame
     """
     ctx.obj = {"debug": debug}
 
@@ -329,6 +330,64 @@ def train_teacher(ctx: click.Context, **opts) -> None:
     table.add_row("training time (s)", f"{result['seconds']:.0f}")
     table.add_row("weights", result["teacher"])
     out.print(table)
+
+
+# ------------------------------------------------------------------------------------------------- profile
+@cli.command("profile", context_settings=CONTEXT)
+@click.option("--model", "models", multiple=True, required=True,
+              help="Registered model or preset (repeat for several): fastdvdnet, vsrnet, vespcn, vdsr, edvr-m, ...")
+@click.option("--lq-size", default="120x180", show_default=True, help="LR input size HxW (the paper: 120x180).")
+@click.option("--frames", type=click.IntRange(1), help="Window length for networks where it is configurable "
+              "(EDVR, VSRNet); default: the network's own.")
+@click.option("--repeats", default=10, show_default=True, type=click.IntRange(1), help="Timed passes (median).")
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(0), help="Untimed passes first.")
+@click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: torch's choice).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--no-timing", is_flag=True, help="Count parameters and MACs only.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def profile(models, lq_size, frames, repeats, warmup, threads, device, no_timing, as_json) -> None:
+    """Parameters, multiply-accumulates and milliseconds per output frame of registered networks.
+
+    MACs are counted from the layers actually run at --lq-size (convolutions, deformable convolutions, linear
+    layers); times are the median of --repeats forward passes after --warmup, batch 1, with the thread count shown.
+
+    \b
+    Examples:
+      stdvsr profile --model fastdvdnet --model vdsr
+      stdvsr profile --model edvr-l --frames 7 --lq-size 120x180 --json
+      stdvsr profile --model fastdvdnet --model fastdvdnet-half --model fastdvdnet-quarter --no-timing
+    """
+    import torch
+
+    from stdvsr.models import list_models
+    from stdvsr.profile import parse_size, profile_model
+    from stdvsr.training import resolve_device
+
+    size = parse_size(lq_size)
+    unknown = [m for m in models if m not in list_models()]
+    if unknown:
+        raise StdvsrError(f"unknown --model {unknown[0]!r}; choose from {', '.join(list_models())}")
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    rows = []
+    with stderr().status("profiling") as status:
+        for name in models:
+            status.update(f"profiling {name}")
+            rows.append(profile_model(name, size, frames, dev, repeats, warmup, timing=not no_timing))
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    h, w = size
+    title = (f"Per output frame at LR {h}×{w} (×4 → {4 * h}×{4 * w}), {dev}"
+             + ("" if no_timing else f", {rows[0]['threads']} threads, median of {repeats}"))
+    table = Table(title=title)
+    for col in ("model", "frames", "params (M)", "MACs (G)", *(() if no_timing else ("ms / frame",))):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        table.add_row(r["model"], str(r["frames"]), f"{r['params'] / 1e6:.3f}", f"{r['macs'] / 1e9:.1f}",
+                      *(() if no_timing else (f"{r['ms']:.1f}",)))
+    stdout().print(table)
 
 
 def main() -> None:

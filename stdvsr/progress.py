@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Iterator
 
 from rich.console import Console
@@ -25,33 +26,50 @@ def progress_bar(transient: bool = False) -> Progress:
 
 
 class TrainingBar:
-    """What a training loop updates: the step, and the loss / lr / validation figures shown after the bar."""
+    """What a training loop updates: the step, and the loss / lr / validation figures shown after the bar.
 
-    def __init__(self, progress: Progress | None = None, task=None):
-        self.progress, self.task = progress, task
+    On a terminal this drives a rich bar; otherwise (a log file, CI) it prints one plain line every ``log_every``
+    steps, so long runs still show progress where no bar can be drawn.
+    """
+
+    def __init__(self, progress: Progress | None = None, task=None, total: int = 0, start: int = 0,
+                 log_every: int = 0):
+        self.progress, self.task, self.total, self.log_every = progress, task, total, log_every
+        self.t0, self.start = time.perf_counter(), start
 
     def update(self, step: int, loss: float | None = None, lr: float | None = None, psnr: float | None = None,
                **extra: float) -> None:
-        if self.progress is None:
-            return
         parts = [f"loss {loss:.4f}" if loss is not None else "", f"lr {lr:.2e}" if lr is not None else ""]
         parts += [f"{k} {v:.4g}" for k, v in extra.items()]
         if psnr is not None:
             parts.append(f"val {psnr:.2f} dB")
-        speed = self.progress.tasks[0].speed
-        self.progress.update(self.task, completed=step, stats="  ".join(p for p in parts if p),
-                             rate=f"{speed:.2f} it/s" if speed else "")
+        stats = "  ".join(p for p in parts if p)
+        if self.progress is not None:
+            speed = self.progress.tasks[0].speed
+            self.progress.update(self.task, completed=step, stats=stats, rate=f"{speed:.2f} it/s" if speed else "")
+        elif self.log_every and (step % self.log_every == 0 or step == self.total):
+            rate = (step - self.start) / max(time.perf_counter() - self.t0, 1e-9)
+            eta = (self.total - step) / rate if rate > 0 else 0
+            stderr().print(f"step {step}/{self.total}  {rate:.2f} it/s  ETA {eta / 60:.0f} min  {stats}",
+                           soft_wrap=True, highlight=False)
 
 
 @contextlib.contextmanager
-def training_progress(total: int, start: int = 0, enabled: bool = True) -> Iterator[TrainingBar]:
-    """A step bar for training loops on stderr: step/total, it/s, elapsed, ETA, then the loss/lr/val text."""
+def training_progress(total: int, start: int = 0, enabled: bool = True, log_every: int = 50) -> Iterator[TrainingBar]:
+    """A step bar for training loops on stderr: step/total, it/s, elapsed, ETA, then the loss/lr/val text.
+
+    Without a terminal on stderr it falls back to a plain line every ``log_every`` steps; ``enabled=False`` is silent.
+    """
     if not enabled:
         yield TrainingBar()
         return
+    console = stderr()
+    if not console.is_terminal:
+        yield TrainingBar(total=total, start=start, log_every=log_every)
+        return
     progress = Progress(TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(bar_width=24),
                         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                        TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=stderr())
+                        TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console)
     with progress:
         task = progress.add_task("train", total=total, completed=start, stats="", rate="")
-        yield TrainingBar(progress, task)
+        yield TrainingBar(progress, task, total, start)

@@ -191,7 +191,7 @@ def run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | None
     val_psnr, last_ckpt, smoothed = None, None, None
     start_time, data_wait = time.perf_counter(), 0.0
     model.train()
-    with training_progress(cfg.steps, start_step, enabled=show_progress) as progress:
+    with training_progress(cfg.steps, start_step, enabled=show_progress, log_every=cfg.log_every) as progress:
         batches = iter(loader)
         for step in range(start_step, cfg.steps):
             t0 = time.perf_counter()

@@ -244,3 +244,10 @@ def test_cli_runs_and_reports(tiny_frames, tmp_path):
     bad = CliRunner().invoke(cli, ["train-teacher", "--weights", str(tmp_path / "none.pth"),
                                    "--data", f"folder:{tiny_frames}", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.output
+
+
+def test_cli_preset_choices_follow_the_registry():
+    from stdvsr.models import PRESETS
+
+    option = next(p for p in cli.commands["train-teacher"].params if p.name == "preset")
+    assert sorted(option.type.choices) == sorted(n for n, (arch, _, _) in PRESETS.items() if arch == "edvr")

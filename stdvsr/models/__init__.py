@@ -21,13 +21,27 @@ from torch import nn
 from stdvsr.errors import StdvsrError
 from stdvsr.models.common import Features
 from stdvsr.models.edvr import EDVR
+from stdvsr.models.fastdvdnet import FastDVDnet
+from stdvsr.models.vdsr import VDSR
+from stdvsr.models.vespcn import VESPCN
+from stdvsr.models.vsrnet import VSRNet
 
-__all__ = ["Features", "MODELS", "PRESETS", "build_model", "list_models", "load_weights", "load_model",
-           "read_checkpoint", "model_spec"]
+__all__ = ["Features", "MODELS", "STUDENTS", "PRESETS", "DEMO_TEACHER", "build_model", "list_models", "load_weights",
+           "load_model", "read_checkpoint", "model_spec"]
+
+#: The shipped demo teacher: edvr-s trained on the demo training clips (BD ×4) by pipelines/train_demo_teacher.sh.
+DEMO_TEACHER = Path(__file__).resolve().parent.parent / "weights" / "edvr_s_demo.pth"
 
 MODELS: dict[str, type[nn.Module]] = {
     "edvr": EDVR,
+    "fastdvdnet": FastDVDnet,
+    "vsrnet": VSRNet,
+    "vespcn": VESPCN,
+    "vdsr": VDSR,
 }
+
+#: The students of the paper (everything in MODELS but the teacher).
+STUDENTS = ("fastdvdnet", "vsrnet", "vespcn", "vdsr")
 
 # name → (architecture, constructor arguments, what it is). Arguments given to build_model override these.
 PRESETS: dict[str, tuple[str, dict, str]] = {
@@ -37,6 +51,8 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
                             num_reconstruct_block=40), "EDVR-L with 7 frames (the paper's teacher), 20.7M"),
     "edvr-s": ("edvr", dict(num_feat=32, num_frame=7, deformable_groups=4, num_extract_block=2,
                             num_reconstruct_block=4), "small EDVR, 7 frames, trains on a CPU (the demo teacher)"),
+    "fastdvdnet-half": ("fastdvdnet", dict(width=0.5), "FastDVDnet-VSR at width 1/2 (F^SR 32 channels, Table 6)"),
+    "fastdvdnet-quarter": ("fastdvdnet", dict(width=0.25), "FastDVDnet-VSR at width 1/4 (F^SR 16 channels)"),
 }
 
 

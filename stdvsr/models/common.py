@@ -43,3 +43,32 @@ class ResidualBlockNoBN(nn.Module):
 def make_layer(block, num_blocks: int, **kwargs) -> nn.Sequential:
     """``num_blocks`` copies of ``block(**kwargs)`` in an ``nn.Sequential`` (keys ``0.…``, ``1.…``)."""
     return nn.Sequential(*(block(**kwargs) for _ in range(num_blocks)))
+
+
+def upsample_base(center: torch.Tensor, scale: int, mode: str = "bilinear") -> torch.Tensor:
+    """The residual base: the centre LR frame upsampled ×scale (``align_corners=False``, as BasicSR)."""
+    return nn.functional.interpolate(center, scale_factor=scale, mode=mode, align_corners=False)
+
+
+class PixelShuffleHead(nn.Module):
+    """F^LR → F^SR ×4 as EDVR does it: two (conv → pixel shuffle ×2 → LeakyReLU) steps, then conv_hr → LeakyReLU.
+
+    Keys ``upconv1``, ``upconv2``, ``conv_hr``; ``feat_sr`` channels come out of ``conv_hr``.
+    """
+
+    def __init__(self, in_ch: int, mid_ch: int, out_ch: int):
+        super().__init__()
+        self.upconv1 = nn.Conv2d(in_ch, mid_ch * 4, 3, 1, 1)
+        self.upconv2 = nn.Conv2d(mid_ch, out_ch * 4, 3, 1, 1)
+        self.conv_hr = nn.Conv2d(out_ch, out_ch, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lrelu = nn.functional.leaky_relu
+        x = lrelu(nn.functional.pixel_shuffle(self.upconv1(x), 2), 0.1)
+        x = lrelu(nn.functional.pixel_shuffle(self.upconv2(x), 2), 0.1)
+        return lrelu(self.conv_hr(x), 0.1)
+
+
+def scaled(channels: int, width: float) -> int:
+    """``channels × width`` rounded, at least 1 (the width multiplier of Table 6)."""
+    return max(1, int(round(channels * width)))

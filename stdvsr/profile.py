@@ -1,0 +1,109 @@
+"""``stdvsr profile``: parameters, multiply-accumulates and time per output frame of any registered network.
+
+MACs are counted from the layers that actually run in one forward pass at the stated LR size (forward hooks):
+a convolution costs ``output elements × in_channels / groups × kh × kw``, a linear layer ``output elements ×
+in_features``, and a modulated deformable convolution the same as a convolution of its shape (its offset branch is
+an ordinary conv and counted as one; the bilinear sampling is not a MAC and is left out). Pooling, activations,
+interpolation and warping are not counted. One forward pass produces one output frame, so the counts and times are
+per frame. Times: warm-up passes, then the median of ``repeats`` timed passes, batch 1, ``torch.no_grad``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from stdvsr.errors import StdvsrError
+from stdvsr.models import build_model
+from stdvsr.models.dcn import DCNv2Pack
+
+
+def count_macs(model: nn.Module, lq: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass of ``model`` on ``lq`` (see the module docstring for the rules)."""
+    total = 0
+
+    def conv_hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += output.numel() * (module.in_channels // module.groups) * kh * kw
+
+    def linear_hook(module: nn.Linear, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        total += output.numel() * module.in_features
+
+    def dcn_hook(module: DCNv2Pack, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        _, cin, kh, kw = module.weight.shape
+        total += output.numel() * cin * kh * kw
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            handles.append(module.register_forward_hook(conv_hook))
+        elif isinstance(module, nn.Linear):
+            handles.append(module.register_forward_hook(linear_hook))
+        elif isinstance(module, DCNv2Pack):
+            handles.append(module.register_forward_hook(dcn_hook))
+    try:
+        with torch.no_grad():
+            model(lq)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def time_forward(model: nn.Module, lq: torch.Tensor, repeats: int = 10, warmup: int = 2) -> float:
+    """Median seconds of one forward pass (after ``warmup`` untimed passes)."""
+    sync = torch.cuda.synchronize if lq.is_cuda else (lambda: None)
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            sync()
+            t0 = time.perf_counter()
+            model(lq)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"120x180"`` → ``(120, 180)`` (height × width)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise StdvsrError(f"--lq-size {text!r} is not HxW, e.g. 120x180") from None
+    if h <= 0 or w <= 0:
+        raise StdvsrError(f"--lq-size {text!r} must be positive")
+    return h, w
+
+
+def profile_model(name: str, lq_size: tuple[int, int] = (120, 180), frames: int | None = None,
+                  device: str = "cpu", repeats: int = 10, warmup: int = 2, timing: bool = True) -> dict:
+    """Parameters, MACs per output frame and ms per frame of model ``name`` at LR size ``lq_size`` (h, w).
+
+    ``frames`` sets the window of networks whose window is configurable (``num_frame``); others keep theirs.
+    """
+    kwargs = {"num_frame": frames} if frames is not None else {}
+    try:
+        model = build_model(name, **kwargs)
+    except StdvsrError:
+        if not kwargs:
+            raise
+        model = build_model(name)  # a fixed-window network: it keeps its own frame count
+    model = model.to(device).eval()
+    h, w = lq_size
+    lq = torch.rand(1, model.num_frame, 3, h, w, device=device)
+    try:
+        macs = count_macs(model, lq)
+    except ValueError as e:  # the network's own size rules, e.g. multiples of 4
+        raise StdvsrError(f"{name} cannot run at --lq-size {h}x{w}: {e}") from None
+    row = {"model": name, "frames": model.num_frame, "lq_size": [h, w], "params": sum(p.numel() for p in
+           model.parameters()), "macs": macs, "device": str(device), "threads": torch.get_num_threads()}
+    if timing:
+        row["ms"] = time_forward(model, lq, repeats, warmup) * 1e3
+    return row

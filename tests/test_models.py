@@ -1,0 +1,278 @@
+"""The students and the model registry: every registered network and preset honours the model contract
+(shapes, F^SR = input of conv_last, gradients reach every parameter), FastDVDnet's width multiplier and
+parameter count, VSRNet's symmetric weight sharing, VDSR's bicubic residual, VESPCN's warp and motion losses."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stdvsr.errors import StdvsrError
+from stdvsr.models import MODELS, PRESETS, STUDENTS, build_model, list_models
+from stdvsr.models.common import Features
+from stdvsr.models.vespcn import warp
+
+H, W = 16, 20  # LR test size (multiples of 4)
+FORWARD_ONLY = {"edvr-l", "edvr-m"}  # too big for a backward pass in a unit test
+
+
+def _perturb(model: torch.nn.Module, scale: float = 0.01, seed: int = 1) -> torch.nn.Module:
+    """Add a little noise to every parameter, so zero-initialised branches (DCN offsets, flow heads) pass gradient."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return model
+
+
+def _lq(b: int, t: int, h: int = H, w: int = W, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    return torch.rand(b, t, 3, h, w, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. The contract, for every registered name
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_contract(name):
+    torch.manual_seed(0)
+    model = _perturb(build_model(name))
+    assert model.scale == 4
+    assert isinstance(model.num_frame, int) and model.num_frame >= 1
+
+    if name in FORWARD_ONLY:
+        model.eval()
+        lq = _lq(1, model.num_frame, 8, 12)
+        with torch.no_grad():
+            sr = model(lq)
+        assert sr.shape == (1, 3, 32, 48)
+        assert torch.isfinite(sr).all()
+        return
+
+    model.train()
+    lq = _lq(2, model.num_frame)
+    captured = {}
+    handle = model.conv_last.register_forward_pre_hook(
+        lambda m, args: captured.__setitem__("in", args[0].detach().clone()))
+    try:
+        out = model.forward_features(lq)
+    finally:
+        handle.remove()
+    assert isinstance(out, Features)
+    sr, feat_sr, feat_lr = out
+    assert sr.shape == (2, 3, 4 * H, 4 * W)
+    for tensor in out:
+        assert torch.isfinite(tensor).all()
+    # F^SR is exactly the tensor that enters conv_last (same values; nothing modified it in place afterwards)
+    assert torch.equal(feat_sr, captured["in"])
+    assert feat_sr.dim() == 4 and feat_sr.shape[0] == 2 and feat_sr.shape[2:] == (4 * H, 4 * W)
+    assert feat_sr.shape[1] == model.conv_last.in_channels
+    assert feat_lr.dim() == 4 and feat_lr.shape[0] == 2
+    # forward(lq) is forward_features(lq).sr
+    with torch.no_grad():
+        torch.testing.assert_close(model(lq), sr.detach(), rtol=0, atol=1e-6)
+
+    (sr.mean() + feat_sr.mean() + feat_lr.mean()).backward()
+    params = dict(model.named_parameters())
+    no_grad = [n for n, p in params.items() if p.grad is None]
+    assert not no_grad, f"no gradient for {no_grad}"
+    not_finite = [n for n, p in params.items() if not torch.isfinite(p.grad).all()]
+    assert not not_finite, f"non-finite gradient for {not_finite}"
+    zero = [n for n, p in params.items() if not p.grad.abs().sum() > 0]
+    # (with this seed and perturbation none is identically zero for any model; allow a tiny slack)
+    assert len(zero) <= 0.02 * len(params), f"identically-zero gradient for {zero}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. FastDVDnet: width multiplier and an independent parameter count
+# ----------------------------------------------------------------------------------------------------------
+
+# Channel counts per width, written out from the docstring (per-frame 30, U-Net 32/64/128, F^LR/F^SR 64), scaled
+# and rounded (30 × 1/4 = 7.5 rounds to 8).
+_FASTDVD_CHANNELS = {1.0: (30, 32, 64, 128, 64), 0.5: (15, 16, 32, 64, 32), 0.25: (8, 8, 16, 32, 16)}
+
+
+def _conv(cin: int, cout: int, k: int = 3, groups: int = 1) -> int:
+    return cout * (cin // groups) * k * k + cout
+
+
+def expected_fastdvdnet_params(width: float) -> int:
+    per_frame, c0, c1, c2, feat = _FASTDVD_CHANNELS[width]
+
+    def den_block(out_ch: int) -> int:
+        n = _conv(9, 3 * per_frame, groups=3) + _conv(3 * per_frame, c0)                # input block
+        n += _conv(c0, c1) + 2 * _conv(c1, c1)                                          # down 0 (stride 2)
+        n += _conv(c1, c2) + 2 * _conv(c2, c2)                                          # down 1 (stride 2)
+        n += 2 * _conv(c2, c2) + _conv(c2, 4 * c1)                                      # up 2 (pixel shuffle)
+        n += 2 * _conv(c1, c1) + _conv(c1, 4 * c0)                                      # up 1 (pixel shuffle)
+        n += _conv(c0, c0) + _conv(c0, out_ch)                                          # output block
+        return n
+
+    stage1 = den_block(3)         # refines each triplet to one RGB frame
+    stage2 = den_block(feat)      # F^LR
+    head = _conv(feat, 4 * feat) + _conv(feat, 4 * feat) + _conv(feat, feat)  # upconv1, upconv2, conv_hr
+    return stage1 + stage2 + head + _conv(feat, 3)                              # conv_last
+
+
+@pytest.mark.parametrize("width, preset, feat", [(1.0, "fastdvdnet", 64), (0.5, "fastdvdnet-half", 32),
+                                                 (0.25, "fastdvdnet-quarter", 16)])
+def test_fastdvdnet_width(width, preset, feat):
+    model = build_model("fastdvdnet", width=width)
+    assert _params(model) == expected_fastdvdnet_params(width)
+    assert _params(build_model(preset)) == _params(model)
+    assert model.conv_last.in_channels == feat
+    with torch.no_grad():
+        out = model.eval().forward_features(_lq(1, 7, 8, 8))
+    assert out.feat_sr.shape == (1, feat, 32, 32)
+    assert out.feat_lr.shape == (1, feat, 8, 8)
+
+
+def test_fastdvdnet_width_half_has_about_a_quarter_of_the_parameters():
+    ratio = _params(build_model("fastdvdnet")) / _params(build_model("fastdvdnet-half"))
+    assert 3.5 < ratio < 4.5
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. VSRNet: symmetric weight sharing of the first layer
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_vsrnet_symmetric_weight_sharing():
+    torch.manual_seed(0)
+    model = build_model("vsrnet").double().eval()
+    t = model.num_frame
+    assert t == 7 and len(model.conv1) == 4
+    assert model.distance == [3, 2, 1, 0, 1, 2, 3]
+    lq = _lq(1, t, 6, 7, dtype=torch.float64)
+    flipped = lq.flip(1)
+    # Frames i and 6-i go through the same conv1 module, so flipping the window just reverses the order of the
+    # 7 per-frame feature blocks that conv2 sees. conv2 (a generic 448 → 32 conv) is not symmetric, so the
+    # plain flip changes the output ...
+    with torch.no_grad():
+        out, out_flipped = model(lq), model(flipped)
+    assert not torch.allclose(out, out_flipped)
+    # ... but with conv2's input blocks reversed as well, it is exactly the same network on the flipped window.
+    mirrored = copy.deepcopy(model)
+    with torch.no_grad():
+        w = mirrored.conv2.weight
+        blocks = w.view(w.shape[0], t, -1, *w.shape[2:]).flip(1)
+        mirrored.conv2.weight.copy_(blocks.reshape(w.shape))
+        torch.testing.assert_close(mirrored(flipped), out, rtol=1e-10, atol=1e-10)
+    # and with a symmetric conv2 (block i == block 6-i) the network is invariant to the flip
+    with torch.no_grad():
+        w = model.conv2.weight.view(model.conv2.weight.shape[0], t, -1, *model.conv2.weight.shape[2:])
+        w.copy_((w + w.flip(1)) / 2)
+        torch.testing.assert_close(model(flipped), model(lq), rtol=1e-10, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. VDSR: one frame, global residual on the bicubic upsampling
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_vdsr_is_bicubic_plus_residual():
+    torch.manual_seed(0)
+    model = build_model("vdsr").eval()
+    assert model.num_frame == 1 and model.scale == 4
+    with torch.no_grad():
+        model.conv_last.weight.zero_()
+        model.conv_last.bias.zero_()
+        lq = _lq(2, 1, 8, 12)
+        expected = F.interpolate(lq[:, 0], scale_factor=4, mode="bicubic", align_corners=False)
+        torch.testing.assert_close(model(lq), expected, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError):
+        model(_lq(1, 3, 8, 8))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 5. VESPCN: the warp and the motion-compensation losses
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_vespcn_warp_zero_flow_is_identity():
+    image = torch.rand(2, 3, 9, 13, generator=torch.Generator().manual_seed(0))
+    out = warp(image, torch.zeros(2, 2, 9, 13))
+    torch.testing.assert_close(out, image, rtol=0, atol=1e-6)
+
+
+def test_vespcn_warp_one_pixel_shift():
+    h, w = 9, 13
+    image = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    flow = torch.zeros(1, 2, h, w)
+    flow[:, 0] = 2 / w  # +1 pixel in x: output pixel j samples input pixel j + 1
+    out = warp(image, flow)
+    torch.testing.assert_close(out[..., :-1], image[..., 1:], rtol=0, atol=1e-5)
+    flow = torch.zeros(1, 2, h, w)
+    flow[:, 1] = -2 / h  # -1 pixel in y
+    out = warp(image, flow)
+    torch.testing.assert_close(out[..., 1:, :], image[..., :-1, :], rtol=0, atol=1e-5)
+
+
+def test_vespcn_motion_losses_at_init_and_their_gradients():
+    torch.manual_seed(0)
+    model = build_model("vespcn")
+    lq = _lq(2, 3, 8, 12)
+    losses = model.motion_losses(lq)
+    expected = (((lq[:, 0] - lq[:, 1]) ** 2).mean() + ((lq[:, 2] - lq[:, 1]) ** 2).mean()) / 2
+    torch.testing.assert_close(losses["warp"], expected, rtol=1e-6, atol=1e-7)
+    assert losses["smooth"].item() == 0
+
+    _perturb(model)
+    losses = model.motion_losses(lq)
+    assert all(torch.isfinite(v) for v in losses.values())
+    (losses["warp"] + 0.01 * losses["smooth"]).backward()
+    motion = dict(model.motion.named_parameters())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in motion.values())
+    zero = [n for n, p in motion.items() if not p.grad.abs().sum() > 0]
+    assert not zero, f"motion parameters without gradient: {zero}"
+    # the losses touch only the motion network
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("motion."))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 6. Input checks
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_fastdvdnet_input_checks():
+    model = build_model("fastdvdnet-quarter").eval()
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="7"):
+            model(_lq(1, 5, 8, 8))
+        with pytest.raises(ValueError, match="multiples of 4"):
+            model(_lq(1, 7, 10, 8))
+        with pytest.raises(ValueError, match="multiples of 4"):
+            model(_lq(1, 7, 8, 6))
+    with pytest.raises(StdvsrError, match="fastdvdnet"):
+        build_model("fastdvdnet", num_frame=5)
+
+
+def test_vespcn_input_checks():
+    model = build_model("vespcn").eval()
+    with torch.no_grad():
+        with pytest.raises(ValueError):
+            model(_lq(1, 5, 8, 8))
+        with pytest.raises(ValueError):
+            model(_lq(1, 3, 8, 10))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 7. Registry
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_students_are_registered():
+    assert STUDENTS == ("fastdvdnet", "vsrnet", "vespcn", "vdsr")
+    assert all(name in MODELS for name in STUDENTS)
+    assert set(list_models()) == set(MODELS) | set(PRESETS)
+    for name in STUDENTS:
+        model = build_model(name)
+        assert isinstance(model, MODELS[name]) and model.scale == 4
