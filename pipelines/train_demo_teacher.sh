@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STDVSR=${STDVSR:-.venv/bin/stdvsr}
 OUT=${OUT:-runs/demo-teacher}
-"$STDVSR" train-teacher --preset edvr-s --data demo --steps 3000 --batch-size 4 --patch-size 128 \
-    --lr 4e-4 --min-lr 1e-6 --schedule cosine --ema 0.999 --seed 0 --workers 1 \
+"$STDVSR" train-teacher --preset edvr-s --data demo --steps 2000 --batch-size 8 --patch-size 96 \
+    --lr 1e-3 --min-lr 1e-6 --schedule cosine --ema 0.999 --seed 0 --workers 1 \
     --val-every 250 --val-stride 4 --ckpt-every 250 --out "$OUT" --resume auto "$@"
 # Ship only what inference needs: the model spec and the EMA weights (as 'params'), ~3 MB.
 .venv/bin/python - "$OUT/teacher.pth" stdvsr/weights/edvr_s_demo.pth <<'PY'

@@ -30,8 +30,9 @@ Conventions (the rest of stdvsr relies on them):
   BasicSR's ``generate_frame_indices`` does (its ``circle`` wraps by the *window* length, not the clip length).
 * **Training samples** are ``num_frames`` consecutive frames of one clip, cropped at a random position aligned
   to the scale (HR crop ``patch_size``, LR crop ``patch_size/scale``), optionally with one of the 8 dihedral
-  transforms. Augmentation is off by default: a flipped teacher target is not the teacher's output on the flipped
-  input (see DESIGN.md). Each sample's randomness derives from ``(seed, epoch, index)`` only, so it does not
+  transforms, applied to the HR frames *before* the degradation (BD's phase-0 sampling does not commute with
+  flips, so transforming an LR/HR pair afterwards would misalign it by ``scale − 1`` HR pixels). Augmentation is
+  off by default: a flipped teacher target is not the teacher's output on the flipped input (see DESIGN.md). Each sample's randomness derives from ``(seed, epoch, index)`` only, so it does not
   depend on the number of DataLoader workers.
 """
 
@@ -353,39 +354,52 @@ def degrade(hr: torch.Tensor, degradation: str, scale: int) -> torch.Tensor:
     raise StdvsrError(f"unknown degradation {degradation!r}; use one of {', '.join(DEGRADATIONS)}")
 
 
-def read_frames(clip: Clip, indices: Sequence[int], scale: int = 4, degradation: str = "bd",
-                lq_from_disk: bool = False, mod_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """HR and LR frames ``indices`` of a clip as float32 tensors ``(T,3,H,W)`` and ``(T,3,H/s,W/s)``.
-
-    LR comes from the full HR frames through ``degradation`` or, with ``lq_from_disk``, from the clip's on-disk
-    LR frames of that degradation. Sizes are checked: one size per clip, divisible by the scale (``mod_crop``
-    crops HR to the largest multiple of the scale instead).
-    """
+def read_hr(clip: Clip, indices: Sequence[int], scale: int = 4, mod_crop: bool = False) -> torch.Tensor:
+    """HR frames ``indices`` of a clip as float32 ``(T, 3, H, W)``, sizes checked (one size per clip, divisible by
+    the scale; ``mod_crop`` crops to the largest multiple of the scale instead)."""
     paths = [clip.frames[i] for i in indices]
-    hr_frames = [read_image(p) for p in paths]
-    h, w = check_sizes(clip, [f.shape[:2] for f in hr_frames], paths, scale, mod_crop)
+    frames = [read_image(p) for p in paths]
+    h, w = check_sizes(clip, [f.shape[:2] for f in frames], paths, scale, mod_crop)
     h, w = h - h % scale, w - w % scale
-    gt = to_tensor([f[:h, :w] for f in hr_frames])
-    if not lq_from_disk:
-        return degrade(gt, degradation, scale), gt
+    return to_tensor([f[:h, :w] for f in frames])
+
+
+def read_lq_from_disk(clip: Clip, indices: Sequence[int], degradation: str, hr_size: tuple[int, int],
+                      scale: int = 4) -> torch.Tensor:
+    """The clip's on-disk LR frames of ``degradation`` (Vid4's BDx4/BIx4), checked against the HR size."""
     if degradation not in clip.lq_frames:
         raise StdvsrError(f"clip {clip.name} has no {degradation.upper()} LR frames on disk; "
                           "drop --lq-from-disk to compute them from the HR frames")
+    h, w = hr_size
     lq_paths = [clip.lq_frames[degradation][i] for i in indices]
     lq_frames = [read_image(p) for p in lq_paths]
     for frame, p in zip(lq_frames, lq_paths):
         if frame.shape[:2] != (h // scale, w // scale):
             raise StdvsrError(f"LR frame {p} is {frame.shape[1]}×{frame.shape[0]}, expected "
                               f"{w // scale}×{h // scale} (HR {w}×{h} / {scale}); re-create the LR frames")
-    return to_tensor(lq_frames), gt
+    return to_tensor(lq_frames)
+
+
+def read_frames(clip: Clip, indices: Sequence[int], scale: int = 4, degradation: str = "bd",
+                lq_from_disk: bool = False, mod_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """HR and LR frames ``indices`` of a clip as float32 tensors ``(T,3,H,W)`` and ``(T,3,H/s,W/s)``.
+
+    LR comes from the full HR frames through ``degradation`` or, with ``lq_from_disk``, from the clip's on-disk
+    LR frames of that degradation. Sizes are checked as in :func:`read_hr`.
+    """
+    gt = read_hr(clip, indices, scale, mod_crop)
+    if lq_from_disk:
+        return read_lq_from_disk(clip, indices, degradation, gt.shape[-2:], scale), gt
+    return degrade(gt, degradation, scale), gt
 
 
 class ClipDataset(torch.utils.data.Dataset):
     """Training samples: ``num_frames`` consecutive frames of a clip, cropped and optionally augmented.
 
-    Item ``i`` (or ``(epoch, i)``) is a dict: ``lq`` float32 ``(N,3,p/s,p/s)``, ``gt`` ``(N,3,p,p)``, ``clip`` name, ``start`` frame,
-    ``crop`` ``(top, left)`` of the HR crop in HR pixels (a multiple of the scale), ``transform`` (dihedral index,
-    0 = identity). ``patch_size=None`` returns full frames. Every start position of every clip is one item, so a
+    Item ``i`` (or ``(epoch, i)``) is a dict: ``lq`` float32 ``(N,3,p/s,p/s)``, ``gt`` ``(N,3,p,p)``, ``clip`` name,
+    ``start`` frame, ``transform`` (dihedral index, 0 = identity) and ``crop`` ``(top, left)`` of the HR crop in
+    HR pixels (a multiple of the scale) of the *transformed* frame. With augmentation the HR frames are transformed
+    first and then degraded, so LR and HR keep the degradation's exact pixel alignment. ``patch_size=None`` returns full frames. Every start position of every clip is one item, so a
     Vimeo90K septuplet gives one item and a 250-frame shot gives 244 with ``num_frames=7``.
     """
 
@@ -419,9 +433,21 @@ class ClipDataset(torch.utils.data.Dataset):
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         c, start = self.items[index]
         clip = self.clips[c]
-        lq, gt = read_frames(clip, range(start, start + self.num_frames), self.scale, self.degradation,
-                             self.lq_from_disk, self.mod_crop)
+        indices = range(start, start + self.num_frames)
         rng = np.random.default_rng([self.seed, epoch, index])
+        gt = read_hr(clip, indices, self.scale, self.mod_crop)
+        transform = 0
+        if self.augment:
+            # Transposing a non-square full frame would change its shape within a batch; flips only then.
+            transform = int(rng.integers(0, 8 if self.patch_size is not None else 4))
+        if self.lq_from_disk:
+            lq = read_lq_from_disk(clip, indices, self.degradation, gt.shape[-2:], self.scale)
+            gt, lq = dihedral(gt, transform), dihedral(lq, transform)
+        else:
+            # Transform the HR frames *before* degrading them: BD samples HR pixel (s·i, s·j) for LR pixel (i, j),
+            # so flipping an LR/HR pair afterwards would shift that alignment by s−1 HR pixels for some transforms.
+            gt = dihedral(gt, transform)
+            lq = degrade(gt, self.degradation, self.scale)
         top = left = 0
         if self.patch_size is not None:
             H, W = gt.shape[-2:]
@@ -432,9 +458,5 @@ class ClipDataset(torch.utils.data.Dataset):
             left = int(rng.integers(0, (W - p) // s + 1)) * s
             gt = gt[..., top:top + p, left:left + p]
             lq = lq[..., top // s:(top + p) // s, left // s:(left + p) // s]
-        transform = 0
-        if self.augment:
-            # Transposing a non-square full frame would change its shape within a batch; flips only then.
-            transform = int(rng.integers(0, 8 if self.patch_size is not None else 4))
-            gt, lq = dihedral(gt, transform).contiguous(), dihedral(lq, transform).contiguous()
-        return {"lq": lq, "gt": gt, "clip": clip.name, "start": start, "crop": (top, left), "transform": transform}
+        return {"lq": lq.contiguous(), "gt": gt.contiguous(), "clip": clip.name, "start": start,
+                "crop": (top, left), "transform": transform}

@@ -136,6 +136,9 @@ def run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | None
                 setattr(stored, name, mine)
             cfg = stored
             out = Path(cfg.out)
+    if ckpt is None and latest_checkpoint(out / "checkpoints") is not None:
+        raise StdvsrError(f"--out {out} already holds checkpoints of a run; pass --resume auto to continue it, "
+                          "or choose another --out")
     if cfg.teacher != "edvr":
         raise StdvsrError(f"--teacher {cfg.teacher!r} is not supported; the teacher is edvr")
     arch, kwargs = model_spec(cfg.preset, **cfg.model_args)
@@ -172,7 +175,7 @@ def run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | None
     config = dataclasses.asdict(cfg)
     write_text(out / "config.json", json.dumps({**config, "model": {"name": cfg.preset, "kwargs": kwargs},
                                                 "stdvsr": __version__}, indent=1))
-    log = open(out / "metrics.jsonl", "a")
+    log = open(out / "metrics.jsonl", "a" if ckpt is not None else "w")
 
     def record(**row) -> None:
         log.write(json.dumps(row) + "\n")

@@ -210,6 +210,8 @@ def test_resume_continues_exactly(tiny_frames, tmp_path, monkeypatch):
 
 def test_resume_refuses_changed_settings(tiny_frames, tmp_path):
     train_teacher.run(tiny_config(tiny_frames, tmp_path / "run", steps=5), show_progress=False)
+    with pytest.raises(StdvsrError, match="already holds checkpoints of a run; pass --resume auto"):
+        train_teacher.run(tiny_config(tiny_frames, tmp_path / "run", steps=5), show_progress=False)
     with pytest.raises(StdvsrError, match=r"--batch-size is 4 but .*step_0000005.pth was trained with 2"):
         train_teacher.run(tiny_config(tiny_frames, tmp_path / "run", batch_size=4), resume="auto",
                           explicit={"batch_size"}, show_progress=False)
