@@ -292,6 +292,8 @@ MODEL_ARG_FLAGS = ("num_feat", "num_frame", "deformable_groups", "num_extract_bl
 @click.option("--val-every", default=500, show_default=True, type=click.IntRange(1))
 @click.option("--val-stride", default=4, show_default=True, type=click.IntRange(1),
               help="Validate every N-th frame of the held-out clips.")
+@click.option("--val-clips", default=8, show_default=True, type=click.IntRange(0),
+              help="Validate on at most this many held-out clips, evenly spaced (0: all).")
 @click.option("--ckpt-every", default=500, show_default=True, type=click.IntRange(1))
 @click.option("--resume", help="auto (newest checkpoint in --out, if any) or a checkpoint path.")
 @click.pass_context

@@ -5,6 +5,7 @@ parameter count, VSRNet's symmetric weight sharing, VDSR's bicubic residual, VES
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -276,3 +277,17 @@ def test_students_are_registered():
     for name in STUDENTS:
         model = build_model(name)
         assert isinstance(model, MODELS[name]) and model.scale == 4
+
+
+@pytest.mark.parametrize("name", list(STUDENTS))
+def test_students_trace_for_deployment(name):
+    """The deployable path has no side outputs or Python-side branching on data: a TorchScript trace reproduces it
+    on a new input of another size (ONNX/TorchScript export itself is `stdvsr export`'s job)."""
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    lq = torch.rand(1, model.num_frame, 3, 16, 20)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic are expected
+        traced = torch.jit.trace(model, lq)
+        other = torch.rand(1, model.num_frame, 3, 12, 24)
+        assert torch.allclose(traced(other), model(other), atol=1e-5)
