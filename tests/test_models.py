@@ -17,7 +17,7 @@ from stdvsr.models.common import Features
 from stdvsr.models.vespcn import warp
 
 H, W = 16, 20  # LR test size (multiples of 4)
-FORWARD_ONLY = {"edvr-l", "edvr-m"}  # too big for a backward pass in a unit test
+FORWARD_ONLY = {"edvr-l", "edvr-m"}  # forward checks here; their backward pass is tested at batch 1 below
 
 
 def _perturb(model: torch.nn.Module, scale: float = 0.01, seed: int = 1) -> torch.nn.Module:
@@ -291,3 +291,14 @@ def test_students_trace_for_deployment(name):
         traced = torch.jit.trace(model, lq)
         other = torch.rand(1, model.num_frame, 3, 12, 24)
         assert torch.allclose(traced(other), model(other), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD_ONLY))
+def test_big_presets_get_gradients_everywhere(name):
+    """EDVR-M and EDVR-L: one backward pass at batch 1 and a tiny LR size reaches every parameter."""
+    torch.manual_seed(0)
+    model = _perturb(build_model(name)).train()
+    out = model.forward_features(_lq(1, model.num_frame, 8, 12))
+    (out.sr.mean() + out.feat_sr.mean()).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"no finite gradient for {missing}"
