@@ -4,7 +4,7 @@ One readable loop: random scale-aligned crops of ``num_frame`` consecutive frame
 centre frame's HR crop as the target, Adam with a cosine or step schedule, optional EMA of the weights, periodic
 Y-PSNR on the held-out clip(s) next to bicubic, atomic checkpoints every ``ckpt_every`` steps holding the resolved
 config, and ``resume="auto"``, which continues from the newest checkpoint in ``out`` with exactly the batches an
-uninterrupted run would have seen. A non-finite loss stops the run with a clear error; the last checkpoint stays.
+uninterrupted run would have seen (Ctrl-C writes a checkpoint of the finished steps first). A non-finite loss stops the run with a clear error; the last checkpoint stays.
 
 Outputs in ``out``: ``config.json``, ``metrics.jsonl`` (one JSON object per log/validation line),
 ``checkpoints/step_XXXXXXX.pth`` (the last three), and ``teacher.pth`` — the final weights alone (model name and
@@ -28,7 +28,7 @@ from stdvsr.errors import StdvsrError
 from stdvsr.infer import upscale_frames
 from stdvsr.io import write_text
 from stdvsr.metrics import VideoMetrics
-from stdvsr.progress import training_progress
+from stdvsr.progress import stderr, training_progress
 from stdvsr.models import build_model, load_weights, model_spec, read_checkpoint
 from stdvsr.training import (EMA, StepBatches, charbonnier, latest_checkpoint, learning_rate, resolve_device,
                              rng_state, save_checkpoint, seed_everything, set_rng_state)
@@ -200,39 +200,50 @@ def run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | None
     val_psnr, last_ckpt, smoothed = None, None, None
     start_time, data_wait = time.perf_counter(), 0.0
     model.train()
-    with training_progress(cfg.steps, start_step, enabled=show_progress, log_every=cfg.log_every) as progress:
-        batches = iter(loader)
-        for step in range(start_step, cfg.steps):
-            t0 = time.perf_counter()
-            batch = next(batches)
-            data_wait += time.perf_counter() - t0
-            lr = learning_rate(step, cfg.lr, cfg.steps, cfg.schedule, cfg.min_lr, cfg.lr_step, cfg.lr_gamma)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            lq, gt = batch["lq"].to(device), batch["gt"][:, center].to(device)
-            loss = charbonnier(model(lq), gt)
-            if not torch.isfinite(loss):
-                hint = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-                raise StdvsrError(f"training loss became {loss.item()} at step {step + 1}; {hint}; "
-                                  "lower --lr or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if ema is not None:
-                ema.update(model)
-            done = step + 1
-            value = loss.item()
-            smoothed = value if smoothed is None else 0.95 * smoothed + 0.05 * value
-            progress.update(done, loss=smoothed, lr=lr, psnr=val_psnr)
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                record(step=done, loss=value, lr=lr, data_wait=round(data_wait, 3),
-                       elapsed=round(time.perf_counter() - start_time, 2))
-            if has_val and (done % cfg.val_every == 0 or done == cfg.steps):
-                val_psnr = _validate(validator, model, ema, device)
-                record(step=done, val_psnr=val_psnr, bicubic_psnr=validator.bicubic)
+    completed, saved, in_update = start_step, start_step, False
+    try:
+        with training_progress(cfg.steps, start_step, enabled=show_progress, log_every=cfg.log_every) as progress:
+            batches = iter(loader)
+            for step in range(start_step, cfg.steps):
+                t0 = time.perf_counter()
+                batch = next(batches)
+                data_wait += time.perf_counter() - t0
+                lr = learning_rate(step, cfg.lr, cfg.steps, cfg.schedule, cfg.min_lr, cfg.lr_step, cfg.lr_gamma)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                lq, gt = batch["lq"].to(device), batch["gt"][:, center].to(device)
+                loss = charbonnier(model(lq), gt)
+                if not torch.isfinite(loss):
+                    hint = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                    raise StdvsrError(f"training loss became {loss.item()} at step {step + 1}; {hint}; "
+                                      "lower --lr or check the data")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                in_update = True  # between these lines the weights, optimizer and EMA disagree about the step
+                optimizer.step()
+                if ema is not None:
+                    ema.update(model)
+                in_update = False
+                completed = done = step + 1
+                value = loss.item()
+                smoothed = value if smoothed is None else 0.95 * smoothed + 0.05 * value
                 progress.update(done, loss=smoothed, lr=lr, psnr=val_psnr)
-            if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                last_ckpt = checkpoint(done)
+                if done % cfg.log_every == 0 or done == cfg.steps:
+                    record(step=done, loss=value, lr=lr, data_wait=round(data_wait, 3),
+                           elapsed=round(time.perf_counter() - start_time, 2))
+                if has_val and (done % cfg.val_every == 0 or done == cfg.steps):
+                    val_psnr = _validate(validator, model, ema, device)
+                    record(step=done, val_psnr=val_psnr, bicubic_psnr=validator.bicubic)
+                    progress.update(done, loss=smoothed, lr=lr, psnr=val_psnr)
+                if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                    last_ckpt, saved = checkpoint(done), done
+    except KeyboardInterrupt:
+        # Ctrl-C: keep the finished steps (unless it landed mid-update), so --resume auto loses nothing.
+        if completed > saved and not in_update:
+            path = checkpoint(completed)
+            stderr().print(f"Interrupted: saved step {completed} to {path}; continue with --resume auto")
+        log.close()
+        raise
     log.close()
 
     teacher = out / "teacher.pth"

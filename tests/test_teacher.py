@@ -191,7 +191,7 @@ def test_resume_continues_exactly(tiny_frames, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = train_teacher.charbonnier
 
-    def interrupted(pred, target):  # Ctrl-C during step 8, after the step-5 checkpoint
+    def interrupted(pred, target):  # Ctrl-C during step 8 (checkpoints every 5 steps)
         calls["n"] += 1
         if calls["n"] == 8:
             raise KeyboardInterrupt
@@ -200,11 +200,13 @@ def test_resume_continues_exactly(tiny_frames, tmp_path, monkeypatch):
     monkeypatch.setattr(train_teacher, "charbonnier", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_teacher.run(tiny_config(tiny_frames, tmp_path / "part"), show_progress=False)
+    # the interrupt saved the 7 finished steps
+    assert (tmp_path / "part" / "checkpoints" / "step_0000007.pth").is_file()
     monkeypatch.setattr(train_teacher, "charbonnier", real)
     resumed = train_teacher.run(tiny_config(tiny_frames, tmp_path / "part"), resume="auto", show_progress=False)
-    assert resumed["resumed_from"] == 5
+    assert resumed["resumed_from"] == 7
     a, b = losses(tmp_path / "full"), losses(tmp_path / "part")
-    assert [a[s] for s in range(6, 11)] == [b[s] for s in range(6, 11)]
+    assert [a[s] for s in range(1, 11)] == [b[s] for s in range(1, 11)]
     ta = read_checkpoint(tmp_path / "full" / "teacher.pth")
     tb = read_checkpoint(tmp_path / "part" / "teacher.pth")
     assert all(torch.equal(ta["params"][k], tb["params"][k]) for k in ta["params"])
