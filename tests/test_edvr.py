@@ -367,3 +367,31 @@ def test_edvr_presets_match_basicsr_configs():
     keys = ell.state_dict()
     assert keys["conv_first.weight"].shape == (128, 3, 3, 3)
     assert "reconstruction.39.conv2.weight" in keys and "reconstruction.40.conv1.weight" not in keys
+
+
+def test_forward_windows_shares_frame_features_and_matches_per_window_forward():
+    from stdvsr.data import window_indices
+    from stdvsr.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("edvr", num_feat=16, num_frame=5, deformable_groups=2, num_extract_block=1,
+                        num_reconstruct_block=1).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "conv_offset" in name:
+                p.normal_(0, 0.05)  # non-zero offsets, as a trained model has
+    clip = torch.rand(2, 6, 3, 12, 16)
+    windows = torch.tensor([window_indices(t, 6, 5, "replicate") for t in range(6)])
+    calls = {"n": 0}
+    handle = model.conv_first.register_forward_hook(lambda m, i, o: calls.__setitem__("n", calls["n"] + o.shape[0]))
+    with torch.no_grad():
+        out = model.forward_windows(clip, windows)
+    handle.remove()
+    assert calls["n"] == 2 * 6  # each frame's features extracted once, not once per window
+    assert out.sr.shape == (2, 6, 3, 48, 64) and out.feat_sr.shape == (2, 6, 64, 48, 64)
+    assert out.feat_lr.shape == (2, 6, 16, 12, 16)
+    with torch.no_grad():
+        for i in range(6):
+            ref = model.forward_features(clip[:, windows[i]])
+            for a, b in zip(out, ref):
+                torch.testing.assert_close(a[:, i], b, rtol=1e-5, atol=1e-5)
