@@ -222,7 +222,7 @@ def run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | None
                 in_update = True  # between these lines the weights, optimizer and EMA disagree about the step
                 optimizer.step()
                 if ema is not None:
-                    ema.update(model)
+                    ema.update(model, step)
                 in_update = False
                 completed = done = step + 1
                 value = loss.item()

@@ -258,3 +258,18 @@ def test_cli_preset_choices_follow_the_registry():
 
     option = next(p for p in cli.commands["train-teacher"].params if p.name == "preset")
     assert sorted(option.type.choices) == sorted(n for n, (arch, _, _) in PRESETS.items() if arch == "edvr")
+
+
+def test_ema_decay_warms_up():
+    from stdvsr.training import EMA
+
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = EMA(model, 0.999)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    ema.update(model, step=0)  # decay min(0.999, 1/10): the first average is mostly the trained weights
+    assert torch.allclose(ema.shadow["weight"], torch.full((1, 2), 0.1 * 1 + 0.9 * 3))
+    ema.update(model, step=100_000)  # late in training the configured decay rules
+    assert torch.allclose(ema.shadow["weight"], torch.full((1, 2), 0.999 * 2.8 + 0.001 * 3))
