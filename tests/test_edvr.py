@@ -395,3 +395,6 @@ def test_forward_windows_shares_frame_features_and_matches_per_window_forward():
             ref = model.forward_features(clip[:, windows[i]])
             for a, b in zip(out, ref):
                 torch.testing.assert_close(a[:, i], b, rtol=1e-5, atol=1e-5)
+        chunked = model.forward_windows(clip, windows, chunk=4)  # 6 windows as chunks of 4 and 2
+    for a, b in zip(out, chunked):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -256,21 +256,24 @@ class EDVR(nn.Module):
     def forward(self, lq: torch.Tensor) -> torch.Tensor:
         return self.forward_features(lq).sr
 
-    def forward_windows(self, frames: torch.Tensor, windows: torch.Tensor) -> Features:
-        """All windows of a clip at once, extracting each frame's pyramid features only once.
+    def forward_windows(self, frames: torch.Tensor, windows: torch.Tensor, chunk: int = 1) -> Features:
+        """All windows of a clip, extracting each frame's pyramid features only once.
 
         ``frames``: ``(B, N, 3, h, w)`` (a clip); ``windows``: ``(W, num_frame)`` frame indices (e.g. from
         ``stdvsr.data.window_indices``). Returns Features whose tensors have leading dims ``(B, W)``; window ``i``
         equals ``forward_features(frames[:, windows[i]])``. Per-frame extraction (conv_first, the residual blocks,
         the pyramid) runs N instead of W·num_frame times — what a teacher cache needs for every frame of a clip.
+        Alignment, fusion and reconstruction run ``chunk`` windows at a time (larger chunks were slower on a CPU).
         """
         b, n, c, h, w = frames.shape
         if windows.dim() != 2 or windows.shape[1] != self.num_frame:
             raise ValueError(f"windows must be (W, {self.num_frame}) frame indices, got {tuple(windows.shape)}")
         self._check(frames[:, windows[0]])
-        nw, t = windows.shape
-        pyramid = [f.view(b, n, *f.shape[1:])[:, windows].flatten(0, 2) for f in self.extract(frames)]
-        feat_lr = self.fuse(pyramid, b * nw)
-        feat_sr = self.upsample_head(feat_lr)
-        sr = self.to_rgb(feat_sr, frames[:, windows].flatten(0, 1))
-        return Features(*(x.view(b, nw, *x.shape[1:]) for x in (sr, feat_sr, feat_lr)))
+        pyramid = [f.view(b, n, *f.shape[1:]) for f in self.extract(frames)]
+        outs = []
+        for part in windows.split(chunk):
+            feat_lr = self.fuse([f[:, part].flatten(0, 2) for f in pyramid], b * len(part))
+            feat_sr = self.upsample_head(feat_lr)
+            sr = self.to_rgb(feat_sr, frames[:, part].flatten(0, 1))
+            outs.append([x.view(b, len(part), *x.shape[1:]) for x in (sr, feat_sr, feat_lr)])
+        return Features(*(torch.cat(parts, dim=1) for parts in zip(*outs)))
