@@ -20,6 +20,8 @@ from stdvsr.errors import StdvsrError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import: mkstemp creates 0600 files, outputs get the usual 0666 & ~umask
 
 
 def is_image(path: Path) -> bool:
@@ -71,6 +73,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield tmp
         os.replace(tmp, path)

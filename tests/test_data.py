@@ -293,3 +293,16 @@ def test_bi_degradation_is_selectable(vid4):
 def test_clip_is_a_plain_record(tmp_path):
     clip = Clip("x", (tmp_path / "a.png",))
     assert len(clip) == 1 and clip.lq_frames == {}
+
+
+def test_atomic_writes_leave_normal_permissions_and_no_temporaries(tmp_path):
+    import os
+    import stat
+
+    from stdvsr.io import write_text
+
+    write_text(tmp_path / "a.json", "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
