@@ -90,7 +90,7 @@ def _val_clips(cfg: TeacherConfig):
 class Validator:
     """Y-PSNR of the model on the held-out clips (every ``stride``-th frame), and of bicubic once."""
 
-    def __init__(self, clips, cfg: TeacherConfig, num_frame: int):
+    def __init__(self, clips, cfg: TeacherConfig):
         self.items = []
         for clip in clips:
             lq, gt = read_frames(clip, range(len(clip)), 4, cfg.degradation)
@@ -174,7 +174,7 @@ def run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | None
         dataset, batch_sampler=StepBatches(len(dataset), cfg.batch_size, cfg.seed, start_step),
         num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
         generator=torch.Generator().manual_seed(cfg.seed))
-    validator = Validator(_val_clips(cfg), cfg, model.num_frame)
+    validator = Validator(_val_clips(cfg), cfg)
     has_val = bool(validator.items)
 
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
