@@ -11,27 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
-
 import torch
 
 from stdvsr.models import build_model
 from stdvsr.models.dcn import _torchvision_op
-
-
-def time_forward(model, lq, repeats: int) -> tuple[float, torch.Tensor]:
-    sync = torch.cuda.synchronize if lq.is_cuda else (lambda: None)
-    with torch.no_grad():
-        out = model(lq)  # warm-up
-        sync()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            out = model(lq)
-            sync()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+from stdvsr.profile import time_forward
 
 
 def main() -> None:
@@ -60,7 +44,9 @@ def main() -> None:
         results = {}
         for backend in backends:
             os.environ["STDVSR_DCN"] = backend
-            results[backend] = time_forward(model, lq, args.repeats)
+            seconds = time_forward(model, lq, args.repeats, warmup=1)
+            with torch.no_grad():
+                results[backend] = (seconds, model(lq))
         params = sum(p.numel() for p in model.parameters()) / 1e6
         line = f"{preset:7s} ({params:.3f}M params): " + ", ".join(
             f"{b} {t * 1e3:8.1f} ms/window" for b, (t, _) in results.items())

@@ -38,7 +38,6 @@ Conventions (the rest of stdvsr relies on them):
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -232,21 +231,7 @@ def load_clips(spec: str, split: str = "train") -> list[Clip]:
     return video_clips(Path(arg))
 
 
-def spec_fingerprint(clips: Sequence[Clip]) -> str:
-    """sha256 over clip names and frame file names: identifies *which* frames a dataset holds (not their pixels)."""
-    h = hashlib.sha256()
-    for clip in clips:
-        h.update(clip.name.encode() + b"\0")
-        for p in clip.frames:
-            h.update(p.name.encode() + b"\0")
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------------------------ validation
-def frame_size(clip: Clip, index: int) -> tuple[int, int]:
-    return image_size(clip.frames[index])
-
-
 def check_sizes(clip: Clip, sizes: Sequence[tuple[int, int]], paths: Sequence[Path], scale: int,
                 mod_crop: bool = False) -> tuple[int, int]:
     """Every frame of a clip must have one size, divisible by ``scale`` unless ``mod_crop``; returns it."""
