@@ -392,6 +392,191 @@ def profile(models, lq_size, frames, repeats, warmup, threads, device, no_timing
     stdout().print(table)
 
 
+# -------------------------------------------------------------------------------------------- teacher cache
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:,.1f}"
+
+
+@cli.command("cache-teacher", context_settings=CONTEXT)
+@click.option("--config", type=click.Path(dir_okay=False), callback=_load_config_file, is_eager=True,
+              expose_value=False, help="TOML file whose keys fill the options below (flags win).")
+@click.option("--teacher", default="edvr", show_default=True, type=click.Choice(["edvr"]), help="Teacher network.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Teacher weights (stdvsr or BasicSR checkpoint). Default: the shipped demo teacher (edvr-s).")
+@click.option("--preset", type=click.Choice(["edvr-s", "edvr-m", "edvr-l"]),
+              help="Architecture of --weights that are not a stdvsr checkpoint (e.g. BasicSR's EDVR-L).")
+@click.option("--data", default="demo", show_default=True, help="Dataset spec (see `stdvsr data`).")
+@click.option("--split", default="train", show_default=True, help="Dataset split to cache.")
+@click.option("--max-clips", type=click.IntRange(1), help="Only the first N clips of the dataset (smoke runs).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Cache folder. Default: cache/<data>-<teacher>.<format>.")
+@click.option("--format", "fmt", default="zarr", show_default=True, type=click.Choice(["zarr", "hdf5"]),
+              help="Zarr v3 with sharding, or HDF5 part files joined by a virtual dataset.")
+@click.option("--store", default="trunk", show_default=True,
+              help="Comma list of tiers besides the LR input: trunk (F^LR + the head, serves SD and TD), attention "
+                   "(M^T, HR), feat_sr (F^SR, HR, 16× trunk at 64 ch), sr (teacher output).")
+@click.option("--dtype", default="fp16", show_default=True, type=click.Choice(["fp16", "int8"]),
+              help="Storage of trunk / feat_sr; int8 has one scale per frame and channel (half the size).")
+@click.option("--degradation", default="bd", show_default=True, type=click.Choice(["bd", "bi"]))
+@click.option("--lq-from-disk", is_flag=True, help="Use the dataset's own LR frames (Vid4 BDx4/BIx4).")
+@click.option("--mod-crop", is_flag=True, help="Crop frames to a multiple of the scale instead of refusing them.")
+@click.option("--padding", default="replicate", show_default=True,
+              type=click.Choice(["replicate", "reflection", "reflection_circle", "circle"]),
+              help="Frame padding of windows at clip ends (the paper: replicate).")
+@click.option("--chunk", default=64, show_default=True, type=click.IntRange(4),
+              help="Inner chunk tile in LR pixels (×4 for HR tiers); a shard is one frame.")
+@click.option("--compress/--no-compress", default=True, show_default=True,
+              help="zstd level 1 (Zarr) or lzf (HDF5) on every chunk.")
+@click.option("--hdf5-part-mb", "part_mb", default=1024, show_default=True, type=click.IntRange(0),
+              help="HDF5: start a new part file after this many MB (the unit of resume).")
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1),
+              help="Windows per teacher forward (1 was fastest on a CPU; try 4-8 on a GPU).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--rank", type=click.IntRange(0), help="This process's rank when not started by torchrun.")
+@click.option("--world-size", type=click.IntRange(1), help="Number of processes when not started by torchrun.")
+@click.option("--no-space-check", "check_space", is_flag=True, flag_value=False, default=True,
+              help="Start even if the uncompressed estimate exceeds the free disk space.")
+def cache_teacher(fmt: str, **opts) -> None:
+    """Stage one: run the teacher once over a dataset and store its targets for every frame.
+
+    For each clip and frame t the teacher sees the 2k+1 window around t; each frame's features are extracted
+    once per clip. The cache holds the LR input, the chosen tiers, the teacher's upsampling head (so stage two
+    rebuilds F^SR from the trunk) and a manifest with the fingerprint (teacher weights hash, degradation, scale,
+    window, padding, dtype, clips). Killed at any point, the same command resumes and ends with the arrays an
+    uninterrupted run writes; on a complete cache it does nothing. Different settings against an existing cache
+    are refused, naming the field.
+
+    \b
+    Examples:
+      stdvsr cache-teacher                                        # demo teacher on the demo set
+      stdvsr cache-teacher --max-clips 2 --out cache/smoke.zarr   # a quick check
+      stdvsr cache-teacher --weights EDVR_L_BD.pth --preset edvr-l \\
+          --data vimeo90k:/data/vimeo_septuplet --dtype int8 --device cuda --batch-size 7
+      torchrun --nproc_per_node 4 -m stdvsr cache-teacher --data vimeo90k:/data/vimeo_septuplet ...
+    """
+    from stdvsr.cache.build import CacheConfig, run
+
+    cfg = CacheConfig(format=fmt, store=opts.pop("store"), **opts)
+    result = run(cfg)
+    if result["rank"] != 0:
+        return
+    _print_cache_summary(result)
+
+
+def _print_cache_summary(result: dict) -> None:
+    out = stdout()
+    summary = result.get("summary")
+    if not result["complete"] or not summary:
+        out.print(f"{result['path']}: {result['done']} of {result['clips']} clips written by all ranks so far; "
+                  f"this process wrote {result['processed']}", highlight=False)
+        return
+    table = Table(title=f"Teacher cache {result['path']} ({result['format']}): {summary['clips']} clips, "
+                        f"{summary['frames']} frames")
+    for col in ("tier", "raw MB", "stored MB", "compression", "MB / clip"):
+        table.add_column(col, justify="left" if col == "tier" else "right")
+    raw, stored = summary["raw_bytes"], summary["stored_bytes"]
+    for tier in result["tiers"]:
+        r, s_ = raw.get(tier, 0), stored.get(tier, 0)
+        table.add_row(tier, _mb(r), _mb(s_), f"{r / s_:.2f}×" if s_ else "-", _mb(s_ / max(summary["clips"], 1)))
+    total_r, total_s = sum(raw.values()), sum(stored.values())
+    table.add_row("total", _mb(total_r), _mb(total_s), f"{total_r / total_s:.2f}×" if total_s else "-",
+                  _mb(total_s / max(summary["clips"], 1)), style="bold")
+    out.print(table)
+    t, w = summary["teacher_s"], summary["write_s"]
+    out.print(f"teacher {t:.1f} s, writing {w:.1f} s ({100 * w / max(t, 1e-9):.1f} % of teacher time), "
+              f"reading frames {summary.get('read_s', 0):.1f} s; this run: {result['processed']} clips in "
+              f"{result['seconds']:.1f} s", highlight=False)
+
+
+@cli.group("cache", context_settings=CONTEXT)
+def cache_group() -> None:
+    """Inspect and check teacher caches written by `stdvsr cache-teacher`.
+
+    \b
+    Examples:
+      stdvsr cache info cache/demo-edvr.zarr
+      stdvsr cache verify cache/demo-edvr.zarr --sources
+    """
+
+
+@cache_group.command("info", context_settings=CONTEXT)
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def cache_info(path: str, as_json: bool) -> None:
+    """Print a cache's manifest (fingerprint), completion and sizes per tier."""
+    from stdvsr.cache.check import info
+
+    r = info(path)
+    if as_json:
+        click.echo(json.dumps(r, indent=1))
+        return
+    out = stdout()
+    table = Table(title=f"Teacher cache {r['path']}", show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    t = r["teacher"]
+    rows = [
+        ("status", "complete" if r["complete"] else f"incomplete: {r['clips_done']} of {r['clips']} clips done"),
+        ("format", f"{r['format']}, chunk {r['chunk']} LR px, {'compressed' if r['compress'] else 'uncompressed'}"),
+        ("teacher", f"{t['name']} {json.dumps(t['kwargs'])}"),
+        ("weights sha256", t["weights_sha256"]),
+        ("data", f"{r['data']['spec']} split {r['data']['split']}"
+                 + (f", first {r['data']['max_clips']} clips" if r["data"]["max_clips"] else "")),
+        ("clips / frames", f"{r['clips']} / {r['frames']}"),
+        ("frame sizes", ", ".join(f"{k} ({g['frames']} frames)" for k, g in r["groups"].items())),
+        ("degradation", f"{r['degradation']} ×{r['scale']}"),
+        ("window", f"{r['num_frame']} frames, {r['padding']} padding"),
+        ("tiers", ", ".join(r["tiers"]) + f" ({r['dtype']})"),
+        ("feature point", r["feature_point"]),
+        ("stdvsr / created", f"{r['stdvsr']} / {r['created']}"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table)
+    sizes = Table(title="Bytes per tier")
+    for col in ("tier", "raw MB", "stored MB", "compression"):
+        sizes.add_column(col, justify="left" if col == "tier" else "right")
+    for tier in r["tiers"]:
+        raw, st = r["raw_bytes"].get(tier, 0), r["stored_bytes"].get(tier, 0)
+        sizes.add_row(tier, _mb(raw), _mb(st), f"{raw / st:.2f}×" if st and r["complete"] else "-")
+    out.print(sizes)
+
+
+@cache_group.command("verify", context_settings=CONTEXT)
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--sources", is_flag=True, help="Also re-hash the dataset's frames the teacher read.")
+@click.option("--data", help="Dataset spec to check --sources against, if the dataset moved.")
+@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
+def cache_verify(path: str, sources: bool, data: str | None, as_json: bool) -> None:
+    """Re-check every clip: completion record, shards on disk, content hashes, no NaN/inf. Exit 1 on problems.
+
+    \b
+    Example:
+      stdvsr cache verify cache/demo-edvr.zarr
+    """
+    from stdvsr.cache.build import read_manifest
+    from stdvsr.cache.check import verify
+
+    manifest = read_manifest(Path(path))
+    total = len(manifest["clips"]) if manifest else 0
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task("verify", total=total)
+        problems = verify(path, sources=sources, data=data, progress=lambda n: bar.advance(task, n))
+    if as_json:
+        click.echo(json.dumps(problems, indent=1))
+    elif problems:
+        table = Table(title=f"Problems in {path}")
+        table.add_column("clip")
+        table.add_column("problem")
+        for p in problems:
+            table.add_row(p["clip"], p["problem"])
+        stdout().print(table)
+    if problems:
+        raise StdvsrError(f"cache {path}: {len(problems)} problem(s) found; rebuild the listed clips by deleting "
+                          "their progress records and re-running stdvsr cache-teacher, or rebuild the cache")
+    stdout().print(f"cache {path}: all {total} clips intact", highlight=False)
+
+
 def main() -> None:
     cli(prog_name="stdvsr")
 

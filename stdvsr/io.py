@@ -62,11 +62,12 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
 
     A crash inside the block leaves no file at ``path`` (and removes the temporary), so a file that exists is
-    always complete.
+    always complete. ``durable=True`` also fsyncs the file before and its folder after the rename, so the file
+    survives a power loss once this returns (what progress records of long jobs need).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,9 +77,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield tmp
+        if durable:
+            fsync_paths([tmp])
         os.replace(tmp, path)
+        if durable:
+            fsync_paths([path.parent])
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fsync_paths(paths) -> None:
+    """Flush files (or folders) to the disk: written data survives a crash of the machine, not only of the process."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def iter_video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
@@ -116,7 +131,7 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, png_compression: int =
         buf.tofile(tmp)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically."""
-    with atomic_path(path) as tmp:
+def write_text(path: str | os.PathLike, text: str, durable: bool = False) -> None:
+    """Write a text file atomically (``durable``: fsynced, see :func:`atomic_path`)."""
+    with atomic_path(path, durable) as tmp:
         tmp.write_text(text)

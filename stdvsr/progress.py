@@ -73,3 +73,44 @@ def training_progress(total: int, start: int = 0, enabled: bool = True, log_ever
     with progress:
         task = progress.add_task("train", total=total, completed=start, stats="", rate="")
         yield TrainingBar(progress, task, total, start)
+
+
+class WorkBar:
+    """What a long job over items (clips) updates: items done and bytes written, shown as items/s and MB/s."""
+
+    def __init__(self, progress: Progress | None, task, total: int, unit: str, every: int):
+        self.progress, self.task, self.total, self.unit, self.every = progress, task, total, unit, every
+        self.done, self.bytes, self.t0 = 0, 0, time.perf_counter()
+
+    def advance(self, items: int = 1, nbytes: int = 0) -> None:
+        self.done += items
+        self.bytes += nbytes
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        rate = f"{self.done / dt:.2f} {self.unit}/s  {self.bytes / dt / 2**20:.1f} MB/s"
+        if self.progress is not None:
+            self.progress.update(self.task, completed=self.done, rate=rate)
+        elif self.every and (self.done % self.every == 0 or self.done == self.total):
+            eta = (self.total - self.done) * dt / self.done
+            stderr().print(f"{self.done}/{self.total} {self.unit}  {rate}  ETA {eta / 60:.1f} min", soft_wrap=True,
+                           highlight=False)
+
+
+@contextlib.contextmanager
+def work_progress(total: int, description: str, unit: str = "clips", enabled: bool = True) -> Iterator[WorkBar]:
+    """A bar for counted work that also writes data: count, items/s, MB/s, elapsed, ETA (stderr).
+
+    Without a terminal it prints a plain line about every 5 % of the work; ``enabled=False`` is silent.
+    """
+    if not enabled or total == 0:
+        yield WorkBar(None, None, total, unit, 0)
+        return
+    console = stderr()
+    if not console.is_terminal:
+        yield WorkBar(None, None, total, unit, max(1, total // 20))
+        return
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn(unit), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                        TimeRemainingColumn(), console=console)
+    with progress:
+        task = progress.add_task(description, total=total, rate="")
+        yield WorkBar(progress, task, total, unit, 0)

@@ -19,6 +19,8 @@ be turned back into F^SR and SR exactly.
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -265,15 +267,22 @@ class EDVR(nn.Module):
         the pyramid) runs N instead of W·num_frame times — what a teacher cache needs for every frame of a clip.
         Alignment, fusion and reconstruction run ``chunk`` windows at a time (larger chunks were slower on a CPU).
         """
+        outs = [features for _, features in self.iter_windows(frames, windows, chunk)]
+        return Features(*(torch.cat(parts, dim=1) for parts in zip(*outs)))
+
+    def iter_windows(self, frames: torch.Tensor, windows: torch.Tensor,
+                     chunk: int = 1) -> Iterator[tuple[range, Features]]:
+        """:meth:`forward_windows` one chunk at a time: yields ``(window positions, Features)`` so that a caller
+        can store each chunk's outputs before the next is computed (a long clip's F^SR does not fit in memory)."""
         b, n, c, h, w = frames.shape
         if windows.dim() != 2 or windows.shape[1] != self.num_frame:
             raise ValueError(f"windows must be (W, {self.num_frame}) frame indices, got {tuple(windows.shape)}")
         self._check(frames[:, windows[0]])
         pyramid = [f.view(b, n, *f.shape[1:]) for f in self.extract(frames)]
-        outs = []
-        for part in windows.split(chunk):
+        for start in range(0, len(windows), chunk):
+            part = windows[start:start + chunk]
             feat_lr = self.fuse([f[:, part].flatten(0, 2) for f in pyramid], b * len(part))
             feat_sr = self.upsample_head(feat_lr)
             sr = self.to_rgb(feat_sr, frames[:, part].flatten(0, 1))
-            outs.append([x.view(b, len(part), *x.shape[1:]) for x in (sr, feat_sr, feat_lr)])
-        return Features(*(torch.cat(parts, dim=1) for parts in zip(*outs)))
+            yield range(start, start + len(part)), Features(*(x.view(b, len(part), *x.shape[1:])
+                                                              for x in (sr, feat_sr, feat_lr)))

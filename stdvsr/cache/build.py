@@ -1,0 +1,484 @@
+"""``stdvsr cache-teacher`` (stage one): run the teacher once over a dataset and store its targets.
+
+For every clip and every frame t, the teacher (EDVR) sees the ``2k+1`` window around t (the cache's padding mode
+beyond the clip's ends); each frame's pyramid features are extracted once per clip and shared by its windows
+(:meth:`EDVR.iter_windows`). What is stored per frame is chosen by ``tiers`` (see :mod:`stdvsr.cache.layout`);
+the teacher's float32 LR input ``lq`` is always stored, so stage two feeds the student exactly the pixels the
+teacher saw.
+
+Crash safety: a clip is done when its progress record exists, and the record is written (fsynced) only after the
+clip's data is durable. A killed run re-run with the same command removes the unfinished clips' pieces and
+recomputes them; clips are independent (the teacher's batch is windows of one clip), so the arrays end identical
+to an uninterrupted run. Scale-out: rank r of N (``torchrun`` or ``--rank/--world-size``) writes the clips
+``i ≡ r (mod N)``, hence whole shards; the last step (``complete`` in the manifest, HDF5's virtual datasets) is
+written once every record exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from stdvsr import __version__
+from stdvsr.cache.layout import (DEFAULT_TIERS, DTYPES, FEATURE_POINT, FORMAT_VERSION, FORMATS, HEAD, MANIFEST,
+                                 PROGRESS, array_layout, estimate_bytes, first_difference, lookup, parse_tiers,
+                                 plan_clips, quantise, sha256_file, sources_sha256)
+from stdvsr.cache.stores import backend
+from stdvsr.data import DEGRADATIONS, PADDING_MODES, degrade, load_clips, read_hr, read_lq_from_disk, window_indices
+from stdvsr.errors import StdvsrError
+from stdvsr.io import atomic_path, write_text
+from stdvsr.progress import stderr, work_progress
+from stdvsr.training import resolve_device
+
+FP16_MAX = 65504.0
+
+
+@dataclass
+class CacheConfig:
+    teacher: str = "edvr"
+    weights: str | None = None        # None: the shipped demo teacher (stdvsr.models.DEMO_TEACHER)
+    preset: str | None = None         # architecture of --weights that are not a stdvsr checkpoint (BasicSR's)
+    data: str = "demo"
+    split: str = "train"
+    max_clips: int | None = None      # the first N clips of the dataset's order
+    out: str | None = None            # default: cache/<data>-<teacher>.<format>
+    format: str = "zarr"
+    store: tuple = DEFAULT_TIERS      # optional tiers besides lq: trunk, attention, feat_sr, sr
+    dtype: str = "fp16"               # trunk / feat_sr storage: fp16 or int8 with per-frame-and-channel scales
+    degradation: str = "bd"
+    lq_from_disk: bool = False
+    mod_crop: bool = False
+    padding: str = "replicate"
+    chunk: int = 64                   # inner chunk tile, LR pixels (×4 for HR tiers)
+    compress: bool = True             # zstd level 1 (Zarr) / lzf (HDF5)
+    part_mb: int = 1024               # HDF5: close a part file after this many MB
+    batch_size: int = 1               # windows per teacher forward (1 was fastest on a CPU)
+    device: str = "auto"
+    rank: int | None = None           # explicit rank / world size (without torchrun)
+    world_size: int | None = None
+    check_space: bool = True
+
+
+def default_out(cfg: CacheConfig) -> Path:
+    data = cfg.data.replace(":", "-").replace("/", "_").strip("_") or "data"
+    suffix = f"-{cfg.split}" if cfg.split != "train" else ""
+    return Path("cache") / f"{data}{suffix}-{cfg.teacher}.{cfg.format}"
+
+
+# ------------------------------------------------------------------------------------------------- teacher
+def load_teacher(cfg: CacheConfig):
+    """The teacher network and its fingerprint entry (architecture, arguments, weights hash)."""
+    from stdvsr.models import DEMO_TEACHER, build_model, load_weights, model_spec, read_checkpoint
+    from stdvsr.models.edvr import EDVR
+
+    path = Path(cfg.weights).expanduser() if cfg.weights else DEMO_TEACHER
+    ckpt = read_checkpoint(path)
+    spec = ckpt.get("model") if isinstance(ckpt.get("model"), dict) else None
+    if spec is not None:
+        name, kwargs = spec["name"], dict(spec.get("kwargs", {}))
+    elif cfg.preset:
+        name, kwargs = cfg.preset, {}
+    else:
+        raise StdvsrError(f"--weights {path} is not a stdvsr checkpoint (no model name inside); name its "
+                          "architecture with --preset edvr-m, edvr-l or edvr-s")
+    arch, full = model_spec(name, **kwargs)
+    if arch != cfg.teacher:
+        raise StdvsrError(f"--weights {path} holds a {arch} network, not a {cfg.teacher} teacher")
+    model = build_model(name, **kwargs)
+    if not isinstance(model, EDVR) or model.hr_in:
+        raise StdvsrError("the cache needs an EDVR teacher with LR input (hr_in=False)")
+    used = load_weights(model, path)["key"]
+    info = {"name": arch, "kwargs": full, "weights_sha256": sha256_file(path), "weights_key": used,
+            "weights": str(path)}
+    return model.eval(), info
+
+
+def head_state(model) -> dict:
+    """What stage two needs to rebuild F^SR and SR from the trunk: the upsampling head and conv_last."""
+    keep = ("upconv1.", "upconv2.", "conv_hr.", "conv_last.")
+    return {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith(keep)},
+            "num_feat": model.upconv1.in_channels, "center_frame_idx": model.center_frame_idx, "num_frame": model.num_frame}
+
+
+# ------------------------------------------------------------------------------------------------ manifest
+def make_manifest(cfg: CacheConfig, teacher_info: dict, model, clips) -> dict:
+    scale = 4
+    records, groups = plan_clips(clips, scale, cfg.mod_crop)
+    tiers = parse_tiers(cfg.store)
+    layout = array_layout(groups, tiers, model.upconv1.in_channels, cfg.dtype, scale, cfg.chunk)
+    fingerprint = {
+        "format_version": FORMAT_VERSION,
+        "stdvsr": __version__,
+        "format": cfg.format,
+        "teacher": {k: v for k, v in teacher_info.items() if k != "weights"},
+        "data": {"spec": cfg.data, "split": cfg.split, "max_clips": cfg.max_clips},
+        "degradation": cfg.degradation,
+        "lq_from_disk": cfg.lq_from_disk,
+        "mod_crop": cfg.mod_crop,
+        "scale": scale,
+        "num_frame": model.num_frame,
+        "padding": cfg.padding,
+        "feature_point": FEATURE_POINT,
+        "tiers": list(tiers),
+        "dtype": cfg.dtype,
+        "chunk": cfg.chunk,
+        "compress": cfg.compress,
+        "clips": [[r["name"], r["frames"], groups[r["group"]]["hr_size"]] for r in records],
+    }
+    return {"fingerprint": fingerprint, "complete": False, "groups": groups, "clips": records,
+            "layout": {"arrays": layout, "compress": cfg.compress, "part_mb": cfg.part_mb,
+                       "head_margin": 2, "teacher_weights": teacher_info["weights"]},
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def read_manifest(root: Path) -> dict | None:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StdvsrError(f"{path} is not valid JSON ({e}); the cache is damaged — delete {root} and rebuild it") from None
+
+
+def check_fingerprint(old: dict, new: dict, root: Path) -> None:
+    """Refuse to add to a cache built with other settings, naming the first field that differs."""
+    diff = first_difference(old, new)
+    if diff:
+        raise StdvsrError(f"cache {root} was built with other settings: {diff} is {lookup(old, diff)!r} there, "
+                          f"{lookup(new, diff)!r} now; use the same settings to resume, or another --out")
+
+
+def read_records(root: Path) -> dict[int, dict]:
+    """Finished clips: ``index → progress record``. A record that does not parse is ignored (and redone)."""
+    records = {}
+    folder = Path(root) / PROGRESS
+    if folder.is_dir():
+        for p in folder.glob("*.json"):
+            try:
+                r = json.loads(p.read_text())
+                records[int(r["index"])] = r
+            except (json.JSONDecodeError, KeyError, ValueError, UnicodeDecodeError):
+                continue
+    return records
+
+
+# ------------------------------------------------------------------------------------------- distribution
+def _distribution(cfg: CacheConfig) -> tuple[int, int, bool]:
+    """``(rank, world_size, has_process_group)``: explicit flags, else torchrun's environment, else 1 process."""
+    if cfg.world_size is not None or cfg.rank is not None:
+        world = cfg.world_size or 1
+        rank = cfg.rank or 0
+        if not 0 <= rank < world:
+            raise StdvsrError(f"--rank {rank} must be in [0, --world-size {world})")
+        return rank, world, False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            # gloo only carries barriers here; the work itself needs no communication
+            dist.init_process_group("gloo", timeout=datetime.timedelta(days=2))
+        return dist.get_rank(), dist.get_world_size(), True
+    return 0, 1, False
+
+
+def _barrier(pg: bool) -> None:
+    if pg:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _wait_for_manifest(root: Path, seconds: float = 900) -> None:
+    t0 = time.time()
+    while not (root / MANIFEST).is_file():
+        if time.time() - t0 > seconds:
+            raise StdvsrError(f"rank 0 has not created the cache {root} after {seconds:.0f} s; start rank 0 first")
+        time.sleep(1)
+
+
+# ------------------------------------------------------------------------------------------------- creation
+def _free_bytes(path: Path) -> int:
+    p = path.resolve()
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def _check_space(root: Path, need: int, check: bool) -> None:
+    free = _free_bytes(root)
+    stderr().print(f"estimated size: {need / 2**30:.2f} GiB uncompressed still to write; "
+                   f"{free / 2**30:.1f} GiB free at {root.resolve().parent}", highlight=False)
+    if check and need > free:
+        raise StdvsrError(f"not enough disk space for the cache {root}: it needs about {need / 2**30:.1f} GiB "
+                          f"(uncompressed estimate) and {free / 2**30:.1f} GiB are free; free some space, choose "
+                          "another --out, store fewer tiers (--store trunk) or use --dtype int8")
+
+
+def create(root: Path, manifest: dict, model) -> None:
+    """Lay out an empty cache atomically: built in a hidden sibling folder, renamed into place when complete."""
+    tmp = root.parent / f".{root.name}.creating-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        backend(tmp, manifest).create()
+        (tmp / PROGRESS).mkdir()
+        with atomic_path(tmp / HEAD) as t:
+            torch.save(head_state(model), t)
+        write_text(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n", durable=True)
+        os.replace(tmp, root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+# ---------------------------------------------------------------------------------------------- one clip
+def _pad4(x: torch.Tensor) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if h % 4 or w % 4:
+        x = F.pad(x, (0, -w % 4, 0, -h % 4), mode="replicate")
+    return x
+
+
+class _Hashes:
+    def __init__(self):
+        import hashlib
+
+        self._new = lambda: hashlib.blake2b(digest_size=16)
+        self.h: dict = {}
+
+    def update(self, tier: str, data: np.ndarray, scales: np.ndarray | None = None) -> None:
+        """Data and int8 scales hash separately (``tier`` and ``tier_scale``), in frame order."""
+        for key, a in ((tier, data), (f"{tier}_scale", scales)):
+            if a is not None:
+                self.h.setdefault(key, self._new()).update(memoryview(np.ascontiguousarray(a)).cast("B"))
+
+    def hex(self) -> dict[str, str]:
+        return {k: v.hexdigest() for k, v in self.h.items()}
+
+
+def tier_data(tier: str, feats, hr_size, dtype: str, clip_name: str):
+    """The stored form of one tier for a chunk of windows: ``(data, scales or None)``."""
+    h, w = hr_size
+    if tier == "trunk":
+        x = feats.feat_lr[0]
+    elif tier == "feat_sr":
+        x = feats.feat_sr[0, :, :, :h, :w]
+    elif tier == "attention":
+        x = feats.feat_sr[0, :, :, :h, :w].float().pow(2).sum(1, keepdim=True)
+        peak = float(x.max())
+        if not peak <= FP16_MAX:  # also catches NaN
+            raise StdvsrError(f"clip {clip_name}: the teacher's attention map reaches {peak:.4g}, beyond float16; "
+                              "store --store trunk (attention is rebuilt in float32 then)")
+    elif tier == "sr":
+        x = feats.sr[0, :, :, :h, :w]
+    else:
+        raise AssertionError(tier)
+    if not torch.isfinite(x).all():
+        raise StdvsrError(f"clip {clip_name}: the teacher produced NaN/inf in {tier}; check the teacher weights")
+    if dtype == "int8" and tier in ("trunk", "feat_sr"):
+        return quantise(x)
+    return x.to(torch.float16).cpu().numpy(), None
+
+
+def process_clip(model, clip, rec: dict, group: dict, cfg: CacheConfig, store, device, tiers) -> dict:
+    """Run the teacher over every window of one clip and write its tiers; returns hashes and timings."""
+    t0 = time.perf_counter()
+    indices = range(len(clip))
+    hr_size = tuple(group["hr_size"])
+    if cfg.lq_from_disk:
+        lq = read_lq_from_disk(clip, indices, cfg.degradation, hr_size, 4)
+        sources = [*clip.frames, *clip.lq_frames[cfg.degradation]]
+    else:
+        hr = read_hr(clip, indices, 4, cfg.mod_crop)
+        if tuple(hr.shape[-2:]) != hr_size:
+            raise StdvsrError(f"clip {clip.name} changed size since the cache was planned; rebuild the cache")
+        lq = degrade(hr, cfg.degradation, 4)
+        sources = list(clip.frames)
+    source_hash = sources_sha256(sources)
+    hashes = _Hashes()
+    read_s = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    store.discard(rec)
+    lq_np = lq.numpy()
+    store.write(rec, "lq", 0, lq_np, None)
+    hashes.update("lq", lq_np)
+    write_s = time.perf_counter() - t1
+    teacher_s = 0.0
+
+    windows = torch.tensor([window_indices(t, len(clip), model.num_frame, cfg.padding) for t in indices])
+    frames = _pad4(lq).unsqueeze(0).to(device)
+    with torch.no_grad():
+        it = model.iter_windows(frames, windows, chunk=cfg.batch_size)
+        while True:
+            t2 = time.perf_counter()
+            part, feats = next(it, (None, None))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            teacher_s += time.perf_counter() - t2
+            if part is None:
+                break
+            t3 = time.perf_counter()
+            for tier in tiers:
+                data, scales = tier_data(tier, feats, hr_size, cfg.dtype, clip.name)
+                store.write(rec, tier, part.start, data, scales)
+                hashes.update(tier, data, scales)
+            write_s += time.perf_counter() - t3
+    return {"index": rec["index"], "name": rec["name"], "source_sha256": source_hash, "hashes": hashes.hex(),
+            "teacher_s": round(teacher_s, 4), "write_s": round(write_s, 4), "read_s": round(read_s, 4)}
+
+
+def _write_record(root: Path, record: dict) -> None:
+    write_text(Path(root) / PROGRESS / f"{record['index']:07d}.json", json.dumps(record) + "\n", durable=True)
+
+
+# ------------------------------------------------------------------------------------------------- finalise
+def finalise(root: Path, manifest: dict, records: dict[int, dict]) -> dict:
+    """All clips done: merge the records into the manifest and mark it complete (HDF5: write cache.h5 first)."""
+    store = backend(root, manifest)
+    store.finalise(records)
+    manifest = dict(manifest)
+    clips = []
+    for c in manifest["clips"]:
+        r = records[c["index"]]
+        clips.append({**c, "source_sha256": r["source_sha256"], "hashes": r["hashes"],
+                      **({"part": r["part"]} if "part" in r else {})})
+    manifest["clips"] = clips
+    stored = store.stored_bytes()
+    raw = estimate_bytes(manifest["layout"]["arrays"], manifest["clips"], manifest["fingerprint"]["tiers"])
+    manifest["summary"] = {
+        "clips": len(clips), "frames": sum(c["frames"] for c in clips),
+        "raw_bytes": raw, "stored_bytes": stored,
+        "teacher_s": round(sum(r["teacher_s"] for r in records.values()), 3),
+        "write_s": round(sum(r["write_s"] for r in records.values()), 3),
+        "read_s": round(sum(r.get("read_s", 0) for r in records.values()), 3),
+    }
+    manifest["complete"] = True
+    write_text(root / MANIFEST, json.dumps(manifest, indent=1) + "\n", durable=True)
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------------------ run
+def _validate(cfg: CacheConfig) -> None:
+    if cfg.format not in FORMATS:
+        raise StdvsrError(f"--format {cfg.format!r}: use zarr or hdf5")
+    if cfg.dtype not in DTYPES:
+        raise StdvsrError(f"--dtype {cfg.dtype!r}: use fp16 or int8")
+    if cfg.degradation not in DEGRADATIONS:
+        raise StdvsrError(f"--degradation {cfg.degradation!r}: use one of {', '.join(DEGRADATIONS)}")
+    if cfg.padding not in PADDING_MODES:
+        raise StdvsrError(f"--padding {cfg.padding!r}: use one of {', '.join(PADDING_MODES)}")
+    if cfg.chunk < 4:
+        raise StdvsrError(f"--chunk {cfg.chunk} is too small; use at least 4 LR pixels (default 64)")
+    if cfg.batch_size < 1:
+        raise StdvsrError("--batch-size must be at least 1")
+    if cfg.max_clips is not None and cfg.max_clips < 1:
+        raise StdvsrError("--max-clips must be at least 1")
+
+
+def run(cfg: CacheConfig, show_progress: bool = True) -> dict:
+    """Build (or finish) the cache; returns a summary dict (``path``, ``complete``, counts, bytes, timings)."""
+    _validate(cfg)
+    cfg = dataclasses.replace(cfg, store=parse_tiers(cfg.store))
+    root = Path(cfg.out) if cfg.out else default_out(cfg)
+    rank, world, pg = _distribution(cfg)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and pg and cfg.device == "auto":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    console = stderr()
+
+    model, teacher_info = load_teacher(cfg)
+    clips = load_clips(cfg.data, cfg.split)
+    if cfg.max_clips:
+        clips = clips[:cfg.max_clips]
+    manifest = make_manifest(cfg, teacher_info, model, clips)
+    by_index = {r["index"]: r for r in manifest["clips"]}
+
+    existing = read_manifest(root)
+    if existing is None and root.exists() and any(root.iterdir()):
+        raise StdvsrError(f"--out {root} exists and is not a stdvsr cache (no {MANIFEST}); choose another --out "
+                          "or delete the folder")
+    if existing is not None:
+        check_fingerprint(existing["fingerprint"], manifest["fingerprint"], root)
+        manifest = existing
+        if existing.get("complete"):
+            if rank == 0:
+                console.print(f"cache {root} is complete ({len(existing['clips'])} clips); nothing to do",
+                              highlight=False)
+            return _result(root, existing, processed=0, seconds=0.0, rank=rank)
+    records = read_records(root) if existing is not None else {}
+    todo = [r for r in manifest["clips"] if r["index"] % world == rank and r["index"] not in records]
+    if rank == 0:
+        _check_space(root, sum(estimate_bytes(manifest["layout"]["arrays"],
+                                              [c for c in manifest["clips"] if c["index"] not in records],
+                                              cfg.store).values()), cfg.check_space)
+    if existing is None:
+        if rank == 0:
+            root.parent.mkdir(parents=True, exist_ok=True)
+            create(root, manifest, model)
+        if pg:
+            _barrier(pg)
+        else:
+            _wait_for_manifest(root)
+        manifest = read_manifest(root)
+        check_fingerprint(manifest["fingerprint"], make_manifest(cfg, teacher_info, model, clips)["fingerprint"],
+                          root)
+
+    if rank == 0 and records:
+        console.print(f"resuming {root}: {len(records)} of {len(manifest['clips'])} clips already done",
+                      highlight=False)
+    store = backend(root, manifest, rank)
+    store.start_part(0)
+    model = model.to(device)
+    groups = manifest["groups"]
+    t0 = time.perf_counter()
+    processed = 0
+    pending: dict[int, dict] = {}
+    with work_progress(len(todo), "teacher", enabled=show_progress and rank == 0) as bar:
+        for rec in todo:
+            result = process_clip(model, clips[rec["index"]], by_index[rec["index"]], groups[rec["group"]],
+                                  cfg, store, device, cfg.store)
+            pending[rec["index"]] = result
+            t = time.perf_counter()
+            done = store.end_clip(by_index[rec["index"]])
+            result["write_s"] = round(result["write_s"] + time.perf_counter() - t, 4)
+            for clip, extra in done:
+                record = {**pending.pop(clip["index"]), **extra, "rank": rank}
+                _write_record(root, record)
+                bar.advance(1, record["stored_bytes"])
+            processed += 1
+        for clip, extra in store.close():
+            record = {**pending.pop(clip["index"]), **extra, "rank": rank}
+            _write_record(root, record)
+            bar.advance(1, record["stored_bytes"])
+    seconds = time.perf_counter() - t0
+
+    _barrier(pg)
+    records = read_records(root)
+    if (rank == 0 or not pg) and len(records) == len(manifest["clips"]) and not manifest.get("complete"):
+        manifest = finalise(root, manifest, records)
+    _barrier(pg)
+    manifest = read_manifest(root)
+    return _result(root, manifest, processed=processed, seconds=seconds, rank=rank, world=world,
+                   done=len(records))
+
+
+def _result(root: Path, manifest: dict, processed: int, seconds: float, rank: int = 0, world: int = 1,
+            done: int | None = None) -> dict:
+    return {"path": str(root), "complete": bool(manifest.get("complete")), "processed": processed,
+            "clips": len(manifest["clips"]), "done": len(manifest["clips"]) if done is None else done,
+            "frames": sum(c["frames"] for c in manifest["clips"]), "seconds": round(seconds, 3),
+            "summary": manifest.get("summary"), "rank": rank, "world_size": world,
+            "format": manifest["fingerprint"]["format"], "tiers": ["lq", *manifest["fingerprint"]["tiers"]]}

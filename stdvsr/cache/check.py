@@ -1,0 +1,112 @@
+"""``stdvsr cache info`` and ``stdvsr cache verify``: what a cache holds, and whether every clip of it is intact."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from stdvsr.cache.build import read_manifest, read_records
+from stdvsr.cache.layout import HEAD, estimate_bytes, sources_sha256
+from stdvsr.cache.stores import backend
+from stdvsr.errors import StdvsrError
+
+
+def _manifest(path: Path) -> dict:
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise StdvsrError(f"{path} is not a teacher cache (no manifest.json); build one with stdvsr cache-teacher")
+    return manifest
+
+
+def info(path: str | Path) -> dict:
+    """The manifest's settings, completion, and raw (uncompressed) vs stored bytes per tier."""
+    root = Path(path)
+    manifest = _manifest(root)
+    fp = manifest["fingerprint"]
+    records = read_records(root)
+    done = len(manifest["clips"]) if manifest.get("complete") else len(records)
+    raw = estimate_bytes(manifest["layout"]["arrays"], manifest["clips"], fp["tiers"])
+    stored = (manifest.get("summary") or {}).get("stored_bytes") or backend(root, manifest).stored_bytes()
+    summary = manifest.get("summary") or {}
+    return {
+        "path": str(root), "format": fp["format"], "complete": bool(manifest.get("complete")),
+        "clips": len(manifest["clips"]), "clips_done": done,
+        "frames": sum(c["frames"] for c in manifest["clips"]),
+        "teacher": fp["teacher"], "data": fp["data"], "degradation": fp["degradation"], "scale": fp["scale"],
+        "num_frame": fp["num_frame"], "padding": fp["padding"], "tiers": ["lq", *fp["tiers"]], "dtype": fp["dtype"],
+        "chunk": fp["chunk"], "compress": fp["compress"], "feature_point": fp["feature_point"],
+        "stdvsr": fp["stdvsr"], "created": manifest.get("created"),
+        "groups": {k: {"hr_size": g["hr_size"], "frames": g["frames"]} for k, g in manifest["groups"].items()},
+        "raw_bytes": raw, "stored_bytes": stored,
+        "teacher_s": summary.get("teacher_s"), "write_s": summary.get("write_s"),
+    }
+
+
+def verify(path: str | Path, sources: bool = False, data: str | None = None, progress=None) -> list[dict]:
+    """Re-check every clip; returns the problems found (``[]`` = intact).
+
+    Per clip: a progress record exists (completion), every shard / part holding it is on disk, each tier read
+    back hashes to what was written, float tiers hold no NaN/inf; with ``sources`` the dataset's frames still hash
+    to what the teacher read. ``progress(n)`` is called after each clip.
+    """
+    import torch
+
+    root = Path(path)
+    manifest = _manifest(root)
+    fp = manifest["fingerprint"]
+    records = read_records(root)
+    store = backend(root, manifest)
+    problems: list[dict] = []
+    try:
+        torch.load(root / HEAD, map_location="cpu", weights_only=True)
+    except Exception as e:
+        problems.append({"clip": "-", "problem": f"{HEAD} unreadable ({type(e).__name__})"})
+    dataset = None
+    if sources:
+        from stdvsr.cache.reader import CacheReader
+
+        dataset = CacheReader(root, data=data, require_complete=False).dataset_clips()
+    for clip in manifest["clips"]:
+        name = clip["name"]
+        record = records.get(clip["index"]) or (clip if "hashes" in clip else None)
+        if record is None:
+            problems.append({"clip": name, "problem": "not written yet (run the same cache-teacher command again)"})
+            if progress:
+                progress(1)
+            continue
+        missing = store.missing(clip, record)
+        for piece in missing:
+            problems.append({"clip": name, "problem": f"missing on disk: {piece}"})
+        if not missing or fp["format"] == "zarr":
+            for tier in ["lq", *fp["tiers"]]:
+                try:
+                    arr, scales = store.read(clip, tier, slice(0, clip["frames"]), slice(None), slice(None))
+                except Exception as e:  # a corrupted chunk fails to decode
+                    problems.append({"clip": name, "problem": f"{tier}: unreadable ({type(e).__name__}: {e})"[:300]})
+                    continue
+                for key, a in ((tier, arr), (f"{tier}_scale", scales)):
+                    if a is None:
+                        continue
+                    h = hashlib.blake2b(memoryview(np.ascontiguousarray(a)).cast("B"), digest_size=16)
+                    if h.hexdigest() != record["hashes"].get(key):
+                        problems.append({"clip": name, "problem": f"{key}: content differs from what was written "
+                                                                  "(corrupted or missing chunk)"})
+                    if a.dtype.kind == "f" and not np.isfinite(a).all():
+                        problems.append({"clip": name, "problem": f"{key}: holds NaN/inf"})
+        if dataset is not None:
+            c = dataset[clip["index"]]
+            paths = list(c.frames) + (list(c.lq_frames[fp["degradation"]]) if fp["lq_from_disk"] else [])
+            try:
+                digest = sources_sha256(paths)
+            except OSError as e:
+                digest = f"unreadable: {e}"
+            if digest != record["source_sha256"]:
+                problems.append({"clip": name, "problem": "source frames changed since the cache was built"})
+        if progress:
+            progress(1)
+    if manifest.get("complete") and len(records) != len(manifest["clips"]):
+        problems.append({"clip": "-", "problem": f"{len(manifest['clips']) - len(records)} progress records missing"})
+    return problems
+

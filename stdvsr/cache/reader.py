@@ -1,0 +1,248 @@
+"""Reading a teacher cache in stage two: a clip's frames, a crop, and the teacher's targets for that crop.
+
+:class:`CacheReader` opens the manifest once and the arrays lazily in each process (so it can be handed to
+DataLoader workers). :meth:`CacheReader.read` returns, for a clip, a range of its frames and an HR crop box, the
+LR input the teacher saw, the HR ground truth (decoded from the dataset's frames), and the stored tiers cropped
+to the box. The trunk comes with a margin of :data:`HEAD_MARGIN` LR pixels (zeros and a ``valid`` mask beyond
+the frame), which is what :class:`TeacherHead` needs to rebuild F^SR and SR *exactly* for the crop: the crop of
+the head's output on the whole frame equals the head's output on the margin-padded crop, cropped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from stdvsr.cache.layout import HEAD, HEAD_MARGIN, MANIFEST, PROGRESS, dequantise
+from stdvsr.cache.stores import backend
+from stdvsr.errors import StdvsrError
+
+
+def _lrelu(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, 0.1)
+
+
+class TeacherHead(nn.Module):
+    """The teacher's layers after the trunk (EDVR: upconv1, upconv2, conv_hr, conv_last), loaded from the cache.
+
+    ``feat_sr(trunk, valid)`` is EDVR.upsample_head on a margin-padded crop; ``valid`` (``(..., 1, h, w)``, 1 inside
+    the frame) zeroes every intermediate map outside the frame, as the zero padding of a whole-frame run does.
+    """
+
+    def __init__(self, num_feat: int, center_frame_idx: int, num_out_ch: int = 3):
+        super().__init__()
+        self.center_frame_idx = center_frame_idx
+        self.upconv1 = nn.Conv2d(num_feat, num_feat * 4, 3, 1, 1)
+        self.upconv2 = nn.Conv2d(num_feat, 64 * 4, 3, 1, 1)
+        self.conv_hr = nn.Conv2d(64, 64, 3, 1, 1)
+        self.conv_last = nn.Conv2d(64, num_out_ch, 3, 1, 1)
+
+    @classmethod
+    def load(cls, path: Path) -> "TeacherHead":
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise StdvsrError(f"cannot read the teacher head {path} ({type(e).__name__}); the cache is damaged — "
+                              "rebuild it with stdvsr cache-teacher") from None
+        state = obj["state_dict"]
+        head = cls(obj["num_feat"], obj["center_frame_idx"], state["conv_last.weight"].shape[0])
+        head.load_state_dict(state, strict=True)
+        return head.eval().requires_grad_(False)
+
+    def feat_sr(self, trunk: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """F^LR ``(N, C, h, w)`` → F^SR ``(N, 64, 4h, 4w)``; ``valid`` ``(N or 1, 1, h, w)`` masks outside the frame."""
+        def mask(x, factor):
+            if valid is None:
+                return x
+            return x * (valid if factor == 1 else F.interpolate(valid, scale_factor=factor, mode="nearest"))
+
+        x = mask(trunk, 1)
+        x = mask(_lrelu(F.pixel_shuffle(self.upconv1(x), 2)), 2)
+        x = mask(_lrelu(F.pixel_shuffle(self.upconv2(x), 2)), 4)
+        return mask(_lrelu(self.conv_hr(x)), 4)
+
+    def sr(self, feat_sr: torch.Tensor, lq_center: torch.Tensor) -> torch.Tensor:
+        """SR = conv_last(F^SR) + bilinear ×4 of the centre LR frame (both margin-padded crops)."""
+        base = F.interpolate(lq_center, scale_factor=4, mode="bilinear", align_corners=False)
+        return self.conv_last(feat_sr) + base
+
+    def targets(self, trunk: torch.Tensor, valid: torch.Tensor, lq_margin: torch.Tensor | None = None,
+                margin: int = HEAD_MARGIN) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(F^SR, SR)`` for the crop inside a ``margin``-padded trunk crop (leading dims ``(B, T)`` or ``(T,)``).
+
+        ``lq_margin``: the LR frames of the same padded box (replicate beyond the frame, as bilinear sampling
+        clamps); without it SR is not rebuilt (``None``).
+        """
+        lead = trunk.shape[:-3]  # (T,) or (B, T)
+        t = trunk.reshape(-1, *trunk.shape[-3:])
+        v = valid.reshape(-1, 1, *valid.shape[-2:])  # one mask per sample: (1 or B, 1, h, w)
+        if v.shape[0] != t.shape[0]:
+            v = v.repeat_interleave(t.shape[0] // v.shape[0], dim=0)
+        fsr = self.feat_sr(t, v)
+        m = 4 * margin
+        sr = None
+        if lq_margin is not None:
+            sr = self.sr(fsr, lq_margin.reshape(-1, *lq_margin.shape[-3:]))[..., m:-m, m:-m]
+            sr = sr.reshape(*lead, *sr.shape[1:])
+        fsr = fsr[..., m:-m, m:-m]
+        return fsr.reshape(*lead, *fsr.shape[1:]), sr
+
+
+class CacheReader:
+    """A built teacher cache, ready to read. ``data`` overrides the dataset spec (a dataset that moved)."""
+
+    def __init__(self, path: str | Path, data: str | None = None, require_complete: bool = True):
+        self.root = Path(path)
+        manifest_path = self.root / MANIFEST
+        if not manifest_path.is_file():
+            raise StdvsrError(f"{self.root} is not a teacher cache ({MANIFEST} is missing); build one with "
+                              "stdvsr cache-teacher")
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise StdvsrError(f"{manifest_path} is not valid JSON ({e}); rebuild the cache") from None
+        if require_complete and not self.manifest.get("complete"):
+            done = len(list((self.root / PROGRESS).glob("*.json")))
+            raise StdvsrError(f"cache {self.root} is incomplete ({done} of {len(self.manifest['clips'])} clips "
+                              "written); run the same stdvsr cache-teacher command again to finish it")
+        self.fingerprint = self.manifest["fingerprint"]
+        self.clips: list[dict] = self.manifest["clips"]
+        self.groups: dict = self.manifest["groups"]
+        self.tiers: list[str] = ["lq", *self.fingerprint["tiers"]]
+        self.scale: int = self.fingerprint["scale"]
+        self.num_frame: int = self.fingerprint["num_frame"]
+        self.data = data or self.fingerprint["data"]["spec"]
+        self.store = backend(self.root, self.manifest)
+        self._clip_objects = None
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def head(self) -> TeacherHead:
+        return TeacherHead.load(self.root / HEAD)
+
+    def dataset_clips(self):
+        """The dataset's :class:`stdvsr.data.Clip` objects (for the HR frames), checked against the cache."""
+        if self._clip_objects is None:
+            from stdvsr.data import load_clips
+
+            fp = self.fingerprint["data"]
+            clips = load_clips(self.data, fp["split"])
+            if fp["max_clips"]:
+                clips = clips[:fp["max_clips"]]
+            names = [c[0] for c in self.fingerprint["clips"]]
+            if [c.name for c in clips] != names or [len(c) for c in clips] != [c[1] for c in self.fingerprint["clips"]]:
+                raise StdvsrError(f"dataset {self.data} no longer holds the clips cache {self.root} was built from "
+                                  "(names or frame counts differ); point --data at the original dataset")
+            self._clip_objects = clips
+        return self._clip_objects
+
+    # --------------------------------------------------------------------------------------------------- read
+    def _read(self, clip: dict, tier: str, frames: range, rows: slice, cols: slice) -> torch.Tensor:
+        data, scales = self.store.read(clip, tier, slice(frames.start, frames.stop), rows, cols)
+        if scales is not None:
+            return dequantise(data, scales)
+        return torch.from_numpy(np.ascontiguousarray(data)).float()
+
+    def read(self, index: int, frames: Sequence[int] | range | None = None,
+             box: tuple[int, int, int, int] | None = None, tiers: Sequence[str] | None = None,
+             gt: bool = True, margin: int = HEAD_MARGIN) -> dict:
+        """Clip ``index``, consecutive ``frames`` (default all), HR crop ``box = (top, left, height, width)``
+        (multiples of the scale; default the whole frame).
+
+        Returns float32 tensors: ``lq`` ``(T,3,h,w)``, ``gt`` ``(T,3,H,W)`` (if ``gt``), every stored tier in
+        ``tiers`` (default all) cropped to the box — except ``trunk``, which comes as ``(T,C,h+2m,w+2m)`` with
+        ``valid`` ``(1,h+2m,w+2m)`` and ``lq_margin`` ``(T,3,h+2m,w+2m)`` for :meth:`TeacherHead.targets`.
+        """
+        clip = self.clips[index]
+        group = self.groups[clip["group"]]
+        H, W = group["hr_size"]
+        s = self.scale
+        frames = range(clip["frames"]) if frames is None else frames
+        frames = range(frames[0], frames[-1] + 1) if not isinstance(frames, range) else frames
+        if frames.step != 1 or frames.start < 0 or frames.stop > clip["frames"] or len(frames) == 0:
+            raise StdvsrError(f"frames {frames.start}..{frames.stop - 1} are not consecutive frames of clip "
+                              f"{clip['name']} ({clip['frames']} frames)")
+        top, left, height, width = box if box is not None else (0, 0, H, W)
+        if min(top, left, height, width) < 0 or top + height > H or left + width > W or (top | left | height | width) % s:
+            raise StdvsrError(f"crop box {box} does not fit clip {clip['name']} ({W}×{H}) on the ×{s} grid")
+        y, x, h, w = top // s, left // s, height // s, width // s
+        tiers = self.tiers if tiers is None else list(tiers)
+        out: dict = {"clip": clip["name"], "index": index, "frames": (frames.start, frames.stop), "box": (top, left)}
+        out["lq"] = self._read(clip, "lq", frames, slice(y, y + h), slice(x, x + w))
+        for tier in tiers:
+            if tier == "lq":
+                continue
+            if tier not in self.tiers:
+                raise StdvsrError(f"cache {self.root} does not store {tier!r} (it stores {', '.join(self.tiers)}); "
+                                  "rebuild it with --store including it")
+            if tier == "trunk":
+                out.update(self._trunk(clip, group, frames, y, x, h, w, margin))
+            else:
+                out[tier] = self._read(clip, tier, frames, slice(top, top + height), slice(left, left + width))
+        if gt:
+            from stdvsr.data import read_hr
+
+            hr = read_hr(self.dataset_clips()[index], frames, s, self.fingerprint["mod_crop"])
+            out["gt"] = hr[..., top:top + height, left:left + width].contiguous()
+        return out
+
+    def _trunk(self, clip: dict, group: dict, frames: range, y: int, x: int, h: int, w: int, m: int) -> dict:
+        th, tw = group["trunk_size"]
+        lh, lw = group["lr_size"]
+        # the part of the padded box inside the stored trunk, and where it lands in the box
+        y0, y1, x0, x1 = max(y - m, 0), min(y + h + m, th), max(x - m, 0), min(x + w + m, tw)
+        inner = self._read(clip, "trunk", frames, slice(y0, y1), slice(x0, x1))
+        pad = (x0 - (x - m), (x + w + m) - x1, y0 - (y - m), (y + h + m) - y1)
+        trunk = F.pad(inner, pad)
+        valid = F.pad(torch.ones(1, y1 - y0, x1 - x0), pad)
+        # LR input around the box, replicate-padded beyond the (unpadded) frame as bilinear sampling clamps
+        ly0, ly1, lx0, lx1 = max(y - m, 0), min(y + h + m, lh), max(x - m, 0), min(x + w + m, lw)
+        lq = self._read(clip, "lq", frames, slice(ly0, ly1), slice(lx0, lx1))
+        lpad = (lx0 - (x - m), (x + w + m) - lx1, ly0 - (y - m), (y + h + m) - ly1)
+        return {"trunk": trunk, "valid": valid, "lq_margin": F.pad(lq, lpad, mode="replicate")}
+
+
+class CacheDataset(torch.utils.data.Dataset):
+    """Training samples from a cache: ``num_frames`` consecutive frames of a clip at a random scale-aligned HR
+    crop of ``patch_size``, with the teacher's targets for exactly that crop (see :meth:`CacheReader.read`).
+
+    Item ``(epoch, i)`` (or ``i``) draws its crop from ``(seed, epoch, i)`` only, so the samples do not depend on
+    the number of workers. No flips or rotations: a transformed cached target is not the teacher's output on the
+    transformed input (DESIGN.md).
+    """
+
+    def __init__(self, path: str | Path, num_frames: int | None = None, patch_size: int = 64,
+                 tiers: Sequence[str] = ("trunk",), seed: int = 0, data: str | None = None):
+        self.reader = CacheReader(path, data=data)
+        self.num_frames = num_frames or self.reader.num_frame
+        self.patch_size, self.tiers, self.seed = patch_size, list(tiers), seed
+        if patch_size % self.reader.scale:
+            raise StdvsrError(f"--patch-size {patch_size} must be a multiple of the scale {self.reader.scale}")
+        for c in self.reader.clips:
+            H, W = self.reader.groups[c["group"]]["hr_size"]
+            if patch_size > min(H, W):
+                raise StdvsrError(f"--patch-size {patch_size} is larger than the {W}×{H} frames of clip {c['name']}")
+        self.items = [(c["index"], s) for c in self.reader.clips for s in range(c["frames"] - self.num_frames + 1)]
+        if not self.items:
+            raise StdvsrError(f"no clip in {path} has the {self.num_frames} frames a sample needs")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key) -> dict:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        index, start = self.items[i]
+        clip = self.reader.clips[index]
+        H, W = self.reader.groups[clip["group"]]["hr_size"]
+        rng = np.random.default_rng([self.seed, epoch, i])
+        s, p = self.reader.scale, self.patch_size
+        top = int(rng.integers(0, (H - p) // s + 1)) * s
+        left = int(rng.integers(0, (W - p) // s + 1)) * s
+        return self.reader.read(index, range(start, start + self.num_frames), (top, left, p, p), self.tiers)
