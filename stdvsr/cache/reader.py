@@ -214,13 +214,14 @@ class CacheDataset(torch.utils.data.Dataset):
     crop of ``patch_size``, with the teacher's targets for exactly that crop (see :meth:`CacheReader.read`).
 
     Item ``(epoch, i)`` (or ``i``) draws its crop from ``(seed, epoch, i)`` only, so the samples do not depend on
-    the number of workers. No flips or rotations: a transformed cached target is not the teacher's output on the
+    the number of workers. ``gt=False`` skips decoding the HR frames (timing the cache alone). No flips or rotations: a transformed cached target is not the teacher's output on the
     transformed input (DESIGN.md).
     """
 
     def __init__(self, path: str | Path, num_frames: int | None = None, patch_size: int = 64,
-                 tiers: Sequence[str] = ("trunk",), seed: int = 0, data: str | None = None):
+                 tiers: Sequence[str] = ("trunk",), seed: int = 0, data: str | None = None, gt: bool = True):
         self.reader = CacheReader(path, data=data)
+        self.gt = gt
         self.num_frames = num_frames or self.reader.num_frame
         self.patch_size, self.tiers, self.seed = patch_size, list(tiers), seed
         if patch_size % self.reader.scale:
@@ -245,4 +246,5 @@ class CacheDataset(torch.utils.data.Dataset):
         s, p = self.reader.scale, self.patch_size
         top = int(rng.integers(0, (H - p) // s + 1)) * s
         left = int(rng.integers(0, (W - p) // s + 1)) * s
-        return self.reader.read(index, range(start, start + self.num_frames), (top, left, p, p), self.tiers)
+        return self.reader.read(index, range(start, start + self.num_frames), (top, left, p, p), self.tiers,
+                                gt=self.gt)
