@@ -107,7 +107,8 @@ def head_state(model) -> dict:
     """What stage two needs to rebuild F^SR and SR from the trunk: the upsampling head and conv_last."""
     keep = ("upconv1.", "upconv2.", "conv_hr.", "conv_last.")
     return {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith(keep)},
-            "num_feat": model.upconv1.in_channels, "center_frame_idx": model.center_frame_idx, "num_frame": model.num_frame}
+            "num_feat": model.upconv1.in_channels, "center_frame_idx": model.center_frame_idx,
+            "num_frame": model.num_frame}
 
 
 # ------------------------------------------------------------------------------------------------ manifest
@@ -148,7 +149,8 @@ def read_manifest(root: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StdvsrError(f"{path} is not valid JSON ({e}); the cache is damaged — delete {root} and rebuild it") from None
+        raise StdvsrError(f"{path} is not valid JSON ({e}); the cache is damaged — delete {root} and rebuild "
+                          "it") from None
 
 
 def check_fingerprint(old: dict, new: dict, root: Path) -> None:
@@ -227,9 +229,9 @@ def _check_space(root: Path, need: int, check: bool) -> None:
 
 def create(root: Path, manifest: dict, model) -> None:
     """Lay out an empty cache atomically: built in a hidden sibling folder, renamed into place when complete."""
+    for stale in root.parent.glob(f".{root.name}.creating-*"):  # a creation killed before its rename
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root.parent / f".{root.name}.creating-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
         backend(tmp, manifest).create()
@@ -446,6 +448,7 @@ def run(cfg: CacheConfig, show_progress: bool = True) -> dict:
     t0 = time.perf_counter()
     processed = 0
     pending: dict[int, dict] = {}
+    layout = manifest["layout"]["arrays"]
     with work_progress(len(todo), "teacher", enabled=show_progress and rank == 0) as bar:
         for rec in todo:
             result = process_clip(model, clips[rec["index"]], by_index[rec["index"]], groups[rec["group"]],
@@ -454,15 +457,12 @@ def run(cfg: CacheConfig, show_progress: bool = True) -> dict:
             t = time.perf_counter()
             done = store.end_clip(by_index[rec["index"]])
             result["write_s"] = round(result["write_s"] + time.perf_counter() - t, 4)
-            for clip, extra in done:
-                record = {**pending.pop(clip["index"]), **extra, "rank": rank}
-                _write_record(root, record)
-                bar.advance(1, record["stored_bytes"])
+            for clip, extra in done:  # Zarr: this clip; HDF5: the clips of a part that was just closed
+                _write_record(root, {**pending.pop(clip["index"]), **extra, "rank": rank})
             processed += 1
+            bar.advance(1, sum(estimate_bytes(layout, [rec], cfg.store).values()))
         for clip, extra in store.close():
-            record = {**pending.pop(clip["index"]), **extra, "rank": rank}
-            _write_record(root, record)
-            bar.advance(1, record["stored_bytes"])
+            _write_record(root, {**pending.pop(clip["index"]), **extra, "rank": rank})
     seconds = time.perf_counter() - t0
 
     _barrier(pg)

@@ -204,4 +204,5 @@ def quantise(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 def dequantise(q: np.ndarray, s: np.ndarray) -> torch.Tensor:
     """Inverse of :func:`quantise` for ``q`` ``(T, C, h, w)`` and scales ``(T, C)``."""
-    return torch.from_numpy(np.ascontiguousarray(q)).float() * torch.from_numpy(np.ascontiguousarray(s))[:, :, None, None]
+    scales = torch.from_numpy(np.ascontiguousarray(s))[:, :, None, None]
+    return torch.from_numpy(np.ascontiguousarray(q)).float() * scales

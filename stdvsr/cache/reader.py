@@ -56,7 +56,7 @@ class TeacherHead(nn.Module):
         return head.eval().requires_grad_(False)
 
     def feat_sr(self, trunk: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """F^LR ``(N, C, h, w)`` → F^SR ``(N, 64, 4h, 4w)``; ``valid`` ``(N or 1, 1, h, w)`` masks outside the frame."""
+        """F^LR ``(N, C, h, w)`` → F^SR ``(N, 64, 4h, 4w)``; ``valid`` ``(N or 1, 1, h, w)`` masks out the rest."""
         def mask(x, factor):
             if valid is None:
                 return x
@@ -86,11 +86,12 @@ class TeacherHead(nn.Module):
             v = v.repeat_interleave(t.shape[0] // v.shape[0], dim=0)
         fsr = self.feat_sr(t, v)
         m = 4 * margin
+        inner = (..., slice(m, fsr.shape[-2] - m), slice(m, fsr.shape[-1] - m))
         sr = None
         if lq_margin is not None:
-            sr = self.sr(fsr, lq_margin.reshape(-1, *lq_margin.shape[-3:]))[..., m:-m, m:-m]
+            sr = self.sr(fsr, lq_margin.reshape(-1, *lq_margin.shape[-3:]))[inner]
             sr = sr.reshape(*lead, *sr.shape[1:])
-        fsr = fsr[..., m:-m, m:-m]
+        fsr = fsr[inner]
         return fsr.reshape(*lead, *fsr.shape[1:]), sr
 
 
@@ -170,12 +171,12 @@ class CacheReader:
             raise StdvsrError(f"frames {frames.start}..{frames.stop - 1} are not consecutive frames of clip "
                               f"{clip['name']} ({clip['frames']} frames)")
         top, left, height, width = box if box is not None else (0, 0, H, W)
-        if min(top, left, height, width) < 0 or top + height > H or left + width > W or (top | left | height | width) % s:
+        inside = min(top, left, height, width) >= 0 and top + height <= H and left + width <= W
+        if not inside or (top | left | height | width) % s:
             raise StdvsrError(f"crop box {box} does not fit clip {clip['name']} ({W}×{H}) on the ×{s} grid")
         y, x, h, w = top // s, left // s, height // s, width // s
         tiers = self.tiers if tiers is None else list(tiers)
         out: dict = {"clip": clip["name"], "index": index, "frames": (frames.start, frames.stop), "box": (top, left)}
-        out["lq"] = self._read(clip, "lq", frames, slice(y, y + h), slice(x, x + w))
         for tier in tiers:
             if tier == "lq":
                 continue
@@ -184,8 +185,12 @@ class CacheReader:
                                   "rebuild it with --store including it")
             if tier == "trunk":
                 out.update(self._trunk(clip, group, frames, y, x, h, w, margin))
+                # the box lies inside the frame, so the middle of lq_margin is the crop itself (one read fewer)
+                out["lq"] = out["lq_margin"][..., margin:margin + h, margin:margin + w].contiguous()
             else:
                 out[tier] = self._read(clip, tier, frames, slice(top, top + height), slice(left, left + width))
+        if "lq" not in out:
+            out["lq"] = self._read(clip, "lq", frames, slice(y, y + h), slice(x, x + w))
         if gt:
             from stdvsr.data import read_hr
 
@@ -214,8 +219,8 @@ class CacheDataset(torch.utils.data.Dataset):
     crop of ``patch_size``, with the teacher's targets for exactly that crop (see :meth:`CacheReader.read`).
 
     Item ``(epoch, i)`` (or ``i``) draws its crop from ``(seed, epoch, i)`` only, so the samples do not depend on
-    the number of workers. ``gt=False`` skips decoding the HR frames (timing the cache alone). No flips or rotations: a transformed cached target is not the teacher's output on the
-    transformed input (DESIGN.md).
+    the number of workers. ``gt=False`` skips decoding the HR frames (timing the cache alone). No flips or
+    rotations: a transformed cached target is not the teacher's output on the transformed input (DESIGN.md).
     """
 
     def __init__(self, path: str | Path, num_frames: int | None = None, patch_size: int = 64,

@@ -236,7 +236,9 @@ class HDF5Backend:
         referenced = {r["part"] for r in records.values()}
         for p in self._parts():
             if p.name not in referenced:  # a part renamed just before a kill, whose clips were redone
-                p.unlink()
+                p.unlink(missing_ok=True)
+        for p in self.root.glob(".part-*.partial"):  # left by a killed rank of an earlier, wider run
+            p.unlink(missing_ok=True)
 
     # ----------------------------------------------------------------------------------------------- reading
     def _h5(self):
