@@ -503,7 +503,12 @@ def cache_group() -> None:
 @click.argument("path", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def cache_info(path: str, as_json: bool) -> None:
-    """Print a cache's manifest (fingerprint), completion and sizes per tier."""
+    """Print a cache's manifest (fingerprint), completion and sizes per tier.
+
+    \b
+    Example:
+      stdvsr cache info cache/demo-edvr.zarr --json
+    """
     from stdvsr.cache.check import info
 
     r = info(path)

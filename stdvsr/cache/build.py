@@ -217,10 +217,11 @@ def _free_bytes(path: Path) -> int:
     return shutil.disk_usage(p).free
 
 
-def _check_space(root: Path, need: int, check: bool) -> None:
+def _check_space(root: Path, need: int, check: bool, quiet: bool = False) -> None:
     free = _free_bytes(root)
-    stderr().print(f"estimated size: {need / 2**30:.2f} GiB uncompressed still to write; "
-                   f"{free / 2**30:.1f} GiB free at {root.resolve().parent}", highlight=False)
+    if not quiet:
+        stderr().print(f"estimated size: {need / 2**30:.2f} GiB uncompressed still to write; "
+                       f"{free / 2**30:.1f} GiB free at {root.resolve().parent}", highlight=False)
     if check and need > free:
         raise StdvsrError(f"not enough disk space for the cache {root}: it needs about {need / 2**30:.1f} GiB "
                           f"(uncompressed estimate) and {free / 2**30:.1f} GiB are free; free some space, choose "
@@ -422,18 +423,18 @@ def run(cfg: CacheConfig, show_progress: bool = True) -> dict:
             return _result(root, existing, processed=0, seconds=0.0, rank=rank)
     records = read_records(root) if existing is not None else {}
     todo = [r for r in manifest["clips"] if r["index"] % world == rank and r["index"] not in records]
-    if rank == 0:
-        _check_space(root, sum(estimate_bytes(manifest["layout"]["arrays"],
-                                              [c for c in manifest["clips"] if c["index"] not in records],
-                                              cfg.store).values()), cfg.check_space)
+    # every rank checks (and fails) alike, so no rank is left waiting at a barrier for one that stopped
+    _check_space(root, sum(estimate_bytes(manifest["layout"]["arrays"],
+                                          [c for c in manifest["clips"] if c["index"] not in records],
+                                          cfg.store).values()), cfg.check_space, quiet=rank != 0)
+    if existing is None and rank == 0:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        create(root, manifest, model)
+    if pg:
+        _barrier(pg)  # always: ranks that found the cache already created must meet the same barriers
+    elif existing is None:
+        _wait_for_manifest(root)
     if existing is None:
-        if rank == 0:
-            root.parent.mkdir(parents=True, exist_ok=True)
-            create(root, manifest, model)
-        if pg:
-            _barrier(pg)
-        else:
-            _wait_for_manifest(root)
         manifest = read_manifest(root)
         check_fingerprint(manifest["fingerprint"], make_manifest(cfg, teacher_info, model, clips)["fingerprint"],
                           root)
