@@ -32,8 +32,9 @@ from torch.nn import functional as F
 from stdvsr import __version__
 from stdvsr.cache.layout import (DEFAULT_TIERS, DTYPES, FEATURE_POINT, FORMAT_VERSION, FORMATS, HEAD, MANIFEST,
                                  PROGRESS, array_layout, estimate_bytes, first_difference, lookup, parse_tiers,
-                                 plan_clips, quantise, sha256_file, sources_sha256)
+                                 plan_clips, quantise, sources_sha256)
 from stdvsr.cache.stores import backend
+from stdvsr.demo import sha256_file
 from stdvsr.data import DEGRADATIONS, PADDING_MODES, degrade, load_clips, read_hr, read_lq_from_disk, window_indices
 from stdvsr.errors import StdvsrError
 from stdvsr.io import atomic_path, write_text

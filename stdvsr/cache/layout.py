@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from stdvsr.demo import sha256_file
 from stdvsr.errors import StdvsrError
 from stdvsr.io import image_size
 
@@ -140,14 +141,6 @@ def estimate_bytes(layout: dict, clips: Sequence[dict], tiers: Sequence[str]) ->
 
 
 # ---------------------------------------------------------------------------------------------- fingerprint
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def sources_sha256(paths: Sequence[Path]) -> str:
     """Content hash of a clip's source frames (file bytes, in order)."""
     h = hashlib.sha256()
