@@ -582,6 +582,116 @@ def cache_verify(path: str, sources: bool, data: str | None, as_json: bool) -> N
     stdout().print(f"cache {path}: all {total} clips intact", highlight=False)
 
 
+# ------------------------------------------------------------------------------------------------ distill
+@cli.command("distill", context_settings=CONTEXT)
+@click.option("--config", type=click.Path(dir_okay=False), callback=_load_config_file, is_eager=True,
+              expose_value=False, help="TOML file whose keys fill the options below (flags win), e.g. "
+                                       "pipelines/paper.toml for the paper's settings.")
+@click.option("--student", default="fastdvdnet", show_default=True,
+              type=click.Choice(["fastdvdnet", "fastdvdnet-half", "fastdvdnet-quarter", "vsrnet", "vespcn", "vdsr"]),
+              help="Student network (the -half / -quarter widths are Table 6's).")
+@click.option("--cache", default="cache/demo-edvr.zarr", show_default=True, type=click.Path(file_okay=False),
+              help="Teacher cache written by `stdvsr cache-teacher`.")
+@click.option("--data", help="Where the cache's dataset lives now, if it moved (default: as recorded).")
+@click.option("--out", default="runs/distill", show_default=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints/, metrics.jsonl, config.json, student.pth.")
+@click.option("--kd", default="std", show_default=True, type=click.Choice(["std", "sd", "td", "none", "mse", "mean2",
+                                                                         "output"]),
+              help="Distillation: std = SD + TD (the paper), sd / td alone, none (plain student), mse (KD-MSE on "
+                   "features), mean2 (Gao et al.'s KD-M²_mean), output (teacher's SR frames).")
+@click.option("--feature", type=click.Choice(["sr", "lr"]),
+              help="Feature to distil: F^SR (the paper) or F^LR (Table 4). Default: lr for mean2, sr otherwise.")
+@click.option("--lambda-sd", default=1.0, show_default=True, type=float,
+              help="λ1, weight of L_SD (and of the mse / mean2 / output term).")
+@click.option("--lambda-td", default=100.0, show_default=True, type=float, help="λ2, weight of L_TD.")
+@click.option("--attention", default="sum2", show_default=True, type=click.Choice(["sum2", "sum", "max2"]),
+              help="SD mapping: Σ|F|² (Eq. 2, the paper), Σ|F| (Eq. 1), max|F|² (Eq. 3).")
+@click.option("--sd-norm", default="none", show_default=True, type=click.Choice(["none", "l2"]),
+              help="Normalise attention maps by their L2 norm (attention transfer); the paper does not.")
+@click.option("--td-hidden", default=16, show_default=True, type=click.IntRange(1),
+              help="ConvLSTM hidden channels (TD).")
+@click.option("--td-freeze", default=1e-8, show_default=True, type=float,
+              help="Freeze the ConvLSTM once L_TD falls below this (the paper's collapse guard).")
+@click.option("--clip-frames", default=7, show_default=True, type=click.IntRange(1),
+              help="Frames per training sample, 2k+1 (the TD sequence).")
+@click.option("--warmup-steps", default=200, show_default=True, type=click.IntRange(0),
+              help="Steps with L_rec only before distillation starts (the paper: 20000).")
+@click.option("--steps", default=2000, show_default=True, type=click.IntRange(1), help="Training iterations.")
+@click.option("--batch-size", default=2, show_default=True, type=click.IntRange(1), help="Clips per step, per rank.")
+@click.option("--patch-size", default=64, show_default=True, type=click.IntRange(16),
+              help="HR crop size, a multiple of 16 (the paper: 256).")
+@click.option("--lr", default=2e-4, show_default=True, type=float, help="Peak Adam learning rate (the paper: 1e-4).")
+@click.option("--min-lr", default=1e-6, show_default=True, type=float, help="Final learning rate (cosine).")
+@click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step"]),
+              help="cosine, or step: ×--lr-gamma every --lr-step steps (the paper).")
+@click.option("--lr-step", default=200_000, show_default=True, type=click.IntRange(1))
+@click.option("--lr-gamma", default=0.5, show_default=True, type=float)
+@click.option("--augment", default="none", show_default=True, type=click.Choice(["none", "approx"]),
+              help="none: exact cached targets; approx: the same flip/rotation of inputs and targets "
+                   "(a transformed target is not the teacher's output on the transformed input).")
+@click.option("--online-teacher", is_flag=True,
+              help="Run the teacher every step instead of reading the cache (same losses; to check and time it).")
+@click.option("--teacher-weights", type=click.Path(dir_okay=False),
+              help="Weights for --online-teacher (default: those the cache was built from; sha256 checked).")
+@click.option("--degradation", type=click.Choice(["bd", "bi"]), help="Refuse a cache built with another one.")
+@click.option("--padding", type=click.Choice(["replicate", "reflection", "reflection_circle", "circle"]),
+              help="Refuse a cache built with another padding mode.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="DataLoader workers.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--log-every", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--val-data", default="auto", show_default=True,
+              help="Held-out clips for validation: auto = the held-out split of demo/vimeo90k; 'none' disables.")
+@click.option("--val-every", default=500, show_default=True, type=click.IntRange(0),
+              help="Held-out Y-PSNR every N steps (0: never).")
+@click.option("--val-stride", default=4, show_default=True, type=click.IntRange(1),
+              help="Validate every N-th frame of each held-out clip.")
+@click.option("--val-clips", default=8, show_default=True, type=click.IntRange(0),
+              help="Validate on at most this many held-out clips (0: all).")
+@click.option("--ckpt-every", default=500, show_default=True, type=click.IntRange(1))
+@click.option("--resume", help="auto (newest checkpoint in --out, if any) or a checkpoint path.")
+@click.pass_context
+def distill(ctx: click.Context, **opts) -> None:
+    """Stage two: train a student against a teacher cache with Space-Time Distillation.
+
+    Each sample is 2k+1 consecutive frames at one crop; the student runs every frame's window and is trained with
+    L = L_rec + λ1·L_SD + λ2·L_TD (Charbonnier; attention maps of F^SR; the final cell of one ConvLSTM shared by
+    teacher and student, frozen once L_TD < --td-freeze). The teacher's F^SR for the same pixels comes from the
+    cache (its trunk through the cached head), so the teacher never runs. Checkpoints hold everything needed to
+    --resume auto exactly; the final student is saved as student.pth for evaluate / upscale / export.
+
+    \b
+    Examples:
+      stdvsr distill                                               # fastdvdnet, STD, demo cache, CPU-sized
+      stdvsr distill --kd none --out runs/plain                    # the baseline with the same budget
+      stdvsr distill --student vsrnet --kd mse --steps 4000 --resume auto
+      stdvsr distill --config pipelines/paper.toml --cache cache/vimeo90k-edvr.zarr --device cuda
+      torchrun --nproc_per_node 4 -m stdvsr distill --config pipelines/paper.toml --cache ...
+    """
+    from stdvsr.distill import DistillConfig, run
+
+    resume = opts.pop("resume")
+    if opts["val_data"] == "none":
+        opts["val_data"] = None
+    cfg = DistillConfig(**opts)
+    result = run(cfg, resume=resume, explicit=_explicit(ctx, opts))
+    if result["rank"] != 0:
+        return
+    table = Table(title=f"{cfg.student} distilled with --kd {cfg.kd} after {result['steps']} steps")
+    table.add_column("", justify="left")
+    table.add_column("value", justify="right")
+    if result["val_psnr"] is not None:
+        table.add_row("held-out Y-PSNR (dB)", f"{result['val_psnr']:.2f}")
+        table.add_row("bicubic Y-PSNR (dB)", f"{result['bicubic_psnr']:.2f}")
+    table.add_row("step time (s)", f"{result['step_s']:.3f}")
+    table.add_row("waiting for data", f"{100 * result['data_wait_frac']:.1f} %")
+    if result["td_frozen_at"]:
+        table.add_row("ConvLSTM frozen at step", str(result["td_frozen_at"]))
+    table.add_row("training time (s)", f"{result['seconds']:.0f}")
+    table.add_row("student", result["student"])
+    stdout().print(table)
+
+
 def main() -> None:
     cli(prog_name="stdvsr")
 

@@ -198,6 +198,17 @@ class CacheReader:
             out["gt"] = hr[..., top:top + height, left:left + width].contiguous()
         return out
 
+    def read_lq(self, index: int, frames: range, lr_box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """The teacher's LR input ``(T, 3, h, w)`` for consecutive ``frames`` of clip ``index``, cropped to the LR
+        box ``(top, left, height, width)`` (default: the whole frame)."""
+        clip = self.clips[index]
+        if frames.step != 1 or frames.start < 0 or frames.stop > clip["frames"] or len(frames) == 0:
+            raise StdvsrError(f"frames {frames.start}..{frames.stop - 1} are not consecutive frames of clip "
+                              f"{clip['name']} ({clip['frames']} frames)")
+        lh, lw = self.groups[clip["group"]]["lr_size"]
+        y, x, h, w = lr_box if lr_box is not None else (0, 0, lh, lw)
+        return self._read(clip, "lq", frames, slice(y, y + h), slice(x, x + w))
+
     def _trunk(self, clip: dict, group: dict, frames: range, y: int, x: int, h: int, w: int, m: int) -> dict:
         th, tw = group["trunk_size"]
         lh, lw = group["lr_size"]

@@ -1,0 +1,709 @@
+"""``stdvsr distill``: stage two — train a compact student against a teacher cache with Space-Time Distillation.
+
+One training sample is a clip of ``clip_frames`` = 2k+1 consecutive frames at one HR crop. The student runs the
+window of every frame (its own window length, padded at the clip's ends as the cache was built), giving SR_t and
+F^SR_t for each frame t; the teacher's F^SR_t for the same pixels comes from the cache (its trunk through the
+cached upsampling head, or a stored tier) or, with ``online_teacher``, from running the teacher every step.
+
+    L = L_rec + λ1·L_SD + λ2·L_TD                                  (Eq. 9)
+    L_rec = Charbonnier(SR_t, HR_t) over the clip's frames          (Eq. 8, ε = 1e-6)
+    L_SD  = mean_t L_d(M^S_t, M^T_t),  M = Σ_c |F^SR_c|²           (Eq. 1–5)
+    L_TD  = L_d(C^S, C^T), C = ConvLSTM(F^SR_1 … F^SR_N) final cell (Eq. 6–7)
+
+The ConvLSTM is shared by teacher and student, trains with the student and is frozen for good once L_TD < 1e-8
+(the paper's guard against the all-zero collapse). A 1×1 adapter maps the student's features to the teacher's
+channel count where a loss compares features (TD, KD-MSE); attention maps need none. For ``warmup_steps`` steps
+only L_rec is used (the paper: 20K). Baselines (``kd``): ``none`` (L_rec only), ``sd``, ``td``, ``std``,
+``mse`` (KD-MSE on the features), ``mean2`` (Gao et al.'s (mean_c F)², on F^LR by default), ``output`` (the
+teacher's SR frames); ``feature="lr"`` distils F^LR (the trunk) instead of F^SR (Table 4).
+
+Outputs in ``out``: ``config.json``, ``metrics.jsonl``, ``checkpoints/step_XXXXXXX.pth`` (student, adapter and
+ConvLSTM, optimizer, step, RNG states, resolved config, cache fingerprint) and ``student.pth``, the deployable
+student alone (what ``stdvsr.models.load_model``, ``evaluate`` and ``export`` take). ``resume="auto"`` continues
+from the newest checkpoint with exactly the batches, crops and losses of an uninterrupted run (on a CPU).
+Scale-out: ``torchrun --nproc_per_node N stdvsr distill …`` (gloo on CPU, NCCL on GPU); ``batch_size`` is per
+rank and rank r takes its slice of every global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import time
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from stdvsr import __version__
+from stdvsr.cache.layout import FEATURE_POINT, HEAD_MARGIN, first_difference, lookup
+from stdvsr.cache.reader import CacheReader
+from stdvsr.data import dihedral, window_indices
+from stdvsr.errors import StdvsrError
+from stdvsr.io import write_text
+from stdvsr.losses import (MAPPINGS, SD_NORMS, ConvLSTM, charbonnier, kd_mean2, kd_mse, output_kd, sd_loss,
+                           td_loss)
+from stdvsr.models import STUDENTS, build_model, model_spec, read_checkpoint
+from stdvsr.progress import stderr, training_progress
+from stdvsr.training import (StepBatches, latest_checkpoint, learning_rate, resolve_device, rng_state,
+                             save_checkpoint, seed_everything, set_rng_state)
+
+KD_MODES = ("std", "sd", "td", "none", "mse", "mean2", "output")
+FEATURES = ("sr", "lr")
+AUGMENTS = ("none", "approx")
+
+
+@dataclass
+class DistillConfig:
+    student: str = "fastdvdnet"      # a student architecture or preset (fastdvdnet-half, fastdvdnet-quarter)
+    cache: str = "cache/demo-edvr.zarr"
+    data: str | None = None          # the dataset's new location if it moved since the cache was built
+    out: str = "runs/distill"
+    kd: str = "std"
+    feature: str | None = None       # sr | lr; None: lr for mean2 (Gao et al.), sr otherwise
+    lambda_sd: float = 1.0           # λ1: weight of L_SD (and of the mse / mean2 / output baselines' term)
+    lambda_td: float = 100.0         # λ2: weight of L_TD
+    attention: str = "sum2"          # SD mapping: sum2 (Eq. 2, the paper), sum (Eq. 1), max2 (Eq. 3)
+    sd_norm: str = "none"            # none (the paper) | l2 (attention transfer's normalisation)
+    td_hidden: int = 16              # ConvLSTM hidden/cell channels
+    td_freeze: float = 1e-8          # freeze the ConvLSTM once L_TD falls below this
+    clip_frames: int = 7             # 2k+1 frames per sample (k = 3)
+    warmup_steps: int = 200          # L_rec only for these steps (the paper: 20K)
+    steps: int = 2000
+    batch_size: int = 2              # per rank
+    patch_size: int = 64             # HR crop (÷4 at LR)
+    lr: float = 2e-4
+    min_lr: float = 1e-6
+    schedule: str = "cosine"         # cosine | step (the paper: ×0.5 every 200K)
+    lr_step: int = 200_000
+    lr_gamma: float = 0.5
+    augment: str = "none"            # none: exact targets; approx: flips/rotations of inputs and targets alike
+    online_teacher: bool = False     # run the teacher every step instead of reading its targets from the cache
+    teacher_weights: str | None = None  # online teacher weights (default: the file the cache was built from)
+    degradation: str | None = None   # expected cache settings: a mismatch is refused (None: whatever it holds)
+    padding: str | None = None
+    val_data: str | None = "auto"   # held-out clips: auto = the held-out split of demo / vimeo90k; None: none
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+    log_every: int = 20
+    val_every: int = 500
+    val_stride: int = 4
+    val_clips: int = 8
+    ckpt_every: int = 500
+    keep_checkpoints: int = 3
+
+
+# Fields a resumed run may change; anything else must match the checkpoint.
+RESUMABLE_CHANGES = {"steps", "workers", "device", "out", "log_every", "val_every", "val_stride", "val_clips", "val_data",
+                     "ckpt_every", "keep_checkpoints", "data", "cache", "teacher_weights"}
+
+
+# --------------------------------------------------------------------------------------------------- planning
+def _feature(cfg: DistillConfig) -> str:
+    return cfg.feature or ("lr" if cfg.kd == "mean2" else "sr")
+
+
+def uses(cfg: DistillConfig) -> set[str]:
+    """The loss terms besides L_rec: a subset of {sd, td, mse, mean2, output}."""
+    return {"std": {"sd", "td"}, "sd": {"sd"}, "td": {"td"}, "none": set(), "mse": {"mse"},
+            "mean2": {"mean2"}, "output": {"output"}}[cfg.kd]
+
+
+def teacher_needs(cfg: DistillConfig) -> set[str]:
+    """What the losses take from the teacher: ``feat`` (F^SR or F^LR), ``attention`` (M^T only), ``sr``."""
+    terms = uses(cfg)
+    needs = set()
+    if terms & {"td", "mse", "mean2"}:
+        needs.add("feat")
+    if "sd" in terms:
+        needs.add("feat" if (_feature(cfg) == "lr" or cfg.attention != "sum2") else "attention")
+    if "output" in terms:
+        needs.add("sr")
+    return needs
+
+
+def cache_tiers(needs: set[str], feature: str, stored: list[str], root) -> list[str]:
+    """The cache tiers to read for ``needs``: a stored tier that serves it directly, else the trunk."""
+    tiers = []
+    for need in sorted(needs):
+        direct = {"feat": "feat_sr" if feature == "sr" else None, "attention": "attention", "sr": "sr"}[need]
+        if direct in stored and not (need == "attention" and "feat_sr" in stored):
+            tiers.append(direct)
+        elif need == "attention" and "feat_sr" in stored:
+            tiers.append("feat_sr")
+        elif "trunk" in stored:
+            tiers.append("trunk")
+        else:
+            what = {"feat": f"the teacher's F^{feature.upper()}", "attention": "attention maps",
+                    "sr": "the teacher's SR frames"}[need]
+            raise StdvsrError(f"cache {root} cannot provide {what} (it stores {', '.join(stored)}); rebuild it with "
+                              "--store trunk, or use --online-teacher")
+    return sorted(set(tiers))
+
+
+def check_cache(cfg: DistillConfig, reader: CacheReader, student: nn.Module) -> None:
+    """Refuse a cache whose settings cannot serve this student, naming the field."""
+    fp = reader.fingerprint
+    if student.scale != reader.scale:
+        raise StdvsrError(f"cache {reader.root}: scale is ×{reader.scale} there but student {cfg.student} is "
+                          f"×{student.scale}; build a ×{student.scale} cache")
+    for name in ("degradation", "padding"):
+        want = getattr(cfg, name)
+        if want is not None and want != fp[name]:
+            raise StdvsrError(f"cache {reader.root}: {name} is {fp[name]!r} there, --{name} {want!r} here; "
+                              f"drop --{name} or build a cache with --{name} {want}")
+    if fp["feature_point"] != FEATURE_POINT:
+        raise StdvsrError(f"cache {reader.root}: feature_point is {fp['feature_point']!r} there, not what this "
+                          f"version distils ({FEATURE_POINT!r}); rebuild the cache")
+    if _feature(cfg) == "lr" and uses(cfg) and not getattr(student, "lr_features", True):
+        raise StdvsrError(f"--feature lr: {cfg.student} has no LR feature map (it works at HR throughout); use "
+                          "--feature sr, or a student with an LR trunk (fastdvdnet, vespcn)")
+    longest = max(c["frames"] for c in reader.clips)
+    if cfg.clip_frames > longest:
+        raise StdvsrError(f"--clip-frames {cfg.clip_frames} is longer than every clip in {reader.root} "
+                          f"(longest: {longest})")
+
+
+def validate_config(cfg: DistillConfig) -> None:
+    choices = {"kd": KD_MODES, "attention": MAPPINGS, "sd_norm": SD_NORMS, "augment": AUGMENTS,
+               "schedule": ("cosine", "step")}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise StdvsrError(f"--{name.replace('_', '-')} {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")
+    if cfg.feature not in (None, *FEATURES):
+        raise StdvsrError(f"--feature {cfg.feature!r} is not one of {', '.join(FEATURES)}")
+    arch, _ = model_spec(cfg.student)
+    if arch not in STUDENTS:
+        raise StdvsrError(f"--student {cfg.student} is not a student; choose one of {', '.join(STUDENTS)} or a "
+                          "student preset (fastdvdnet-half, fastdvdnet-quarter)")
+    if cfg.patch_size % 16:
+        raise StdvsrError(f"--patch-size {cfg.patch_size} must be a multiple of 16 (4 for the scale × 4 for the "
+                          "students' LR downsampling)")
+    if cfg.clip_frames < 1:
+        raise StdvsrError("--clip-frames must be at least 1")
+    if "td" in uses(cfg) and cfg.clip_frames < 2:
+        raise StdvsrError("--kd std/td needs --clip-frames ≥ 2 (TD encodes a sequence)")
+    if cfg.warmup_steps < 0 or cfg.steps < 1:
+        raise StdvsrError("--steps must be ≥ 1 and --warmup-steps ≥ 0")
+
+
+# ----------------------------------------------------------------------------------------------------- data
+class DistillDataset(torch.utils.data.Dataset):
+    """Samples of ``clip_frames`` consecutive frames of a cached clip at a random HR crop of ``patch_size``.
+
+    Item ``(epoch, i)`` depends on ``(seed, epoch, i)`` only. It holds ``windows`` ``(N, student_frames, 3, p/s,
+    p/s)`` — every frame's student window, padded at the clip's ends with the cache's padding mode — ``gt``
+    ``(N, 3, p, p)``, the cached ``tiers`` for the crop (see :meth:`CacheReader.read`), and ``transform`` (the
+    dihedral augmentation to apply, 0 = none). With ``teacher_frames`` it also holds the whole LR frames the
+    teacher's windows need (``teacher_lq``, ``teacher_index``) for the online teacher.
+    """
+
+    def __init__(self, reader: CacheReader, clip_frames: int, student_frames: int, patch_size: int,
+                 tiers: list[str], seed: int, augment: str = "none", teacher_frames: int | None = None):
+        self.reader, self.n, self.student_frames = reader, clip_frames, student_frames
+        self.patch_size, self.tiers, self.seed, self.augment = patch_size, tiers, seed, augment
+        self.teacher_frames = teacher_frames
+        self.padding = reader.fingerprint["padding"]
+        s = reader.scale
+        for c in reader.clips:
+            H, W = reader.groups[c["group"]]["hr_size"]
+            if patch_size > min(H, W):
+                raise StdvsrError(f"--patch-size {patch_size} is larger than the {W}×{H} frames of clip {c['name']}")
+        assert patch_size % s == 0
+        self.items = [(c["index"], t) for c in reader.clips for t in range(c["frames"] - clip_frames + 1)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _context(self, length: int, start: int, frames: int) -> tuple[range, torch.Tensor]:
+        """The frames the windows of ``start … start+N-1`` read, and each window's indices into them."""
+        index = [window_indices(t, length, frames, self.padding) for t in range(start, start + self.n)]
+        lo, hi = min(map(min, index)), max(map(max, index)) + 1
+        return range(lo, hi), torch.tensor(index) - lo
+
+    def __getitem__(self, key) -> dict:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        index, start = self.items[i]
+        clip = self.reader.clips[index]
+        H, W = self.reader.groups[clip["group"]]["hr_size"]
+        rng = np.random.default_rng([self.seed, epoch, i])
+        s, p = self.reader.scale, self.patch_size
+        top = int(rng.integers(0, (H - p) // s + 1)) * s
+        left = int(rng.integers(0, (W - p) // s + 1)) * s
+        transform = int(rng.integers(0, 8)) if self.augment == "approx" else 0
+        item = self.reader.read(index, range(start, start + self.n), (top, left, p, p), self.tiers)
+        context, local = self._context(clip["frames"], start, self.student_frames)
+        lq = self.reader.read_lq(index, context, (top // s, left // s, p // s, p // s))
+        item["windows"] = lq[local]
+        item["transform"] = transform
+        if self.teacher_frames:
+            context, local = self._context(clip["frames"], start, self.teacher_frames)
+            item["teacher_lq"] = self.reader.read_lq(index, context)
+            item["teacher_index"] = local
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack the tensors of a batch; the online teacher's whole frames stay a list (clips differ in size)."""
+    keep = {"teacher_lq", "teacher_index"}
+    out = torch.utils.data.default_collate([{k: v for k, v in it.items() if k not in keep} for it in items])
+    for k in keep & set(items[0]):
+        out[k] = [it[k] for it in items]
+    return out
+
+
+class _RankBatches(torch.utils.data.Sampler):
+    """Rank r's slice of every global batch of :class:`StepBatches` (``batch_size`` per rank)."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, rank: int, world: int):
+        self.inner = StepBatches(num_items, batch_size * world, seed, start_step)
+        self.rank, self.batch_size = rank, batch_size
+
+    def __iter__(self):
+        for batch in self.inner:
+            yield batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+# -------------------------------------------------------------------------------------------------- teacher
+def _pad4(x: torch.Tensor) -> torch.Tensor:
+    """Replicate-pad LR frames to multiples of 4, as the cache build does before running the teacher."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, -w % 4, 0, -h % 4), mode="replicate") if h % 4 or w % 4 else x
+
+
+class Targets(dict):
+    """The teacher's targets for a batch: ``feat`` ``(B,N,C,H,W)``, ``attention`` ``(B,N,H,W)``, ``sr``."""
+
+
+@torch.no_grad()
+def cached_targets(batch: dict, head, needs: set[str], feature: str, device) -> Targets:
+    """Targets from the cache's tiers: stored tiers as they are, F^SR / SR rebuilt from the trunk by the head."""
+    out = Targets()
+    m = HEAD_MARGIN
+    if feature == "lr" and "feat" in needs:
+        trunk = batch["trunk"]
+        out["feat"] = trunk[..., m:trunk.shape[-2] - m, m:trunk.shape[-1] - m].to(device)
+    need_fsr = feature == "sr" and ("feat" in needs or ("attention" in needs and "attention" not in batch))
+    if need_fsr and "feat_sr" in batch:
+        out["feat"] = batch["feat_sr"].to(device)
+        need_fsr = False
+    need_sr = "sr" in needs and "sr" not in batch
+    if need_fsr or need_sr:
+        fsr, sr = head.targets(batch["trunk"].to(device), batch["valid"].to(device),
+                               batch["lq_margin"].to(device) if need_sr else None)
+        if need_fsr:
+            out["feat"] = fsr
+        if need_sr:
+            out["sr"] = sr
+    if "sr" in needs and "sr" in batch:
+        out["sr"] = batch["sr"].to(device)
+    if "attention" in needs and "feat" not in out:
+        out["attention"] = batch["attention"].to(device)[:, :, 0]
+    return out
+
+
+@torch.no_grad()
+def online_targets(batch: dict, teacher: nn.Module, needs: set[str], feature: str, scale: int, patch: int,
+                   device) -> Targets:
+    """Targets from the teacher run now on the whole LR frames (as the cache build runs it), cropped to the box."""
+    feats, srs = [], []
+    for b, (frames, index) in enumerate(zip(batch["teacher_lq"], batch["teacher_index"])):
+        top, left = int(batch["box"][0][b]), int(batch["box"][1][b])
+        f = teacher.forward_windows(_pad4(frames).unsqueeze(0).to(device), index.to(device))
+        if feature == "lr":
+            y, x, q = top // scale, left // scale, patch // scale
+            feats.append(f.feat_lr[0, :, :, y:y + q, x:x + q])
+        else:
+            feats.append(f.feat_sr[0, :, :, top:top + patch, left:left + patch])
+        srs.append(f.sr[0, :, :, top:top + patch, left:left + patch])
+    out = Targets()
+    if needs & {"feat", "attention"}:
+        out["feat"] = torch.stack(feats)
+    if "sr" in needs:
+        out["sr"] = torch.stack(srs)
+    return out
+
+
+def augment_batch(batch: dict, targets: Targets) -> tuple[torch.Tensor, torch.Tensor, Targets]:
+    """Apply each sample's dihedral transform to its windows, ground truth and targets alike (``--augment approx``:
+    a transformed target is not exactly the teacher's output on the transformed input)."""
+    windows, gt = batch["windows"], batch["gt"]
+    transforms = [int(t) for t in batch["transform"]]
+    if not any(transforms):
+        return windows, gt, targets
+
+    def each(x):
+        return torch.stack([dihedral(x[b], t) for b, t in enumerate(transforms)])
+
+    return each(windows), each(gt), Targets({k: each(v) for k, v in targets.items()})
+
+
+# --------------------------------------------------------------------------------------------------- model
+class Distiller(nn.Module):
+    """The student and what trains with it — the 1×1 adapter and the shared ConvLSTM — and the loss of Eq. 9.
+
+    ``forward`` returns the loss terms; it is the module DDP wraps, so gradients of the student, the adapter
+    and the ConvLSTM are all synchronised. Teacher targets never require grad.
+    """
+
+    def __init__(self, student: nn.Module, cfg: DistillConfig, teacher_channels: int, student_channels: int):
+        super().__init__()
+        self.student = student
+        self.terms = uses(cfg)
+        self.feature = _feature(cfg)
+        self.cfg = cfg
+        matches_features = bool(self.terms & {"td", "mse"})
+        self.adapter = (nn.Conv2d(student_channels, teacher_channels, 1)
+                        if matches_features and student_channels != teacher_channels else None)
+        self.convlstm = ConvLSTM(teacher_channels, cfg.td_hidden) if "td" in self.terms else None
+
+    def forward(self, windows: torch.Tensor, gt: torch.Tensor, targets: Targets, distil: bool) -> dict:
+        cfg = self.cfg
+        b, n = windows.shape[:2]
+        out = self.student.forward_features(windows.flatten(0, 1))
+        sr = out.sr.view(b, n, *out.sr.shape[1:])
+        losses = {"rec": charbonnier(sr, gt)}
+        total = losses["rec"]
+        if distil and self.terms:
+            feat = out.feat_sr if self.feature == "sr" else out.feat_lr
+            adapted = self.adapter(feat) if self.adapter is not None else feat
+            feat, adapted = (x.view(b, n, *x.shape[1:]) for x in (feat, adapted))
+            t_feat = targets.get("feat")
+            if "sd" in self.terms:
+                if t_feat is not None:
+                    losses["sd"] = sd_loss(feat, t_feat, cfg.attention, cfg.sd_norm)
+                else:  # cached attention maps (Σ_c F², the default mapping)
+                    losses["sd"] = sd_loss(feat, targets["attention"].unsqueeze(2).sqrt(), cfg.attention,
+                                           cfg.sd_norm)
+                total = total + cfg.lambda_sd * losses["sd"]
+            if "td" in self.terms:
+                cell_s, _ = self.convlstm(adapted)
+                cell_t, _ = self.convlstm(t_feat)
+                losses["td"] = td_loss(cell_s, cell_t)
+                total = total + cfg.lambda_td * losses["td"]
+            if "mse" in self.terms:
+                losses["mse"] = kd_mse(adapted, t_feat)
+                total = total + cfg.lambda_sd * losses["mse"]
+            if "mean2" in self.terms:
+                losses["mean2"] = kd_mean2(feat, t_feat)
+                total = total + cfg.lambda_sd * losses["mean2"]
+            if "output" in self.terms:
+                losses["output"] = output_kd(sr, targets["sr"])
+                total = total + cfg.lambda_sd * losses["output"]
+        losses["total"] = total
+        return losses
+
+
+def student_channels(student: nn.Module, feature: str, lq_size: int = 16) -> tuple[int, int]:
+    """(F^SR channels, F^LR channels) of a student, by a tiny forward pass."""
+    with torch.no_grad():
+        x = torch.zeros(1, student.num_frame, 3, lq_size, lq_size, device=next(student.parameters()).device)
+        f = student.forward_features(x)
+    return f.feat_sr.shape[1], f.feat_lr.shape[1]
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+def _distribution() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's environment; starts the process group if needed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def weights_digest(module: nn.Module) -> str:
+    """A blake2b digest of every parameter and buffer's bytes (identical replicas ⇔ identical digests)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _mean_across_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, float]:
+    """Loss terms averaged over ranks (every rank gets the same numbers, so every rank decides alike)."""
+    names = sorted(values)
+    vec = torch.stack([values[k].detach().float() for k in names])
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(vec)
+        vec /= world
+    return dict(zip(names, vec.tolist()))
+
+
+# ----------------------------------------------------------------------------------------------------- run
+def _resume(cfg: DistillConfig, resume: str | None, explicit: set[str] | None) -> tuple[DistillConfig, dict | None]:
+    out = Path(cfg.out)
+    ckpt = None
+    if resume is not None:
+        path = latest_checkpoint(out / "checkpoints") if resume == "auto" else Path(resume)
+        if path is not None:  # "auto" with no checkpoint yet starts from scratch
+            ckpt = read_checkpoint(path)
+            if "distill" not in ckpt:
+                raise StdvsrError(f"--resume {path} is not a stdvsr distill checkpoint")
+            stored = DistillConfig(**ckpt["config"])
+            names = {f.name for f in dataclasses.fields(cfg)} if explicit is None else explicit
+            for name in sorted(names):
+                mine, theirs = getattr(cfg, name), getattr(stored, name)
+                if mine == theirs:
+                    continue
+                if name not in RESUMABLE_CHANGES:
+                    raise StdvsrError(f"--resume: --{name.replace('_', '-')} is {mine!r} but {path} was trained with "
+                                      f"{theirs!r}; drop the flag or start a new --out folder")
+                setattr(stored, name, mine)
+            cfg = stored
+    if ckpt is None and latest_checkpoint(Path(cfg.out) / "checkpoints") is not None:
+        raise StdvsrError(f"--out {cfg.out} already holds checkpoints of a run; pass --resume auto to continue it, "
+                          "or choose another --out")
+    return cfg, ckpt
+
+
+def load_online_teacher(cfg: DistillConfig, reader: CacheReader, device) -> nn.Module:
+    """The teacher the cache was built from (weights checked against the cache's sha256)."""
+    from stdvsr.demo import sha256_file
+    from stdvsr.models import load_weights
+
+    fp = reader.fingerprint["teacher"]
+    path = Path(cfg.teacher_weights or reader.manifest["layout"].get("teacher_weights", "")).expanduser()
+    if not path.is_file():
+        raise StdvsrError(f"--online-teacher: the teacher weights {path} are not there; pass --teacher-weights")
+    if sha256_file(path) != fp["weights_sha256"]:
+        raise StdvsrError(f"--online-teacher: {path} is not the teacher cache {reader.root} was built with "
+                          "(sha256 differs); pass the same weights with --teacher-weights")
+    teacher = build_model(fp["name"], **fp["kwargs"])
+    load_weights(teacher, path, fp.get("weights_key"))
+    return teacher.to(device).eval().requires_grad_(False)
+
+
+def run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | None = None,
+        show_progress: bool = True) -> dict:
+    """Distil; returns ``{"student": path, "val_psnr", "bicubic_psnr", "steps", "seconds", "td_frozen_at", ...}``.
+
+    ``resume``: None (fresh run), ``"auto"`` (newest checkpoint in ``cfg.out``, if any) or a checkpoint path; when
+    resuming, flags in ``explicit`` outside :data:`RESUMABLE_CHANGES` must match the checkpoint's config.
+    """
+    validate_config(cfg)
+    cfg, ckpt = _resume(cfg, resume, explicit)
+    out = Path(cfg.out)
+    rank, world, local_rank = _distribution()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+
+    reader = CacheReader(cfg.cache, data=cfg.data)
+    if ckpt is not None:
+        diff = first_difference(ckpt["cache_fingerprint"], reader.fingerprint)
+        if diff:
+            raise StdvsrError(f"--resume: cache {reader.root} differs from the one this run started with: {diff} is "
+                              f"{lookup(reader.fingerprint, diff)!r}, was {lookup(ckpt['cache_fingerprint'], diff)!r}")
+    seed_everything(cfg.seed)
+    arch, kwargs = model_spec(cfg.student)
+    student = build_model(cfg.student).to(device)
+    check_cache(cfg, reader, student)
+    feature = _feature(cfg)
+    head = reader.head().to(device) if "trunk" in reader.tiers else None
+    teacher_channels = (head.conv_hr.out_channels if feature == "sr" else head.upconv1.in_channels) if head else \
+        (64 if feature == "sr" else reader.fingerprint["teacher"]["kwargs"].get("num_feat", 64))
+    sr_ch, lr_ch = student_channels(student, feature)
+    distiller = Distiller(student, cfg, teacher_channels, sr_ch if feature == "sr" else lr_ch).to(device)
+    optimizer = torch.optim.Adam(distiller.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    start_step, frozen_at = 0, None
+    if ckpt is not None:
+        distiller.load_state_dict(ckpt["distill"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        start_step, frozen_at = ckpt["step"], ckpt.get("td_frozen_at")
+
+    needs = teacher_needs(cfg)
+    teacher = None
+    if cfg.online_teacher:
+        tiers = []
+        teacher = load_online_teacher(cfg, reader, device) if needs else None
+    else:
+        tiers = cache_tiers(needs, feature, reader.tiers, reader.root)
+    dataset = DistillDataset(reader, cfg.clip_frames, student.num_frame, cfg.patch_size, tiers, cfg.seed,
+                             cfg.augment, teacher.num_frame if teacher is not None else None)
+    if len(dataset) < cfg.batch_size * world:
+        raise StdvsrError(f"--batch-size {cfg.batch_size} × {world} rank(s) is larger than the {len(dataset)} "
+                          f"samples in {reader.root}; lower it")
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=_RankBatches(len(dataset), cfg.batch_size, cfg.seed, start_step, rank, world),
+        num_workers=cfg.workers, persistent_workers=cfg.workers > 0, collate_fn=collate,
+        generator=torch.Generator().manual_seed(cfg.seed))
+
+    model = distiller
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            distiller, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=distiller.adapter is not None or distiller.convlstm is not None)
+
+    validator = None
+    if rank == 0 and cfg.val_every and cfg.val_data is not None:
+        from stdvsr.train_teacher import Validator, _val_clips
+
+        vcfg = types.SimpleNamespace(val_data=cfg.val_data, data=reader.data, val_clips=cfg.val_clips,
+                                     degradation=reader.fingerprint["degradation"],
+                                     padding=reader.fingerprint["padding"], val_stride=cfg.val_stride)
+        validator = Validator(_val_clips(vcfg), vcfg)
+        if not validator.items:
+            validator = None
+
+    config = dataclasses.asdict(cfg)
+    if rank == 0:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.json", json.dumps({**config, "model": {"name": cfg.student, "kwargs": kwargs},
+                                                    "feature_resolved": feature, "tiers_read": tiers,
+                                                    "cache_fingerprint": reader.fingerprint, "world_size": world,
+                                                    "stdvsr": __version__}, indent=1))
+    log = open(out / "metrics.jsonl", "a" if ckpt is not None else "w") if rank == 0 else None
+
+    def record(**row) -> None:
+        if log is not None:
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+
+    def checkpoint(step: int) -> Path | None:
+        if rank != 0:
+            return None
+        path = out / "checkpoints" / f"step_{step:07d}.pth"
+        save_checkpoint(path, {"model": {"name": cfg.student, "kwargs": kwargs}, "config": config, "step": step,
+                               "params": student.state_dict(), "distill": distiller.state_dict(),
+                               "optimizer": optimizer.state_dict(), "rng": rng_state(), "td_frozen_at": frozen_at,
+                               "cache_fingerprint": reader.fingerprint, "stdvsr": __version__})
+        for old in sorted((out / "checkpoints").glob("step_*.pth"))[:-cfg.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    lstm_params = list(distiller.convlstm.parameters()) if distiller.convlstm is not None else []
+    val_psnr, last_ckpt, smoothed = None, None, None
+    start_time = time.perf_counter()
+    window = {"data": 0.0, "teacher": 0.0, "step": 0.0, "n": 0}
+    totals = {"data": 0.0, "teacher": 0.0, "step": 0.0}
+    distiller.train()
+    completed, saved, in_update = start_step, start_step, False
+    if frozen_at is not None:
+        for p in lstm_params:
+            p.requires_grad_(False)
+    try:
+        with training_progress(cfg.steps, start_step, enabled=show_progress and rank == 0,
+                               log_every=cfg.log_every) as progress:
+            batches = iter(loader)
+            for step in range(start_step, cfg.steps):
+                t0 = time.perf_counter()
+                batch = next(batches)
+                t1 = time.perf_counter()
+                lr = learning_rate(step, cfg.lr, cfg.steps, cfg.schedule, cfg.min_lr, cfg.lr_step, cfg.lr_gamma)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                distil = step >= cfg.warmup_steps and bool(needs)
+                targets = Targets()
+                if distil:
+                    if teacher is not None:
+                        targets = online_targets(batch, teacher, needs, feature, reader.scale, cfg.patch_size,
+                                                 device)
+                    else:
+                        targets = cached_targets(batch, head, needs, feature, device)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t2 = time.perf_counter()
+                windows, gt, targets = augment_batch(batch, targets)
+                losses = model(windows.to(device), gt.to(device), targets, distil)
+                values = _mean_across_ranks(losses, world)
+                if not np.isfinite(values["total"]):
+                    hint = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                    terms = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+                    raise StdvsrError(f"the distillation loss became non-finite at step {step + 1} ({terms}); {hint}; "
+                                      "lower --lr or --lambda-td / --lambda-sd")
+                optimizer.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                if "td" in values and frozen_at is None and values["td"] < cfg.td_freeze:
+                    # the collapse guard (§3.2): L_TD ~ 0 means the ConvLSTM maps everything to ~0; stop training it
+                    frozen_at = step + 1
+                    for p in lstm_params:
+                        p.requires_grad_(False)
+                    record(step=step + 1, event="td_frozen", td=values["td"])
+                    if rank == 0 and show_progress:
+                        stderr().print(f"step {step + 1}: L_TD = {values['td']:.3g} < {cfg.td_freeze:g}; "
+                                       "the ConvLSTM is frozen from here on")
+                if frozen_at is not None:
+                    for p in lstm_params:
+                        p.grad = None  # Adam skips parameters without a gradient
+                in_update = True
+                optimizer.step()
+                in_update = False
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t3 = time.perf_counter()
+                completed = done = step + 1
+                for k, v in (("data", t1 - t0), ("teacher", t2 - t1), ("step", t3 - t0)):
+                    window[k] += v
+                    totals[k] += v
+                window["n"] += 1
+                smoothed = values["total"] if smoothed is None else 0.95 * smoothed + 0.05 * values["total"]
+                shown = {k: v for k, v in values.items() if k != "total"}
+                progress.update(done, loss=smoothed, lr=lr, psnr=val_psnr, **shown,
+                                wait=window["data"] / max(window["step"], 1e-9))
+                if done % cfg.log_every == 0 or done == cfg.steps:
+                    n = window["n"]
+                    record(step=done, **{f"loss_{k}": v for k, v in values.items()}, lr=lr, distil=distil,
+                           data_wait_s=round(window["data"] / n, 5), teacher_s=round(window["teacher"] / n, 5),
+                           step_s=round(window["step"] / n, 5),
+                           data_wait_frac=round(window["data"] / max(window["step"], 1e-9), 4),
+                           elapsed=round(time.perf_counter() - start_time, 2))
+                    window = {"data": 0.0, "teacher": 0.0, "step": 0.0, "n": 0}
+                if validator is not None and (done % cfg.val_every == 0 or done == cfg.steps):
+                    val_psnr = validator(student)
+                    record(step=done, val_psnr=val_psnr, bicubic_psnr=validator.bicubic)
+                    progress.update(done, loss=smoothed, lr=lr, psnr=val_psnr)
+                if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                    last_ckpt, saved = checkpoint(done), done
+    except KeyboardInterrupt:
+        if completed > saved and not in_update:
+            path = checkpoint(completed)
+            if path is not None:
+                stderr().print(f"Interrupted: saved step {completed} to {path}; continue with --resume auto")
+        if log is not None:
+            log.close()
+        raise
+    if world > 1:
+        # DDP keeps replicas identical by construction; check it, since a silent divergence would waste a run
+        import torch.distributed as dist
+
+        digests = [None] * world
+        dist.all_gather_object(digests, weights_digest(distiller))
+        record(step=cfg.steps, event="ranks_in_sync", digests=digests)
+        if len(set(digests)) != 1:
+            raise StdvsrError(f"the {world} ranks ended with different weights ({digests}); report this as a bug")
+    if log is not None:
+        log.close()
+
+    path = out / "student.pth"
+    if rank == 0:
+        save_checkpoint(path, {"model": {"name": cfg.student, "kwargs": kwargs}, "params": student.state_dict(),
+                               "config": config, "step": cfg.steps, "kd": cfg.kd, "feature": feature,
+                               "cache_fingerprint": reader.fingerprint, "stdvsr": __version__})
+    steps_run = max(1, cfg.steps - start_step)
+    return {"student": str(path), "steps": cfg.steps, "resumed_from": start_step, "val_psnr": val_psnr,
+            "bicubic_psnr": validator.bicubic if validator is not None else None,
+            "seconds": time.perf_counter() - start_time, "td_frozen_at": frozen_at, "tiers_read": tiers,
+            "step_s": totals["step"] / steps_run, "data_wait_frac": totals["data"] / max(totals["step"], 1e-9),
+            "teacher_s": totals["teacher"] / steps_run, "rank": rank, "world_size": world}
