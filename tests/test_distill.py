@@ -1,0 +1,383 @@
+"""Stage two on real frames, a tiny EDVR teacher and tiny students: the samples describe the same pixels as the
+cached targets, cached and online-teacher targets and losses agree within the cache's fp16 tolerance, gradients
+reach the student / adapter / ConvLSTM and never the targets, the collapse guard, every --kd mode and student,
+exact resume, two gloo ranks stay identical, and bad caches / flags are refused with one clear line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from stdvsr import cache, distill
+from stdvsr.cache import CacheConfig, CacheReader
+from stdvsr.cli import cli
+from stdvsr.data import load_clips, read_hr, window_indices
+from stdvsr.distill import (DistillConfig, DistillDataset, Distiller, Targets, augment_batch, cached_targets, collate,
+                            online_targets, run, student_channels)
+from stdvsr.errors import StdvsrError
+from stdvsr.io import write_image
+from stdvsr.models import build_model, load_model
+from tests.test_cache import REBUILD_TOL, FP16_TOL, assert_one_error_line, free_port, make_teacher, sub_env
+
+REPO = Path(__file__).resolve().parents[1]
+# clip name → (video, first frame, frames, top, left, HR height, HR width)
+CLIPS = {"a": ("carphone", 0, 8, 0, 0, 64, 96), "b": ("bikes", 0, 4, 120, 300, 64, 64)}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory, carphone_frames, bikes_frames):
+    root = tmp_path_factory.mktemp("frames")
+    videos = {"carphone": carphone_frames, "bikes": bikes_frames}
+    for name, (video, first, count, top, left, h, w) in CLIPS.items():
+        for i in range(count):
+            write_image(root / name / f"{i:08d}.png", videos[video][first + i][top:top + h, left:left + w])
+    return root
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return make_teacher(tmp_path_factory.mktemp("teacher") / "teacher.pth", seed=0)
+
+
+def _build(out: Path, teacher, data_root: Path, **kw) -> Path:
+    cache.run(CacheConfig(weights=str(teacher.path), data=f"folder:{data_root}", out=str(out), **kw),
+              show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory, teacher, data_root):
+    """A trunk-only cache (the default) and one with every tier."""
+    root = tmp_path_factory.mktemp("caches")
+    return {"trunk": _build(root / "trunk.zarr", teacher, data_root),
+            "all": _build(root / "all.zarr", teacher, data_root, store=("trunk", "attention", "feat_sr", "sr"))}
+
+
+def config(cache_path: Path, out: Path, **kw) -> DistillConfig:
+    base = dict(student="fastdvdnet-quarter", cache=str(cache_path), out=str(out), clip_frames=3, patch_size=32,
+                batch_size=2, steps=2, warmup_steps=0, workers=0, val_data=None, log_every=1, ckpt_every=1000,
+                device="cpu", td_hidden=4)
+    return DistillConfig(**{**base, **kw})
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses_of(out: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k.startswith("loss_")} for row in metrics(out) if "loss_total" in row]
+
+
+def batch_of(dataset: DistillDataset, keys) -> dict:
+    return collate([dataset[k] for k in keys])
+
+
+# ------------------------------------------------------------------------------------------------- samples
+def test_samples_hold_every_frames_window_with_the_cache_padding(caches, data_root):
+    """Frame t's student window is frames window_indices(t) of the clip (replicate at the ends), cropped like gt."""
+    reader = CacheReader(caches["trunk"])
+    ds = DistillDataset(reader, clip_frames=3, student_frames=7, patch_size=32, tiers=["trunk"], seed=3)
+    clip = load_clips(f"folder:{data_root}")[0]
+    lq_all = reader.read_lq(0, range(8))
+    for i in (0, 2, 5):  # samples starting at frames 0, 2 and 5 of clip "a" (8 frames): both ends are padded
+        item = ds[(1, i)]
+        top, left = item["box"]
+        start = item["frames"][0]
+        assert item["windows"].shape == (3, 7, 3, 8, 8)
+        for n, t in enumerate(range(start, start + 3)):
+            expected = lq_all[window_indices(t, 8, 7, "replicate")][..., top // 4:top // 4 + 8, left // 4:left // 4 + 8]
+            torch.testing.assert_close(item["windows"][n], expected, rtol=0, atol=0)
+        gt = read_hr(clip, range(start, start + 3), 4)[..., top:top + 32, left:left + 32]
+        torch.testing.assert_close(item["gt"], gt, rtol=0, atol=0)
+        assert item["trunk"].shape[-2:] == (8 + 4, 8 + 4)  # the head's 2-pixel margin
+    assert ds[(1, 5)]["box"] == ds[(1, 5)]["box"] and len(ds) == (8 - 2) + (4 - 2)
+
+
+# ------------------------------------------------------------------------------------------- cached = online
+@pytest.mark.parametrize("feature", ["sr", "lr"])
+def test_cached_and_online_targets_and_losses_agree(caches, teacher, feature):
+    """Same batch and crop: the cache's targets (trunk through the head, or stored tiers) equal the teacher run
+    online within fp16 tolerance, and so do the resulting losses."""
+    reader = CacheReader(caches["trunk"])
+    cfg = config(caches["trunk"], "unused", kd="std", feature=feature)
+    keys = [(0, 1), (0, 7)]  # one sample of each clip (the two clips differ in size)
+    needs = {"feat", "sr"} if feature == "sr" else {"feat"}
+    ds_cached = DistillDataset(reader, 3, 7, 32, ["trunk"], seed=0)
+    ds_online = DistillDataset(reader, 3, 7, 32, [], seed=0, teacher_frames=3)
+    b_cached, b_online = batch_of(ds_cached, keys), batch_of(ds_online, keys)
+    torch.testing.assert_close(b_cached["windows"], b_online["windows"], rtol=0, atol=0)
+    cached = cached_targets(b_cached, reader.head(), needs, feature, torch.device("cpu"))
+    online = online_targets(b_online, teacher.model, needs, feature, 4, 32, torch.device("cpu"))
+    peak = online["feat"].abs().max()
+    assert float(peak) > 0.1  # a real signal, not zeros
+    assert (cached["feat"] - online["feat"]).abs().max() <= (REBUILD_TOL if feature == "sr" else FP16_TOL) * peak
+    if feature == "sr":
+        assert (cached["sr"] - online["sr"]).abs().max() <= REBUILD_TOL * online["sr"].abs().max()
+        # the tiers stored directly serve the same targets
+        everything = CacheReader(caches["all"])
+        ds_all = DistillDataset(everything, 3, 7, 32, ["feat_sr", "sr"], seed=0)
+        direct = cached_targets(batch_of(ds_all, keys), None, needs, feature, torch.device("cpu"))
+        assert (direct["feat"] - online["feat"]).abs().max() <= FP16_TOL * peak
+
+    student = build_model("fastdvdnet-quarter")
+    sr_ch, lr_ch = student_channels(student, feature)
+    distiller = Distiller(student, cfg, online["feat"].shape[2], sr_ch if feature == "sr" else lr_ch)
+    with torch.no_grad():
+        a = distiller(b_cached["windows"], b_cached["gt"], cached, True)
+        b = distiller(b_online["windows"], b_online["gt"], online, True)
+    assert a["rec"] == b["rec"]
+    for term in ("sd", "td", "total"):
+        assert float(b[term]) > 0
+        assert abs(float(a[term]) - float(b[term])) <= 2e-2 * float(b[term]), (term, a[term], b[term])
+
+
+def test_stored_attention_serves_sd_alone(caches):
+    """--kd sd with the default mapping reads the stored attention maps when the cache has them (no F^SR)."""
+    everything = CacheReader(caches["all"])
+    cfg = config(caches["all"], "unused", kd="sd")
+    assert distill.teacher_needs(cfg) == {"attention"}
+    assert distill.cache_tiers({"attention"}, "sr", ["lq", "attention"], "c") == ["attention"]
+    assert distill.cache_tiers({"attention"}, "sr", ["lq", "trunk"], "c") == ["trunk"]
+    ds = DistillDataset(everything, 3, 7, 32, ["attention", "feat_sr"], seed=0)
+    batch = batch_of(ds, [(0, 0), (0, 3)])
+    via_maps = cached_targets(batch, None, {"attention"}, "sr", "cpu")
+    via_feat = cached_targets(batch, None, {"feat"}, "sr", "cpu")
+    student = build_model("fastdvdnet-quarter")
+    d = Distiller(student, cfg, 64, 16)
+    with torch.no_grad():
+        x = d(batch["windows"], batch["gt"], Targets(attention=batch["attention"][:, :, 0]), True)["sd"]
+        y = d(batch["windows"], batch["gt"], via_feat, True)["sd"]
+    assert "attention" in via_maps
+    assert abs(float(x) - float(y)) <= 1e-2 * float(y)
+
+
+# ------------------------------------------------------------------------------------------------ gradients
+def test_gradients_reach_student_adapter_convlstm_and_never_the_targets(caches):
+    reader = CacheReader(caches["trunk"])
+    cfg = config(caches["trunk"], "unused", kd="std")
+    ds = DistillDataset(reader, 3, 7, 32, ["trunk"], seed=0)
+    batch = batch_of(ds, [(0, 0), (0, 6)])
+    head = reader.head()
+    targets = cached_targets(batch, head, {"feat"}, "sr", torch.device("cpu"))
+    student = build_model("fastdvdnet-quarter")
+    distiller = Distiller(student, cfg, 64, 16)
+    assert distiller.adapter is not None and distiller.adapter.in_channels == 16
+    losses = distiller(batch["windows"], batch["gt"], targets, True)
+    losses["total"].backward()
+    for name, p in distiller.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert not targets["feat"].requires_grad and targets["feat"].grad is None
+    assert all(p.grad is None for p in head.parameters())
+
+
+def test_no_adapter_when_channels_match_and_none_for_attention_only():
+    student = build_model("fastdvdnet")  # F^SR 64 channels, as EDVR's
+    assert Distiller(student, DistillConfig(kd="std"), 64, 64).adapter is None
+    assert Distiller(student, DistillConfig(kd="sd"), 64, 16).adapter is None  # maps need no adapter
+    assert Distiller(student, DistillConfig(kd="none"), 64, 16).convlstm is None
+
+
+def test_augment_transforms_inputs_and_targets_alike():
+    windows, gt = torch.rand(2, 3, 7, 3, 8, 8), torch.rand(2, 3, 3, 32, 32)
+    feat = torch.rand(2, 3, 4, 32, 32)
+    w2, g2, t2 = augment_batch({"windows": windows, "gt": gt, "transform": torch.tensor([0, 5])},
+                               Targets(feat=feat))
+    assert torch.equal(w2[0], windows[0]) and torch.equal(t2["feat"][0], feat[0])
+    assert torch.equal(g2[1], gt[1].flip(-1).transpose(-1, -2))
+    assert torch.equal(w2[1], windows[1].flip(-1).transpose(-1, -2))
+    assert torch.equal(t2["feat"][1], feat[1].flip(-1).transpose(-1, -2))
+
+
+# ------------------------------------------------------------------------------------------ collapse guard
+def test_all_zero_convlstm_is_the_collapse_point(caches):
+    reader = CacheReader(caches["trunk"])
+    batch = batch_of(DistillDataset(reader, 3, 7, 32, ["trunk"], seed=0), [(0, 0), (0, 1)])
+    targets = cached_targets(batch, reader.head(), {"feat"}, "sr", "cpu")
+    distiller = Distiller(build_model("fastdvdnet-quarter"), DistillConfig(kd="td", td_hidden=4), 64, 16)
+    with torch.no_grad():
+        for p in distiller.convlstm.parameters():
+            p.zero_()
+        assert float(distiller(batch["windows"], batch["gt"], targets, True)["td"]) == 0.0
+
+
+def test_collapse_guard_freezes_the_convlstm(caches, tmp_path):
+    """Once L_TD < --td-freeze the ConvLSTM stops changing (logged); the student keeps training."""
+    out = tmp_path / "run"
+    result = run(config(caches["trunk"], out, kd="std", steps=4, warmup_steps=1, td_freeze=1e9, ckpt_every=1,
+                        keep_checkpoints=10), show_progress=False)
+    assert result["td_frozen_at"] == 2  # the first step with distillation (after one warm-up step)
+    events = [r for r in metrics(out) if r.get("event") == "td_frozen"]
+    assert len(events) == 1 and events[0]["step"] == 2
+    ckpts = [torch.load(out / "checkpoints" / f"step_{s:07d}.pth", weights_only=True) for s in (1, 2, 4)]
+    lstm = [{k: v for k, v in c["distill"].items() if k.startswith("convlstm.")} for c in ckpts]
+    assert lstm[0] and all(torch.equal(lstm[0][k], lstm[2][k]) for k in lstm[0])
+    assert not torch.equal(ckpts[0]["params"]["conv_last.weight"], ckpts[2]["params"]["conv_last.weight"])
+    assert ckpts[2]["td_frozen_at"] == 2
+
+    # without the guard firing, the ConvLSTM trains with the student
+    out2 = tmp_path / "run2"
+    run(config(caches["trunk"], out2, kd="std", steps=2, ckpt_every=1, keep_checkpoints=10), show_progress=False)
+    c1, c2 = (torch.load(out2 / "checkpoints" / f"step_{s:07d}.pth", weights_only=True)["distill"] for s in (1, 2))
+    assert not torch.equal(c1["convlstm.gates.weight"], c2["convlstm.gates.weight"])
+
+
+# ------------------------------------------------------------------------------------------- modes, students
+@pytest.mark.parametrize("kd,feature,terms", [
+    ("std", None, {"rec", "sd", "td"}), ("sd", None, {"rec", "sd"}), ("td", None, {"rec", "td"}),
+    ("none", None, {"rec"}), ("mse", None, {"rec", "mse"}), ("mean2", None, {"rec", "mean2"}),
+    ("output", None, {"rec", "output"}), ("std", "lr", {"rec", "sd", "td"}), ("mse", "lr", {"rec", "mse"}),
+])
+def test_every_kd_mode_trains_and_saves_a_deployable_student(caches, tmp_path, kd, feature, terms):
+    out = tmp_path / "run"
+    result = run(config(caches["trunk"], out, kd=kd, feature=feature, steps=2, warmup_steps=1), show_progress=False)
+    rows = losses_of(out)
+    assert [set(k[5:] for k in r) - {"total"} for r in rows] == [{"rec"}, terms]  # warm-up step: L_rec only
+    for r in rows:
+        assert all(torch.isfinite(torch.tensor(v)) for v in r.values())
+    expected_total = rows[1]["loss_rec"] + sum(
+        {"sd": 1.0, "td": 100.0, "mse": 1.0, "mean2": 1.0, "output": 1.0}[t] * rows[1][f"loss_{t}"] for t in terms - {"rec"})
+    assert rows[1]["loss_total"] == pytest.approx(expected_total, rel=1e-5)
+    model, ckpt = load_model(result["student"])
+    assert ckpt["kd"] == kd and model.forward(torch.rand(1, 7, 3, 16, 16)).shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize("student", ["vsrnet", "vespcn", "vdsr", "fastdvdnet"])
+def test_every_student_distils(caches, tmp_path, student):
+    out = tmp_path / student
+    run(config(caches["trunk"], out, student=student, kd="std", steps=1, td_hidden=2), show_progress=False)
+    row = losses_of(out)[0]
+    assert {"loss_rec", "loss_sd", "loss_td"} <= set(row) and row["loss_td"] > 0
+
+
+def test_online_teacher_and_augment_and_validation_runs(caches, tmp_path, data_root):
+    out = tmp_path / "online"
+    result = run(config(caches["trunk"], out, online_teacher=True, augment="approx", steps=2, val_every=2,
+                        val_data=f"folder:{data_root}", val_stride=4), show_progress=False)
+    assert result["val_psnr"] > 10 and result["bicubic_psnr"] > 10
+    assert any("val_psnr" in r for r in metrics(out))
+    rows = [r for r in metrics(out) if "step_s" in r]
+    assert all(0 <= r["data_wait_frac"] <= 1 and r["teacher_s"] > 0 for r in rows)
+
+
+# ----------------------------------------------------------------------------------------------------- resume
+def test_resume_gives_the_uninterrupted_loss_sequence_and_weights(caches, tmp_path, monkeypatch):
+    """Ctrl-C after step 3 saves that step; --resume auto then ends with the uninterrupted run's losses and weights."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    kw = dict(kd="std", steps=5, warmup_steps=1, workers=1, ckpt_every=2)
+    run(config(caches["trunk"], straight, **kw), show_progress=False)
+    real = distill.learning_rate
+
+    def interrupt_at_step_4(step, *args):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(step, *args)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(distill, "learning_rate", interrupt_at_step_4)
+        with pytest.raises(KeyboardInterrupt):
+            run(config(caches["trunk"], split, **kw), show_progress=False)
+    assert sorted(p.name for p in (split / "checkpoints").glob("*.pth")) == ["step_0000002.pth", "step_0000003.pth"]
+    resumed = run(config(caches["trunk"], split, **kw), resume="auto", show_progress=False)
+    assert resumed["resumed_from"] == 3
+    assert losses_of(split) == losses_of(straight)
+    a = torch.load(straight / "student.pth", weights_only=True)["params"]
+    b = torch.load(split / "student.pth", weights_only=True)["params"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_changed_settings_and_a_different_cache(caches, tmp_path):
+    out = tmp_path / "run"
+    run(config(caches["trunk"], out, steps=1, ckpt_every=1), show_progress=False)
+    with pytest.raises(StdvsrError, match="--lambda-td is 5.0 but"):
+        run(config(caches["trunk"], out, steps=2, lambda_td=5.0), resume="auto", explicit={"lambda_td"},
+            show_progress=False)
+    with pytest.raises(StdvsrError, match="differs from the one this run started with: tiers"):
+        run(config(caches["all"], out, steps=2), resume="auto", explicit={"cache", "steps"}, show_progress=False)
+    with pytest.raises(StdvsrError, match="already holds checkpoints"):
+        run(config(caches["trunk"], out, steps=2), show_progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(caches, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = distill.charbonnier
+
+    def poisoned(pred, target, eps=1e-6):
+        calls["n"] += 1
+        return real(pred, target, eps) * (float("nan") if calls["n"] >= 3 else 1.0)
+
+    monkeypatch.setattr(distill, "charbonnier", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(StdvsrError, match=r"non-finite at step 3 .*step_0000002\.pth"):
+        run(config(caches["trunk"], out, kd="none", steps=5, ckpt_every=1), show_progress=False)
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pth")) == ["step_0000001.pth", "step_0000002.pth"]
+    assert not (out / "student.pth").exists()
+
+
+# -------------------------------------------------------------------------------------------------------- DDP
+def test_two_gloo_ranks_hold_identical_weights(caches, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "stdvsr", "distill", "--student", "fastdvdnet-quarter", "--cache", str(caches["trunk"]),
+           "--out", str(out), "--clip-frames", "3", "--patch-size", "32", "--batch-size", "1", "--steps", "2",
+           "--warmup-steps", "0", "--workers", "0", "--val-data", "none", "--log-every", "1", "--td-hidden", "4",
+           "--device", "cpu"]
+    proc = subprocess.run(cmd, env=sub_env(tmp_path / "home"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sync = [r for r in metrics(out) if r.get("event") == "ranks_in_sync"]
+    assert len(sync) == 1 and len(sync[0]["digests"]) == 2 and len(set(sync[0]["digests"])) == 1
+    assert len(losses_of(out)) == 2
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["world_size"] == 2
+    # the student moved: the digest of the trained student differs from a fresh one
+    assert (out / "student.pth").is_file()
+
+
+# ------------------------------------------------------------------------------------------ refused inputs
+def test_bad_caches_and_flags_are_refused(caches, tmp_path, teacher, data_root):
+    def refused(match, **kw):
+        with pytest.raises(StdvsrError, match=match):
+            run(config(kw.pop("cache", caches["trunk"]), tmp_path / "x", **kw), show_progress=False)
+
+    refused("is not a teacher cache", cache=tmp_path / "nowhere")
+    incomplete = tmp_path / "incomplete.zarr"
+    shutil.copytree(caches["trunk"], incomplete)
+    manifest = json.loads((incomplete / "manifest.json").read_text())
+    (incomplete / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    refused("is incomplete", cache=incomplete)
+    scaled = tmp_path / "x2.zarr"
+    shutil.copytree(caches["trunk"], scaled)
+    manifest["fingerprint"]["scale"] = 2
+    (scaled / "manifest.json").write_text(json.dumps(manifest))
+    refused("scale is ×2 there", cache=scaled)
+    refused("degradation is 'bd' there, --degradation 'bi' here", degradation="bi")
+    refused("padding is 'replicate' there", padding="reflection")
+    attention_only = _build(tmp_path / "att.zarr", teacher, data_root, store=("attention",))
+    refused("cannot provide the teacher's F\\^SR", cache=attention_only, kd="std")
+    refused("has no LR feature map", student="vdsr", feature="lr")
+    refused("--clip-frames 9 is longer than every clip", clip_frames=9)
+    refused("multiple of 16", patch_size=40)
+    refused("is not a student", student="edvr")
+    other = make_teacher(tmp_path / "other.pth", seed=1)
+    refused("sha256 differs", online_teacher=True, teacher_weights=str(other.path))
+
+
+def test_cli_reports_a_missing_cache_in_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["distill", "--cache", str(tmp_path / "missing.zarr"), "--out", str(tmp_path)])
+    assert_one_error_line(result, "is not a teacher cache", "stdvsr cache-teacher")
+
+
+def test_cli_trains_and_prints_the_summary(caches, tmp_path):
+    result = CliRunner().invoke(cli, ["distill", "--student", "fastdvdnet-quarter", "--cache", str(caches["trunk"]),
+                                      "--out", str(tmp_path / "run"), "--clip-frames", "3", "--patch-size", "32",
+                                      "--steps", "1", "--warmup-steps", "0", "--workers", "0", "--val-data", "none",
+                                      "--device", "cpu", "--td-hidden", "4"])
+    assert result.exit_code == 0, result.output
+    assert "distilled with --kd std after 1 steps" in result.stdout and "step time" in result.stdout
+    assert (tmp_path / "run" / "student.pth").is_file()
