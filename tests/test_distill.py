@@ -381,3 +381,14 @@ def test_cli_trains_and_prints_the_summary(caches, tmp_path):
     assert result.exit_code == 0, result.output
     assert "distilled with --kd std after 1 steps" in result.stdout and "step time" in result.stdout
     assert (tmp_path / "run" / "student.pth").is_file()
+
+
+def test_paper_preset_loads_through_the_cli(tmp_path):
+    """pipelines/paper.toml sets only real options (a bad key would be refused before the cache is opened)."""
+    result = CliRunner().invoke(cli, ["distill", "--config", str(REPO / "pipelines" / "paper.toml"),
+                                      "--cache", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "o")])
+    assert_one_error_line(result, "is not a teacher cache")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("lamda_td = 10\n")
+    result = CliRunner().invoke(cli, ["distill", "--config", str(bad)])
+    assert result.exit_code == 2 and "lamda_td" in result.output
