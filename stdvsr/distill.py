@@ -600,9 +600,6 @@ def run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | None
     totals = {"data": 0.0, "teacher": 0.0, "step": 0.0}
     distiller.train()
     completed, saved, in_update = start_step, start_step, False
-    if frozen_at is not None:
-        for p in lstm_params:
-            p.requires_grad_(False)
     try:
         with training_progress(cfg.steps, start_step, enabled=show_progress and rank == 0,
                                log_every=cfg.log_every) as progress:
@@ -638,15 +635,15 @@ def run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | None
                 if "td" in values and frozen_at is None and values["td"] < cfg.td_freeze:
                     # the collapse guard (§3.2): L_TD ~ 0 means the ConvLSTM maps everything to ~0; stop training it
                     frozen_at = step + 1
-                    for p in lstm_params:
-                        p.requires_grad_(False)
                     record(step=step + 1, event="td_frozen", td=values["td"])
                     if rank == 0 and show_progress:
                         stderr().print(f"step {step + 1}: L_TD = {values['td']:.3g} < {cfg.td_freeze:g}; "
                                        "the ConvLSTM is frozen from here on")
                 if frozen_at is not None:
+                    # Adam skips parameters without a gradient. (Their requires_grad stays on: DDP must not see
+                    # the set of trained parameters change after it was built.)
                     for p in lstm_params:
-                        p.grad = None  # Adam skips parameters without a gradient
+                        p.grad = None
                 in_update = True
                 optimizer.step()
                 in_update = False
