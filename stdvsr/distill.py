@@ -520,9 +520,21 @@ def run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | None
     student = build_model(cfg.student).to(device)
     check_cache(cfg, reader, student)
     feature = _feature(cfg)
-    head = reader.head().to(device) if "trunk" in reader.tiers else None
-    teacher_channels = (head.conv_hr.out_channels if feature == "sr" else head.upconv1.in_channels) if head else \
-        (64 if feature == "sr" else reader.fingerprint["teacher"]["kwargs"].get("num_feat", 64))
+    needs = teacher_needs(cfg)
+    teacher = None
+    with torch.random.fork_rng(devices=[]):  # building teacher layers must not move the seeded RNG stream
+        head = reader.head().to(device) if "trunk" in reader.tiers else None
+        if cfg.online_teacher:
+            tiers = []
+            teacher = load_online_teacher(cfg, reader, device) if needs else None
+        else:
+            tiers = cache_tiers(needs, feature, reader.tiers, reader.root)
+    # the teacher's channels at the distilled feature: F^SR is conv_hr's output (64 in EDVR), F^LR the trunk's
+    source = teacher if teacher is not None else head
+    if source is not None:
+        teacher_channels = source.conv_hr.out_channels if feature == "sr" else source.upconv1.in_channels
+    else:  # only stored HR tiers (feat_sr / attention / sr) and no trunk: F^SR
+        teacher_channels = 64
     sr_ch, lr_ch = student_channels(student, feature)
     distiller = Distiller(student, cfg, teacher_channels, sr_ch if feature == "sr" else lr_ch).to(device)
     optimizer = torch.optim.Adam(distiller.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
@@ -533,13 +545,6 @@ def run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | None
         set_rng_state(ckpt["rng"])
         start_step, frozen_at = ckpt["step"], ckpt.get("td_frozen_at")
 
-    needs = teacher_needs(cfg)
-    teacher = None
-    if cfg.online_teacher:
-        tiers = []
-        teacher = load_online_teacher(cfg, reader, device) if needs else None
-    else:
-        tiers = cache_tiers(needs, feature, reader.tiers, reader.root)
     dataset = DistillDataset(reader, cfg.clip_frames, student.num_frame, cfg.patch_size, tiers, cfg.seed,
                              cfg.augment, teacher.num_frame if teacher is not None else None)
     if len(dataset) < cfg.batch_size * world:

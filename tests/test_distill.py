@@ -392,3 +392,14 @@ def test_paper_preset_loads_through_the_cli(tmp_path):
     bad.write_text("lamda_td = 10\n")
     result = CliRunner().invoke(cli, ["distill", "--config", str(bad)])
     assert result.exit_code == 2 and "lamda_td" in result.output
+
+
+def test_online_and_cached_runs_start_from_the_same_weights(caches, tmp_path):
+    """Loading the online teacher does not shift the seeded initialisation of the student, adapter or ConvLSTM."""
+    a, b = tmp_path / "cached", tmp_path / "online"
+    for out, online in ((a, False), (b, True)):
+        run(config(caches["trunk"], out, steps=1, warmup_steps=1, online_teacher=online, ckpt_every=1),
+            show_progress=False)
+    ca, cb = (torch.load(p / "checkpoints" / "step_0000001.pth", weights_only=True)["distill"] for p in (a, b))
+    assert all(torch.equal(ca[k], cb[k]) for k in ca)
+    assert losses_of(a) == losses_of(b)
