@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from stdvsr import __version__
 from stdvsr.cache.layout import FEATURE_POINT, HEAD_MARGIN, first_difference, lookup
-from stdvsr.cache.reader import CacheReader
+from stdvsr.cache.reader import CacheReader, draw_crop
 from stdvsr.data import dihedral, window_indices
 from stdvsr.errors import StdvsrError
 from stdvsr.io import write_text
@@ -232,11 +232,9 @@ class DistillDataset(torch.utils.data.Dataset):
         epoch, i = key if isinstance(key, tuple) else (0, key)
         index, start = self.items[i]
         clip = self.reader.clips[index]
-        H, W = self.reader.groups[clip["group"]]["hr_size"]
-        rng = np.random.default_rng([self.seed, epoch, i])
+        # the same crop CacheDataset draws for this key; then the augmentation from the same stream
+        top, left, rng = draw_crop(self.reader, index, self.patch_size, np.random.default_rng([self.seed, epoch, i]))
         s, p = self.reader.scale, self.patch_size
-        top = int(rng.integers(0, (H - p) // s + 1)) * s
-        left = int(rng.integers(0, (W - p) // s + 1)) * s
         transform = int(rng.integers(0, 8)) if self.augment == "approx" else 0
         item = self.reader.read(index, range(start, start + self.n), (top, left, p, p), self.tiers)
         context, local = self._context(clip["frames"], start, self.student_frames)

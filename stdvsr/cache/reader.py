@@ -256,11 +256,18 @@ class CacheDataset(torch.utils.data.Dataset):
     def __getitem__(self, key) -> dict:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         index, start = self.items[i]
-        clip = self.reader.clips[index]
-        H, W = self.reader.groups[clip["group"]]["hr_size"]
-        rng = np.random.default_rng([self.seed, epoch, i])
-        s, p = self.reader.scale, self.patch_size
-        top = int(rng.integers(0, (H - p) // s + 1)) * s
-        left = int(rng.integers(0, (W - p) // s + 1)) * s
+        top, left, _ = draw_crop(self.reader, index, self.patch_size, np.random.default_rng([self.seed, epoch, i]))
+        p = self.patch_size
         return self.reader.read(index, range(start, start + self.num_frames), (top, left, p, p), self.tiers,
                                 gt=self.gt)
+
+
+def draw_crop(reader: CacheReader, index: int, patch_size: int,
+              rng: np.random.Generator) -> tuple[int, int, np.random.Generator]:
+    """A uniformly drawn, scale-aligned HR crop ``(top, left)`` of ``patch_size`` inside clip ``index``."""
+    clip = reader.clips[index]
+    H, W = reader.groups[clip["group"]]["hr_size"]
+    s, p = reader.scale, patch_size
+    top = int(rng.integers(0, (H - p) // s + 1)) * s
+    left = int(rng.integers(0, (W - p) // s + 1)) * s
+    return top, left, rng
