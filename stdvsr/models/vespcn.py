@@ -83,11 +83,11 @@ class VESPCN(nn.Module):
     def compensate(self, lq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Both neighbours warped onto the centre frame in one batched pass: ``(warped (B,2,3,h,w), flows
         (B,2,2,h,w), centre)``."""
-        b = lq.shape[0]
         center = lq[:, 1]
         nbrs = torch.cat([lq[:, 0], lq[:, 2]], 0)
         warped, flows = self.motion(torch.cat([center, center], 0), nbrs)
-        return (torch.stack(warped.split(b), 1), torch.stack(flows.split(b), 1), center)
+        # (2B, …) → (B, 2, …) without a Python-int batch size, so traced/exported graphs keep a dynamic batch
+        return warped.unflatten(0, (2, -1)).transpose(0, 1), flows.unflatten(0, (2, -1)).transpose(0, 1), center
 
     def forward_features(self, lq: torch.Tensor) -> Features:
         if lq.dim() != 5 or lq.shape[1] != 3 or lq.shape[-1] % 4 or lq.shape[-2] % 4:
