@@ -582,6 +582,95 @@ def cache_verify(path: str, sources: bool, data: str | None, as_json: bool) -> N
     stdout().print(f"cache {path}: all {total} clips intact", highlight=False)
 
 
+# ----------------------------------------------------------------------------------------------- evaluate
+@cli.command("evaluate", context_settings=CONTEXT)
+@click.option("--set", "set_", default="demo", show_default=True,
+              help="vid4, vimeo90k-test, vimeo90k-fast, vimeo90k-medium, vimeo90k-slow, demo or folder:PATH.")
+@click.option("--root", type=click.Path(file_okay=False), help="Dataset folder for vid4 / vimeo90k-*.")
+@click.option("--model", "models", multiple=True,
+              help="A checkpoint (student.pth, a teacher …), repeatable; NAME=PATH sets the column name.")
+@click.option("--bicubic", is_flag=True, help="Add bicubic upsampling as a row.")
+@click.option("--color", default="y", show_default=True, type=click.Choice(["y", "rgb"]),
+              help="Score the Y channel (BT.601, as the paper) or RGB.")
+@click.option("--crop-border", default=0, show_default=True, type=click.IntRange(0),
+              help="HR pixels removed per side before scoring.")
+@click.option("--frames", default="all", show_default=True, type=click.Choice(["all", "skip-border-2"]),
+              help="Frames scored per clip (Vimeo90K-T: always the centre frame).")
+@click.option("--degradation", default="bd", show_default=True, type=click.Choice(["bd", "bi", "lr-folder"]),
+              help="LR input: BD / BI of the GT frames, or the dataset's own LR folder (Vid4 BDx4/BIx4).")
+@click.option("--padding", default="replicate", show_default=True,
+              type=click.Choice(["replicate", "reflection", "reflection_circle", "circle"]),
+              help="Frame padding of windows at clip ends.")
+@click.option("--max-clips", type=click.IntRange(1), help="Only the first N clips (a quick look at Vimeo90K-T).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every figure as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write per-clip rows as CSV.")
+@click.option("--save-images", type=click.Path(file_okay=False), help="Write SR frames to DIR/<model>/<clip>/.")
+@click.option("--temporal-profile", type=click.IntRange(0),
+              help="HR pixel row: write per clip its temporal profile for GT, bicubic and every model.")
+@click.option("--figures", type=click.Path(file_okay=False),
+              help="Folder for profile and crop images (default: runs/evaluate/<set>).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1), help="Windows per forward.")
+@click.option("--chunk-frames", default=16, show_default=True, type=click.IntRange(1),
+              help="Output frames computed at a time (bounds memory on long clips).")
+def evaluate(set_, json_path, csv_path, **opts) -> None:
+    """PSNR/SSIM of models side by side on a benchmark set, under a protocol stated in the table title.
+
+    Defaults follow the paper's evaluation: Y channel, no border crop, all frames, BD ×4 LR computed from the
+    (mod-cropped) GT, replicate padding; Vimeo90K-T scores the centre frame. Per-frame scores are averaged per
+    clip, then over clips. A second table gives parameters, GMACs per output frame and the measured ms per frame.
+    Also writes a crop comparison per clip, and with --temporal-profile ROW the temporal profiles.
+
+    \b
+    Examples:
+      stdvsr evaluate --set demo --bicubic --model runs/distill/student.pth --model stdvsr/weights/edvr_s_demo.pth
+      stdvsr evaluate --set vid4 --root /data/Vid4 --model std=runs/std/student.pth --model plain=runs/none/student.pth \\
+          --temporal-profile 100 --json vid4.json --csv vid4.csv
+      stdvsr evaluate --set vimeo90k-test --root /data/vimeo_septuplet --model runs/std/student.pth --device cuda
+    """
+    from stdvsr.evaluate import EvalConfig, run
+
+    cfg = EvalConfig(set=set_, json=json_path, csv=csv_path, models=tuple(opts.pop("models")), **opts)
+    result = run(cfg)
+    print_evaluation(result)
+
+
+def print_evaluation(result: dict) -> None:
+    """The score table (clips + Average, PSNR/SSIM per model) and the cost table, on stdout."""
+    from stdvsr.evaluate import protocol_title
+
+    out = stdout()
+    models = result["models"]
+    table = Table(title=protocol_title(result["protocol"]))
+    table.add_column("clip", justify="left")
+    for m in models:
+        table.add_column(f"{m['name']}\nPSNR", justify="right")
+        table.add_column("SSIM", justify="right")
+    clips = [c["clip"] for c in models[0]["clips"]]
+    if len(clips) <= 40:
+        for i, clip in enumerate(clips):
+            table.add_row(clip, *[v for m in models for v in (f"{m['clips'][i]['psnr']:.2f}",
+                                                               f"{m['clips'][i]['ssim']:.4f}")])
+    else:
+        table.caption = f"{len(clips)} clips: per-clip rows are in --json / --csv"
+    table.add_row("Average", *[v for m in models for v in (f"{m['average']['psnr']:.2f}",
+                                                            f"{m['average']['ssim']:.4f}")], style="bold")
+    out.print(table)
+    costed = [m for m in models if "params" in m]
+    if costed:
+        h, w = costed[0]["lr_size"]
+        cost = Table(title=f"Cost per output frame (MACs at LR {h}×{w}; time measured here on {costed[0]['device']})")
+        for col in ("model", "params (M)", "GMACs", "ms / frame"):
+            cost.add_column(col, justify="left" if col == "model" else "right")
+        for m in costed:
+            cost.add_row(m["name"], f"{m['params'] / 1e6:.3f}", f"{m['gmacs']:.2f}", f"{m['ms_per_frame']:.1f}")
+        out.print(cost)
+    for path in result["pictures"][:6]:
+        stderr().print(f"wrote {path}", highlight=False)
+    if len(result["pictures"]) > 6:
+        stderr().print(f"… and {len(result['pictures']) - 6} more pictures", highlight=False)
+
+
 # ------------------------------------------------------------------------------------------------ distill
 @cli.command("distill", context_settings=CONTEXT)
 @click.option("--config", type=click.Path(dir_okay=False), callback=_load_config_file, is_eager=True,

@@ -1,0 +1,304 @@
+"""``stdvsr evaluate``: PSNR/SSIM of several models side by side on a benchmark set, under a stated protocol.
+
+Protocol (DESIGN.md "Evaluate"; every part an option, all of it printed in the table title and written to JSON):
+outputs clamped to [0, 1] and rounded to uint8; PSNR/SSIM on Y = 16 + 65.481R + 128.553G + 24.966B (``color="y"``)
+or RGB; ``crop_border`` pixels removed per side before the conversion; per-frame values averaged per clip, then
+clips averaged with equal weight. Frames: all, or all but the first and last two (``skip-border-2``); Vimeo90K-T
+scores the centre frame (im4) of each septuplet only. LR input: the BD or BI degradation of the (mod-cropped) HR
+frames, or the dataset's own LR folder (``lr-folder``: Vid4's BDx4, else BIx4). Every output frame t comes from the
+window centred on t, padded at the clip's ends with ``padding`` (replicate, as the paper). Bicubic is PyTorch's
+(a = −0.75, align_corners=False) upsampling of the same LR frames.
+
+Long clips are processed ``chunk_frames`` outputs at a time, windows ``batch_size`` at a time on the device; only
+the scores, one temporal-profile row per frame and one crop per clip are kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from stdvsr.data import Clip, load_clips, read_frames
+from stdvsr.errors import StdvsrError
+from stdvsr.infer import upscale_frames
+from stdvsr.io import write_image, write_text
+from stdvsr.metrics import VideoMetrics, tensor_to_uint8
+from stdvsr.training import resolve_device
+
+SETS = ("vid4", "vimeo90k-test", "vimeo90k-fast", "vimeo90k-medium", "vimeo90k-slow", "demo")
+FRAME_MODES = ("all", "skip-border-2")
+DEGRADATIONS = ("bd", "bi", "lr-folder")
+VIMEO_CENTRE = 3  # im4, the centre of a septuplet
+BICUBIC = "bicubic"
+
+
+@dataclass
+class EvalConfig:
+    set: str = "demo"                 # vid4 | vimeo90k-test|fast|medium|slow | demo | folder:PATH
+    root: str | None = None           # dataset root for vid4 / vimeo90k-*
+    models: tuple = ()                # checkpoint paths, optionally NAME=PATH
+    bicubic: bool = False             # add a bicubic row
+    color: str = "y"                  # y | rgb
+    crop_border: int = 0
+    frames: str = "all"               # all | skip-border-2 (Vimeo90K-T: always the centre frame)
+    degradation: str = "bd"           # bd | bi | lr-folder
+    padding: str = "replicate"
+    max_clips: int | None = None      # the first N clips (e.g. a quick look at Vimeo90K-T's 7,824)
+    json: str | None = None
+    csv: str | None = None
+    save_images: str | None = None    # SR frames: DIR/<model>/<clip>/<frame>.png
+    temporal_profile: int | None = None  # HR pixel row for the temporal-profile images
+    figures: str | None = None        # where profile and crop images go (default: runs/evaluate/<set>)
+    device: str = "auto"
+    batch_size: int = 4               # windows per forward
+    chunk_frames: int = 16            # output frames computed at a time
+
+
+# ------------------------------------------------------------------------------------------------- the set
+def resolve_set(cfg: EvalConfig) -> tuple[list[Clip], str, bool]:
+    """``(clips, human-readable set name, centre_only)``."""
+    name = cfg.set
+    if name.startswith("folder:"):
+        return load_clips(name), name, False
+    if name == "demo":
+        return load_clips("demo", "test"), "demo (held-out carphone)", False
+    if name not in SETS:
+        raise StdvsrError(f"--set {name!r} is not one of {', '.join(SETS)} or folder:PATH")
+    if not cfg.root:
+        layout = ("GT/<clip>/%08d.png (optional BDx4/, BIx4/)" if name == "vid4" else
+                  "sequences/<5 digits>/<4 digits>/im1..7.png with sep_testlist.txt (or sep_testlist_<speed>.txt)")
+        raise StdvsrError(f"--set {name} needs --root PATH, the dataset folder holding {layout}")
+    if name == "vid4":
+        return load_clips(f"vid4:{cfg.root}"), "Vid4", False
+    split = name.split("-", 1)[1]
+    clips = load_clips(f"vimeo90k:{cfg.root}", split)
+    return clips, f"Vimeo90K-T ({split})" if split != "test" else "Vimeo90K-T", True
+
+
+def scored_frames(n: int, mode: str, centre_only: bool) -> list[int]:
+    if centre_only:
+        return [VIMEO_CENTRE] if n > VIMEO_CENTRE else []
+    if mode == "all":
+        return list(range(n))
+    if mode == "skip-border-2":
+        return list(range(2, n - 2))
+    raise StdvsrError(f"--frames {mode!r} is not one of {', '.join(FRAME_MODES)}")
+
+
+def protocol(cfg: EvalConfig, set_name: str, centre_only: bool) -> dict:
+    frames = "centre frame (im4)" if centre_only else {"all": "all frames",
+                                                        "skip-border-2": "all but first/last 2 frames"}[cfg.frames]
+    lr = {"bd": "BD (13×13 Gaussian σ 1.6)", "bi": "BI (MATLAB bicubic)", "lr-folder": "dataset LR folder"}
+    return {"set": set_name, "channel": "Y" if cfg.color == "y" else "RGB", "crop_border": cfg.crop_border,
+            "frames": frames, "degradation": cfg.degradation, "lr": lr[cfg.degradation], "scale": 4,
+            "padding": cfg.padding, "mod_crop": True, "uint8": True}
+
+
+def protocol_title(p: dict) -> str:
+    return (f"{p['set']}: {p['channel']}-PSNR/SSIM ×4, crop {p['crop_border']}, {p['frames']}, LR {p['lr']}, "
+            f"{p['padding']} padding")
+
+
+def read_clip(clip: Clip, degradation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lq, gt)`` float32 for the whole clip (HR mod-cropped to ×4)."""
+    if degradation == "lr-folder":
+        which = "bd" if "bd" in clip.lq_frames else "bi" if "bi" in clip.lq_frames else None
+        if which is None:
+            raise StdvsrError(f"--degradation lr-folder: clip {clip.name} has no LR folder (Vid4: BDx4/<clip> or "
+                              "BIx4/<clip>); use --degradation bd or bi to compute LR frames from GT")
+        return read_frames(clip, range(len(clip)), 4, which, lq_from_disk=True, mod_crop=True)
+    return read_frames(clip, range(len(clip)), 4, degradation, mod_crop=True)
+
+
+# ---------------------------------------------------------------------------------------------- the models
+def model_label(arg: str) -> tuple[str, Path]:
+    """``NAME=PATH`` or ``PATH``; the label of a bare path is its stem, or its folder for generic stems."""
+    if "=" in arg and not Path(arg).exists():
+        name, path = arg.split("=", 1)
+        return name, Path(path)
+    path = Path(arg)
+    generic = {"student", "teacher", "model", "last", "best", "latest"}
+    return (path.parent.name if path.stem in generic and path.parent.name else path.stem), path
+
+
+def load_models(cfg: EvalConfig, device) -> list[tuple[str, str, torch.nn.Module]]:
+    from stdvsr.models import load_model
+
+    out, seen = [], {BICUBIC} if cfg.bicubic else set()
+    for arg in cfg.models:
+        name, path = model_label(arg)
+        base, k = name, 2
+        while name in seen:
+            name, k = f"{base}-{k}", k + 1
+        seen.add(name)
+        model, _ = load_model(path)
+        out.append((name, str(path), model.to(device).eval()))
+    if not out and not cfg.bicubic:
+        raise StdvsrError("nothing to evaluate: give --model CKPT (repeatable) and/or --bicubic")
+    return out
+
+
+def bicubic(lq: torch.Tensor, frames: list[int]) -> torch.Tensor:
+    return F.interpolate(lq[frames], scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def complexity(model: torch.nn.Module, lr_size: tuple[int, int]) -> dict:
+    from stdvsr.profile import count_macs
+
+    h, w = (s + (-s % 4) for s in lr_size)
+    device = next(model.parameters()).device
+    lq = torch.zeros(1, model.num_frame, 3, h, w, device=device)
+    return {"params": sum(p.numel() for p in model.parameters()), "gmacs": count_macs(model, lq) / 1e9,
+            "lr_size": [h, w]}
+
+
+# ------------------------------------------------------------------------------------------------ pictures
+def _label(img: np.ndarray, text: str) -> np.ndarray:
+    """``img`` with a 20-pixel white band on top holding ``text``."""
+    band = np.full((20, img.shape[1], 3), 255, np.uint8)
+    cv2.putText(band, text[: max(1, img.shape[1] // 8)], (3, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    return np.concatenate([band, img], 0)
+
+
+def side_by_side(panels: list[tuple[str, np.ndarray]], gap: int = 4) -> np.ndarray:
+    h = max(p.shape[0] for _, p in panels)
+    parts = []
+    for name, p in panels:
+        p = np.pad(p, ((0, h - p.shape[0]), (0, 0), (0, 0)), constant_values=255)
+        parts += [_label(p, name), np.full((h + 20, gap, 3), 255, np.uint8)]
+    return np.concatenate(parts[:-1], 1)
+
+
+def crop_box(h: int, w: int, row: int | None, size: int = 96) -> tuple[int, int, int]:
+    """A square HR crop around the frame's centre (or centred on the profile row)."""
+    s = min(size, h, w)
+    top = min(max(0, (row if row is not None else h // 2) - s // 2), h - s)
+    return top, (w - s) // 2, s
+
+
+# ----------------------------------------------------------------------------------------------------- run
+def run(cfg: EvalConfig, show_progress: bool = True) -> dict:
+    """Evaluate; returns the JSON document (``protocol``, ``models`` with per-clip rows and averages, paths)."""
+    if cfg.color not in ("y", "rgb"):
+        raise StdvsrError(f"--color {cfg.color!r} is not y or rgb")
+    if cfg.degradation not in DEGRADATIONS:
+        raise StdvsrError(f"--degradation {cfg.degradation!r} is not one of {', '.join(DEGRADATIONS)}")
+    if cfg.frames not in FRAME_MODES:
+        raise StdvsrError(f"--frames {cfg.frames!r} is not one of {', '.join(FRAME_MODES)}")
+    device = resolve_device(cfg.device)
+    clips, set_name, centre_only = resolve_set(cfg)
+    if cfg.max_clips:
+        clips = clips[:cfg.max_clips]
+    models = load_models(cfg, device)
+    names = ([BICUBIC] if cfg.bicubic else []) + [m[0] for m in models]
+    proto = protocol(cfg, set_name, centre_only)
+    metrics = {n: VideoMetrics(cfg.crop_border, cfg.color == "y") for n in names}
+    seconds = {n: 0.0 for n in names}
+    counted = {n: 0 for n in names}
+    figures = Path(cfg.figures or Path("runs") / "evaluate" / re.sub(r"[^\w.-]+", "_", cfg.set))
+    pictures: list[str] = []
+    info = {}
+
+    from stdvsr.progress import work_progress
+
+    total = 0
+    with work_progress(len(clips), "evaluate", "clips", enabled=show_progress) as bar:
+        for clip in clips:
+            lq, gt = read_clip(clip, cfg.degradation)
+            frames = scored_frames(len(clip), cfg.frames, centre_only)
+            if not frames:
+                bar.advance()
+                continue
+            H, W = gt.shape[-2:]
+            row = cfg.temporal_profile
+            if row is not None and not 0 <= row < H:
+                raise StdvsrError(f"--temporal-profile {row} is outside the {H}-row HR frames of clip {clip.name}")
+            box = crop_box(H, W, row)
+            middle = frames[len(frames) // 2]
+            profiles: dict[str, list[np.ndarray]] = {"GT": []}
+            crops: dict[str, np.ndarray] = {}
+            if row is not None:
+                profiles["GT"] = [tensor_to_uint8(gt[f])[row] for f in frames]
+            t_, l_, s_ = box
+            crops["GT"] = tensor_to_uint8(gt[middle])[t_:t_ + s_, l_:l_ + s_]
+            for name in names:
+                model = None if name == BICUBIC else next(m for n, _, m in models if n == name)
+                if model is not None and name not in info:
+                    info[name] = complexity(model, lq.shape[-2:])
+                rows = []
+                for i in range(0, len(frames), cfg.chunk_frames):
+                    part = frames[i:i + cfg.chunk_frames]
+                    t0 = time.perf_counter()
+                    if model is None:
+                        sr = bicubic(lq, part)
+                    else:
+                        sr = upscale_frames(model, lq, part, cfg.padding, cfg.batch_size)
+                    seconds[name] += time.perf_counter() - t0
+                    counted[name] += len(part)
+                    for f, out in zip(part, sr):
+                        metrics[name].add(clip.name, f, out, gt[f])
+                        img = tensor_to_uint8(out)
+                        if row is not None:
+                            rows.append(img[row])
+                        if f == middle:
+                            crops[name] = img[t_:t_ + s_, l_:l_ + s_]
+                        if cfg.save_images:
+                            write_image(Path(cfg.save_images) / name / clip.name.replace("/", "_") / f"{f:08d}.png",
+                                        img)
+                if row is not None:
+                    profiles[name] = rows
+            total += len(frames)
+            stem = clip.name.replace("/", "_")
+            if row is not None and len(frames) > 1:
+                reps = max(1, 64 // len(frames))  # short clips: repeat rows so the profile is visible
+                panels = [(n, np.repeat(np.stack(r), reps, 0)) for n, r in profiles.items()]
+                path = figures / f"{stem}_profile_row{row}.png"
+                write_image(path, side_by_side(panels))
+                pictures.append(str(path))
+            zoom = max(1, 192 // box[2])
+            panels = [(n, np.repeat(np.repeat(c, zoom, 0), zoom, 1)) for n, c in crops.items()]
+            path = figures / f"{stem}_crop_frame{middle}.png"
+            write_image(path, side_by_side(panels))
+            pictures.append(str(path))
+            bar.advance()
+
+    if total == 0:
+        raise StdvsrError(f"no frame of --set {cfg.set} was scored (clips shorter than 5 frames with "
+                          "--frames skip-border-2?)")
+    result = {"protocol": proto, "models": [], "pictures": pictures}
+    paths = {n: p for n, p, _ in models}
+    for name in names:
+        summary = metrics[name].summary()
+        entry = {"name": name, "path": paths.get(name), "average": {"psnr": summary["psnr"], "ssim": summary["ssim"]},
+                 "clips": metrics[name].clip_rows(), "frames_scored": summary["frames"],
+                 "ms_per_frame": 1000 * seconds[name] / max(counted[name], 1), "device": str(device)}
+        entry.update(info.get(name, {}))
+        result["models"].append(entry)
+    if cfg.json:
+        write_text(cfg.json, json.dumps(result, indent=1))
+    if cfg.csv:
+        write_text(cfg.csv, to_csv(result))
+    return result
+
+
+def to_csv(result: dict) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["model", "clip", "frames", "psnr", "ssim"])
+    for m in result["models"]:
+        for c in m["clips"]:
+            writer.writerow([m["name"], c["clip"], c["frames"], f"{c['psnr']:.4f}", f"{c['ssim']:.6f}"])
+        writer.writerow([m["name"], "Average", m["frames_scored"], f"{m['average']['psnr']:.4f}",
+                         f"{m['average']['ssim']:.6f}"])
+    return buf.getvalue()
