@@ -1,0 +1,162 @@
+"""stdvsr export: every student round-trips through ONNX and TorchScript (fixed and dynamic shapes), checked here
+independently of the export's own check; EDVR, overwrites, bad sizes and a missing onnxruntime are refused."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from stdvsr.cli import cli
+from stdvsr.errors import StdvsrError
+from stdvsr.export import ExportConfig, run
+from stdvsr.models import STUDENTS, build_model, load_model
+
+TOL = 1e-4
+CASES = [*STUDENTS, "fastdvdnet-quarter"]  # every student architecture and one width preset
+
+
+def save_checkpoint(folder: Path, name: str) -> Path:
+    """A stdvsr checkpoint as `stdvsr distill` writes it, with random weights; convs that start at zero (VESPCN's
+    flow outputs, biases) get small random values so that the warp is not the identity."""
+    torch.manual_seed(0)
+    model = build_model(name)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.02)
+    path = folder / f"{name}.pth"
+    torch.save({"model": {"name": name, "kwargs": {}}, "params": model.state_dict()}, path)
+    return path
+
+
+def exported_runner(path: Path, fmt: str):
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == ["lq"] and [o.name for o in session.get_outputs()] == ["sr"]
+        return lambda lq: torch.from_numpy(session.run(["sr"], {"lq": lq.numpy()})[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "torch.jit.load is deprecated" (torch ≥ 2.9)
+        return torch.jit.load(str(path))
+
+
+def needs(fmt: str) -> None:
+    if fmt == "onnx":
+        pytest.importorskip("onnx", reason="onnx is not installed: pip install 'stdvsr[export]'")
+        pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install 'stdvsr[export]'")
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(cli, ["export", *args])
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("name", CASES)
+def test_round_trip_matches_pytorch(tmp_path, recwarn, name, fmt):
+    needs(fmt)
+    ckpt = save_checkpoint(tmp_path, name)
+    model, _ = load_model(ckpt)
+    t = model.num_frame
+    gen = torch.Generator().manual_seed(123)  # not the export's check inputs (seed 0)
+
+    fixed = run(ExportConfig(model=str(ckpt), format=fmt, lq_size="16x24"))
+    suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
+    assert fixed["path"] == str(tmp_path / f"{name}{suffix}") and fixed["bytes"] == Path(fixed["path"]).stat().st_size
+    assert [(c["batch"], c["lq_size"]) for c in fixed["checks"]] == [(1, [16, 24])]
+    lq = torch.rand(1, t, 3, 16, 24, generator=gen)
+    with torch.no_grad():
+        ref, got = model(lq), exported_runner(Path(fixed["path"]), fmt)(lq)
+    assert got.shape == (1, 3, 64, 96)
+    assert (got - ref).abs().max() < TOL
+
+    dynamic = run(ExportConfig(model=str(ckpt), format=fmt, lq_size="16x24", dynamic=True,
+                               out=str(tmp_path / f"dynamic{suffix}")))
+    assert [(c["batch"], c["lq_size"]) for c in dynamic["checks"]] == [(1, [16, 24]), (2, [20, 32])]
+    assert dynamic["max_abs_diff"] < TOL
+    lq = torch.rand(2, t, 3, 12, 28, generator=gen)
+    with torch.no_grad():
+        ref, got = model(lq), exported_runner(Path(dynamic["path"]), fmt)(lq)
+    assert got.shape == (2, 3, 48, 112)
+    assert (got - ref).abs().max() < TOL
+    # the tracer's warnings (the models' shape checks become constants) are expected and must not reach the user
+    assert not [w for w in recwarn if issubclass(w.category, (torch.jit.TracerWarning, DeprecationWarning))]
+
+
+def test_cli_prints_the_differences(tmp_path):
+    needs("onnx")
+    ckpt = save_checkpoint(tmp_path, "vdsr")
+    result = run_cli("--model", str(ckpt), "--lq-size", "16x24", "--dynamic")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "vdsr.onnx").is_file()
+    rows = [line.split() for line in result.stdout.splitlines() if "×" in line and "e-" in line]
+    assert [r[1:4:2] for r in rows] == [["1", "16×24"], ["2", "20×32"]]  # batch, LR size; then the difference
+    assert all(float(r[5]) < TOL for r in rows)
+    assert f"wrote {tmp_path / 'vdsr.onnx'} (ONNX opset 17, " in result.stdout
+
+
+def test_edvr_is_refused(tmp_path):
+    path = tmp_path / "teacher.pth"
+    torch.save({"model": {"name": "edvr-s", "kwargs": {}}, "params": build_model("edvr-s").state_dict()}, path)
+    result = run_cli("--model", str(path), "--format", "torchscript", "--lq-size", "16x24")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("Error: ") and len(result.stderr.strip().splitlines()) == 1
+    for fragment in ("EDVR", "deformable convolution", "DCNv2", "student"):
+        assert fragment in result.stderr
+    assert not list(tmp_path.glob("teacher.*.pt"))
+
+
+def test_refuses_to_overwrite_without_force(tmp_path):
+    ckpt = save_checkpoint(tmp_path, "vdsr")
+    out = tmp_path / "vdsr.pt"
+    out.write_bytes(b"keep me")
+    result = run_cli("--model", str(ckpt), "--format", "torchscript", "--lq-size", "16x24", "--out", str(out))
+    assert result.exit_code == 1 and "already exists" in result.stderr and "--force" in result.stderr
+    assert out.read_bytes() == b"keep me"
+    result = run_cli("--model", str(ckpt), "--format", "torchscript", "--lq-size", "16x24", "--out", str(out),
+                     "--force")
+    assert result.exit_code == 0, result.output
+    assert exported_runner(out, "torchscript")(torch.rand(1, 1, 3, 16, 24)).shape == (1, 3, 64, 96)
+
+
+@pytest.mark.parametrize("size, fragment", [("15x24", "multiples of 4"), ("16x22", "multiples of 4"),
+                                            ("16", "is not HxW"), ("0x16", "must be positive")])
+def test_bad_lq_size_is_refused(tmp_path, size, fragment):
+    ckpt = save_checkpoint(tmp_path, "vdsr")
+    result = run_cli("--model", str(ckpt), "--format", "torchscript", "--lq-size", size)
+    assert result.exit_code == 1 and fragment in result.stderr and "--lq-size" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_failed_check_writes_nothing(tmp_path):
+    ckpt = save_checkpoint(tmp_path, "vdsr")
+    with pytest.raises(StdvsrError, match="differs from PyTorch.*nothing was written"):
+        run(ExportConfig(model=str(ckpt), format="torchscript", lq_size="16x24", tolerance=-1.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vdsr.pth"]  # not even the temporary file
+
+
+def test_missing_onnxruntime_names_the_extra(tmp_path, monkeypatch):
+    ckpt = save_checkpoint(tmp_path, "vdsr")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
+    result = run_cli("--model", str(ckpt), "--lq-size", "16x24")
+    assert result.exit_code == 1 and "pip install 'stdvsr[export]'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_vespcn_needs_opset_16(tmp_path):
+    needs("onnx")
+    ckpt = save_checkpoint(tmp_path, "vespcn")
+    result = run_cli("--model", str(ckpt), "--lq-size", "16x24", "--opset", "15")
+    assert result.exit_code == 1 and "opset 16" in result.stderr and result.stdout == ""
+
+
+def test_checkpoint_without_model_name_is_refused(tmp_path):
+    path = tmp_path / "raw.pth"
+    torch.save(build_model("vdsr").state_dict(), path)
+    result = run_cli("--model", str(path), "--format", "torchscript", "--lq-size", "16x24")
+    assert result.exit_code == 1 and "not a stdvsr checkpoint" in result.stderr
