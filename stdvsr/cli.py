@@ -781,6 +781,92 @@ def distill(ctx: click.Context, **opts) -> None:
     stdout().print(table)
 
 
+# -------------------------------------------------------------------------------------------------- export
+@cli.command("export", context_settings=CONTEXT)
+@click.option("--model", required=True, type=click.Path(dir_okay=False),
+              help="Student checkpoint written by stdvsr (e.g. runs/distill/student.pth).")
+@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx", "torchscript"]),
+              help="ONNX (input lq, output sr) or a TorchScript trace.")
+@click.option("--lq-size", default="120x180", show_default=True,
+              help="LR input size HxW the model is traced at, multiples of 4 (the paper: 120x180).")
+@click.option("--dynamic", is_flag=True, help="Dynamic batch, height and width (checked at a second size too).")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Output file. Default: next to --model, <stem>.onnx or <stem>.torchscript.pt.")
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(11, 20), help="ONNX opset.")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+def export(model: str, fmt: str, lq_size: str, dynamic: bool, out: str | None, opset: int, force: bool) -> None:
+    """Export a distilled student's forward(lq) -> sr to ONNX or TorchScript, checked against PyTorch.
+
+    lq is (B, frames, 3, h, w) in [0, 1], sr is (B, 3, 4h, 4w). The written file is loaded back (ONNX Runtime or
+    torch.jit.load) and run on a seeded random input — with --dynamic also at another size and batch 2 — and kept
+    only if its output matches PyTorch within 1e-4. EDVR, the teacher, is not exported. ONNX needs
+    pip install 'stdvsr[export]'.
+
+    \b
+    Examples:
+      stdvsr export --model runs/distill/student.pth                     # runs/distill/student.onnx, 120x180
+      stdvsr export --model runs/distill/student.pth --dynamic --force   # any batch and size
+      stdvsr export --model runs/vdsr/student.pth --format torchscript --out vdsr.pt
+    """
+    from stdvsr.export import ExportConfig, run
+
+    cfg = ExportConfig(model=model, format=fmt, lq_size=lq_size, dynamic=dynamic, out=out, opset=opset, force=force)
+    with stderr().status(f"exporting {model} to {fmt}"):
+        result = run(cfg)
+    table = Table(title=f"{result['model']} → {result['format']}: check")
+    for col in ("batch", "LR (H×W)", "max |exported − PyTorch|"):
+        table.add_column(col, justify="right")
+    for c in result["checks"]:
+        table.add_row(str(c["batch"]), "{}×{}".format(*c["lq_size"]), f"{c['max_abs_diff']:.2e}")
+    out = stdout()
+    out.print(table)
+    h, w = result["lq_size"]
+    kind = f"ONNX opset {result['opset']}" if result["opset"] else "TorchScript"
+    shapes = "dynamic batch, H and W" if result["dynamic"] else f"traced at batch 1, LR {h}×{w}"
+    out.print(f"wrote {result['path']} ({kind}, {_mb(result['bytes'])} MB, {shapes})", soft_wrap=True,
+              highlight=False)
+
+
+# ------------------------------------------------------------------------------------------------- upscale
+@cli.command("upscale", context_settings=CONTEXT)
+@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.argument("output", type=click.Path())
+@click.option("--model", required=True, type=click.Path(dir_okay=False),
+              help="stdvsr checkpoint: a student (runs/distill/student.pth) or a teacher (stdvsr/weights/"
+                   "edvr_s_demo.pth, runs/teacher/teacher.pth).")
+@click.option("--tile", default=0, show_default=True, type=click.IntRange(0),
+              help="Run the network on LR tiles of this size (a multiple of 4) to bound its memory; 0: whole frames.")
+@click.option("--tile-overlap", default=16, show_default=True, type=click.IntRange(0),
+              help="LR pixels neighbouring tiles share (a multiple of 4), blended with linear ramps.")
+@click.option("--chunk-frames", default=8, show_default=True, type=click.IntRange(1),
+              help="Frames upscaled per batch; each holds 12 bytes per output pixel (100 MB at 4K) in CPU memory.")
+@click.option("--fps", type=click.FloatRange(0, min_open=True),
+              help="Output frame rate. Default: the input video's; 25 for a folder of frames.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def upscale(input_path: str, output: str, **opts) -> None:
+    """Super-resolve a video or a folder of frames ×4 with a stdvsr checkpoint.
+
+    INPUT is a video file OpenCV reads (mp4, avi, …) or a folder of frames (numeric order). OUTPUT is a .mp4
+    (mp4v) or .avi (MJPG) video, or a folder (no extension) of %08d.png frames. Each frame is computed from the
+    network's window of frames centred on it (replicate padding at the ends), as stdvsr evaluate does.
+    Frames are streamed: only --chunk-frames frames plus the window's context are held at a time, and --tile keeps
+    large frames within GPU memory. OUTPUT appears only once complete.
+
+    \b
+    Examples:
+      stdvsr upscale clip.mp4 clip_x4.mp4 --model runs/distill/student.pth
+      stdvsr upscale frames/ sr_frames/ --model stdvsr/weights/edvr_s_demo.pth --fps 30
+      stdvsr upscale 720p.mp4 x4.mp4 --model student.pth --device cuda --tile 256 --chunk-frames 4 --force
+    """
+    from stdvsr.upscale import UpscaleConfig, run
+
+    result = run(UpscaleConfig(input=input_path, output=output, **opts))
+    stdout().print(f"{result['frames']} frames {result['input_width']}×{result['input_height']} → "
+                   f"{result['width']}×{result['height']} at {result['fps']:g} fps written to {result['output']} "
+                   f"in {result['seconds']:.1f} s", soft_wrap=True, highlight=False)
+
+
 def main() -> None:
     cli(prog_name="stdvsr")
 
