@@ -21,7 +21,7 @@ $(STAMP): setup.cfg setup.py
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/stdvsr data prepare demo
+	$(PY) pipelines/demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest -ra

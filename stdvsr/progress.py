@@ -12,7 +12,10 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 
 
 def stdout() -> Console:
-    return Console(soft_wrap=False)
+    console = Console(soft_wrap=False)
+    if not console.is_terminal:  # logs and pipes: tables keep their columns instead of rich's 80-column default
+        console.width = max(console.width, 160)
+    return console
 
 
 def stderr() -> Console:
