@@ -49,10 +49,10 @@ from stdvsr.errors import StdvsrError
 from stdvsr.io import write_text
 from stdvsr.losses import (MAPPINGS, SD_NORMS, ConvLSTM, charbonnier, kd_mean2, kd_mse, output_kd, sd_loss,
                            td_loss)
-from stdvsr.models import STUDENTS, build_model, model_spec, read_checkpoint
+from stdvsr.models import STUDENTS, build_model, model_spec
 from stdvsr.progress import stderr, training_progress
-from stdvsr.training import (StepBatches, latest_checkpoint, learning_rate, resolve_device, rng_state,
-                             save_checkpoint, seed_everything, set_rng_state)
+from stdvsr.training import (StepBatches, learning_rate, resolve_device, resume_run, rng_state, save_checkpoint,
+                             seed_everything, set_rng_state)
 
 KD_MODES = ("std", "sd", "td", "none", "mse", "mean2", "output")
 FEATURES = ("sr", "lr")
@@ -448,32 +448,6 @@ def _mean_across_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str,
 
 
 # ----------------------------------------------------------------------------------------------------- run
-def _resume(cfg: DistillConfig, resume: str | None, explicit: set[str] | None) -> tuple[DistillConfig, dict | None]:
-    out = Path(cfg.out)
-    ckpt = None
-    if resume is not None:
-        path = latest_checkpoint(out / "checkpoints") if resume == "auto" else Path(resume)
-        if path is not None:  # "auto" with no checkpoint yet starts from scratch
-            ckpt = read_checkpoint(path)
-            if "distill" not in ckpt:
-                raise StdvsrError(f"--resume {path} is not a stdvsr distill checkpoint")
-            stored = DistillConfig(**ckpt["config"])
-            names = {f.name for f in dataclasses.fields(cfg)} if explicit is None else explicit
-            for name in sorted(names):
-                mine, theirs = getattr(cfg, name), getattr(stored, name)
-                if mine == theirs:
-                    continue
-                if name not in RESUMABLE_CHANGES:
-                    raise StdvsrError(f"--resume: --{name.replace('_', '-')} is {mine!r} but {path} was trained with "
-                                      f"{theirs!r}; drop the flag or start a new --out folder")
-                setattr(stored, name, mine)
-            cfg = stored
-    if ckpt is None and latest_checkpoint(Path(cfg.out) / "checkpoints") is not None:
-        raise StdvsrError(f"--out {cfg.out} already holds checkpoints of a run; pass --resume auto to continue it, "
-                          "or choose another --out")
-    return cfg, ckpt
-
-
 def load_online_teacher(cfg: DistillConfig, reader: CacheReader, device) -> nn.Module:
     """The teacher the cache was built from (weights checked against the cache's sha256)."""
     from stdvsr.demo import sha256_file
@@ -499,7 +473,7 @@ def run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | None
     resuming, flags in ``explicit`` outside :data:`RESUMABLE_CHANGES` must match the checkpoint's config.
     """
     validate_config(cfg)
-    cfg, ckpt = _resume(cfg, resume, explicit)
+    cfg, ckpt = resume_run(cfg, resume, explicit, RESUMABLE_CHANGES, kind="distill")
     out = Path(cfg.out)
     rank, world, local_rank = _distribution()
     device = resolve_device(cfg.device)

@@ -29,9 +29,9 @@ from stdvsr.infer import upscale_frames
 from stdvsr.io import write_text
 from stdvsr.metrics import VideoMetrics
 from stdvsr.progress import stderr, training_progress
-from stdvsr.models import build_model, load_weights, model_spec, read_checkpoint
-from stdvsr.training import (EMA, StepBatches, charbonnier, latest_checkpoint, learning_rate, resolve_device,
-                             rng_state, save_checkpoint, seed_everything, set_rng_state)
+from stdvsr.models import build_model, load_weights, model_spec
+from stdvsr.training import (EMA, StepBatches, charbonnier, learning_rate, resolve_device, resume_run, rng_state,
+                             save_checkpoint, seed_everything, set_rng_state)
 
 
 @dataclass
@@ -124,27 +124,8 @@ def run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | None
     resuming, the checkpoint's config is used; of the fields named in ``explicit`` (default: all of ``cfg``), those
     in ``RESUMABLE_CHANGES`` (e.g. ``steps``) override it and any other that differs is an error naming the flag.
     """
+    cfg, ckpt = resume_run(cfg, resume, explicit, RESUMABLE_CHANGES)
     out = Path(cfg.out)
-    ckpt = None
-    if resume is not None:
-        path = latest_checkpoint(out / "checkpoints") if resume == "auto" else Path(resume)
-        if path is not None:  # "auto" with no checkpoint yet starts from scratch
-            ckpt = read_checkpoint(path)
-            stored = TeacherConfig(**ckpt["config"])
-            names = {f.name for f in dataclasses.fields(cfg)} if explicit is None else explicit
-            for name in sorted(names):
-                mine, theirs = getattr(cfg, name), getattr(stored, name)
-                if mine == theirs:
-                    continue
-                if name not in RESUMABLE_CHANGES:
-                    raise StdvsrError(f"--resume: --{name.replace('_', '-')} is {mine!r} but {path} was trained with "
-                                      f"{theirs!r}; drop the flag or start a new --out folder")
-                setattr(stored, name, mine)
-            cfg = stored
-            out = Path(cfg.out)
-    if ckpt is None and latest_checkpoint(out / "checkpoints") is not None:
-        raise StdvsrError(f"--out {out} already holds checkpoints of a run; pass --resume auto to continue it, "
-                          "or choose another --out")
     if cfg.teacher != "edvr":
         raise StdvsrError(f"--teacher {cfg.teacher!r} is not supported; the teacher is edvr")
     arch, kwargs = model_spec(cfg.preset, **cfg.model_args)

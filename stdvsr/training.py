@@ -3,10 +3,11 @@ batch order that makes resumption exact, atomic checkpoints, and the device choi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -139,3 +140,42 @@ def latest_checkpoint(folder: Path) -> Path | None:
     """The checkpoint with the highest step in ``folder`` (``step_XXXXXXX.pth``), or None."""
     found = sorted(folder.glob("step_*.pth"))
     return found[-1] if found else None
+
+
+Config = TypeVar("Config")
+
+
+def resume_run(cfg: Config, resume: str | None, explicit: set[str] | None, resumable: set[str],
+               kind: str = "stdvsr") -> tuple[Config, dict | None]:
+    """The config and checkpoint a run continues from: ``(cfg, None)`` for a fresh run.
+
+    ``resume``: None, ``"auto"`` (the newest checkpoint in ``cfg.out``; none yet = fresh) or a checkpoint path. The
+    checkpoint's config is used; of the fields named in ``explicit`` (default: all), those in ``resumable`` override
+    it and any other that differs is an error naming the flag. A fresh run into a folder that already holds
+    checkpoints is refused. ``kind``: the checkpoint key that marks the stage (``"distill"``), checked if given.
+    """
+    from stdvsr.errors import StdvsrError
+    from stdvsr.models import read_checkpoint
+
+    ckpt = None
+    if resume is not None:
+        path = latest_checkpoint(Path(cfg.out) / "checkpoints") if resume == "auto" else Path(resume)
+        if path is not None:
+            ckpt = read_checkpoint(path)
+            if "config" not in ckpt or (kind != "stdvsr" and kind not in ckpt):
+                raise StdvsrError(f"--resume {path} is not a checkpoint of this stage ({kind})")
+            stored = type(cfg)(**ckpt["config"])
+            names = {f.name for f in dataclasses.fields(cfg)} if explicit is None else explicit
+            for name in sorted(names):
+                mine, theirs = getattr(cfg, name), getattr(stored, name)
+                if mine == theirs:
+                    continue
+                if name not in resumable:
+                    raise StdvsrError(f"--resume: --{name.replace('_', '-')} is {mine!r} but {path} was trained with "
+                                      f"{theirs!r}; drop the flag or start a new --out folder")
+                setattr(stored, name, mine)
+            cfg = stored
+    if ckpt is None and latest_checkpoint(Path(cfg.out) / "checkpoints") is not None:
+        raise StdvsrError(f"--out {cfg.out} already holds checkpoints of a run; pass --resume auto to continue it, "
+                          "or choose another --out")
+    return cfg, ckpt
