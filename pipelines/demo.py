@@ -16,37 +16,20 @@ run folder per student. Re-running reuses what is finished: a complete cache, a 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 
-import torch
 
 from stdvsr.cache import CacheConfig
 from stdvsr.cache import run as build_cache
-from stdvsr.distill import DistillConfig
-from stdvsr.distill import run as distill
+from stdvsr.distill import DistillConfig, run_or_reuse
 from stdvsr.errors import StdvsrError
 from stdvsr.evaluate import EvalConfig, protocol_title
 from stdvsr.evaluate import run as evaluate
 from stdvsr.io import write_text
 from stdvsr.models import DEMO_TEACHER
 from stdvsr.progress import stderr, stdout
-
-
-def student_run(cfg: DistillConfig) -> tuple[dict | None, str]:
-    """Train unless an identical finished run exists; ``(result or None, what happened)``."""
-    out = Path(cfg.out)
-    done = out / "student.pth"
-    if done.is_file():
-        saved = torch.load(done, map_location="cpu", weights_only=True).get("config", {})
-        if saved == dataclasses.asdict(cfg):
-            return None, "reused"
-        raise StdvsrError(f"{out} holds a finished run with other settings; delete it or pass another --out")
-    resume = "auto" if (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("step_*.pth")) else None
-    result = distill(cfg, resume=resume, explicit=set() if resume else None)
-    return result, "resumed" if resume else "trained"
 
 
 def main() -> None:
@@ -77,7 +60,7 @@ def main() -> None:
                             steps=args.steps, warmup_steps=args.warmup_steps, seed=args.seed, workers=args.workers,
                             val_every=max(args.steps // 4, 1), ckpt_every=max(args.steps // 4, 1))
         t0 = time.perf_counter()
-        _, what = student_run(cfg)
+        _, what = run_or_reuse(cfg)
         times[f"distill_kd_{kd}"] = time.perf_counter() - t0
         console.print(f"student --kd {kd}: {what} ({times[f'distill_kd_{kd}']:.0f} s)", highlight=False)
         students[kd] = Path(cfg.out) / "student.pth"

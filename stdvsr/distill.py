@@ -49,10 +49,10 @@ from stdvsr.errors import StdvsrError
 from stdvsr.io import write_text
 from stdvsr.losses import (MAPPINGS, SD_NORMS, ConvLSTM, charbonnier, kd_mean2, kd_mse, output_kd, sd_loss,
                            td_loss)
-from stdvsr.models import STUDENTS, build_model, model_spec
+from stdvsr.models import STUDENTS, build_model, model_spec, read_checkpoint
 from stdvsr.progress import stderr, training_progress
-from stdvsr.training import (StepBatches, learning_rate, resolve_device, resume_run, rng_state, save_checkpoint,
-                             seed_everything, set_rng_state)
+from stdvsr.training import (StepBatches, latest_checkpoint, learning_rate, resolve_device, resume_run, rng_state,
+                             save_checkpoint, seed_everything, set_rng_state)
 
 KD_MODES = ("std", "sd", "td", "none", "mse", "mean2", "output")
 FEATURES = ("sr", "lr")
@@ -681,3 +681,19 @@ def run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | None
             "seconds": time.perf_counter() - start_time, "td_frozen_at": frozen_at, "tiers_read": tiers,
             "step_s": totals["step"] / steps_run, "data_wait_frac": totals["data"] / max(totals["step"], 1e-9),
             "teacher_s": totals["teacher"] / steps_run, "rank": rank, "world_size": world}
+
+
+def run_or_reuse(cfg: DistillConfig, show_progress: bool = True) -> tuple[dict | None, str]:
+    """Train ``cfg`` unless an identical finished run is in ``cfg.out`` (its ``student.pth`` has the same config);
+    an interrupted run continues from its last checkpoint. Returns ``(run's result or None, "trained" | "resumed" |
+    "reused")``. For pipelines that re-run many students (the demo, the ablations)."""
+    out = Path(cfg.out)
+    done = out / "student.pth"
+    if done.is_file():
+        saved = read_checkpoint(done).get("config", {})
+        if saved == dataclasses.asdict(cfg):
+            return None, "reused"
+        raise StdvsrError(f"{out} holds a finished run with other settings; delete it or use another --out")
+    resume = "auto" if latest_checkpoint(out / "checkpoints") is not None else None
+    result = run(cfg, resume=resume, explicit=set() if resume else None, show_progress=show_progress)
+    return result, "resumed" if resume else "trained"

@@ -403,3 +403,14 @@ def test_online_and_cached_runs_start_from_the_same_weights(caches, tmp_path):
     ca, cb = (torch.load(p / "checkpoints" / "step_0000001.pth", weights_only=True)["distill"] for p in (a, b))
     assert all(torch.equal(ca[k], cb[k]) for k in ca)
     assert losses_of(a) == losses_of(b)
+
+
+def test_run_or_reuse_trains_resumes_and_reuses(caches, tmp_path):
+    cfg = config(caches["trunk"], tmp_path / "run", steps=2, ckpt_every=1)
+    assert distill.run_or_reuse(cfg, show_progress=False)[1] == "trained"
+    assert distill.run_or_reuse(cfg, show_progress=False) == (None, "reused")
+    (tmp_path / "run" / "student.pth").unlink()
+    result, what = distill.run_or_reuse(cfg, show_progress=False)
+    assert what == "resumed" and result["resumed_from"] == 2
+    with pytest.raises(StdvsrError, match="holds a finished run with other settings"):
+        distill.run_or_reuse(config(caches["trunk"], tmp_path / "run", steps=3), show_progress=False)
