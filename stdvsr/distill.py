@@ -130,22 +130,19 @@ def teacher_needs(cfg: DistillConfig) -> set[str]:
 
 
 def cache_tiers(needs: set[str], feature: str, stored: list[str], root) -> list[str]:
-    """The cache tiers to read for ``needs``: a stored tier that serves it directly, else the trunk."""
-    tiers = []
+    """The cache tiers to read for ``needs``: the smallest stored tier that serves each, else the trunk."""
+    candidates = {"feat": ["feat_sr"] if feature == "sr" else [], "attention": ["attention", "feat_sr"],
+                  "sr": ["sr"]}
+    tiers = set()
     for need in sorted(needs):
-        direct = {"feat": "feat_sr" if feature == "sr" else None, "attention": "attention", "sr": "sr"}[need]
-        if direct in stored and not (need == "attention" and "feat_sr" in stored):
-            tiers.append(direct)
-        elif need == "attention" and "feat_sr" in stored:
-            tiers.append("feat_sr")
-        elif "trunk" in stored:
-            tiers.append("trunk")
-        else:
+        found = next((t for t in [*candidates[need], "trunk"] if t in stored), None)
+        if found is None:
             what = {"feat": f"the teacher's F^{feature.upper()}", "attention": "attention maps",
                     "sr": "the teacher's SR frames"}[need]
             raise StdvsrError(f"cache {root} cannot provide {what} (it stores {', '.join(stored)}); rebuild it with "
                               "--store trunk, or use --online-teacher")
-    return sorted(set(tiers))
+        tiers.add(found)
+    return sorted(tiers)
 
 
 def check_cache(cfg: DistillConfig, reader: CacheReader, student: nn.Module) -> None:
@@ -236,7 +233,8 @@ class DistillDataset(torch.utils.data.Dataset):
         top, left, rng = draw_crop(self.reader, index, self.patch_size, np.random.default_rng([self.seed, epoch, i]))
         s, p = self.reader.scale, self.patch_size
         transform = int(rng.integers(0, 8)) if self.augment == "approx" else 0
-        item = self.reader.read(index, range(start, start + self.n), (top, left, p, p), self.tiers)
+        # the student's windows are read below (with their context), so the plain LR crop is not read here
+        item = self.reader.read(index, range(start, start + self.n), (top, left, p, p), self.tiers, lq=False)
         context, local = self._context(clip["frames"], start, self.student_frames)
         lq = self.reader.read_lq(index, context, (top // s, left // s, p // s, p // s))
         item["windows"] = lq[local]

@@ -45,3 +45,12 @@ def make_vid4(root: Path, frames: list[np.ndarray], clips=("calendar", "city"), 
                 small = cv2.resize(frame, (frame.shape[1] // 4, frame.shape[0] // 4), interpolation=cv2.INTER_AREA)
                 write_image(root / "BDx4" / clip / f"{i:08d}.png", small)
     return root
+
+
+def write_clips(root: Path, clips: dict, videos: dict[str, list[np.ndarray]]) -> Path:
+    """A folder dataset: ``clips`` maps a clip name to ``(video, first frame, frame count, top, left, height,
+    width)``; each clip's frames are that crop of consecutive frames of ``videos[video]``."""
+    for name, (video, first, count, top, left, h, w) in clips.items():
+        for i in range(count):
+            write_image(root / name / f"{i:08d}.png", videos[video][first + i][top:top + h, left:left + w])
+    return root

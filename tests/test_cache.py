@@ -30,8 +30,8 @@ from stdvsr.cache.check import info, verify
 from stdvsr.cli import cli
 from stdvsr.data import degrade, load_clips, read_hr, window_indices
 from stdvsr.errors import StdvsrError
-from stdvsr.io import write_image
 from stdvsr.models import build_model
+from tests.helpers import write_clips
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(num_feat=8, num_frame=3, deformable_groups=1, num_extract_block=1, num_reconstruct_block=1)
@@ -152,12 +152,7 @@ def assert_one_error_line(result, *fragments):
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory, carphone_frames, bikes_frames):
     """A folder dataset of real frames: 4 clips, 3 frame sizes (one LR size not a multiple of 4)."""
-    root = tmp_path_factory.mktemp("frames")
-    videos = {"carphone": carphone_frames, "bikes": bikes_frames}
-    for name, (video, first, count, top, left, h, w) in CLIPS.items():
-        for i in range(count):
-            write_image(root / name / f"{i:08d}.png", videos[video][first + i][top:top + h, left:left + w])
-    return root
+    return write_clips(tmp_path_factory.mktemp("frames"), CLIPS, {"carphone": carphone_frames, "bikes": bikes_frames})
 
 
 def make_teacher(path: Path, seed: int):

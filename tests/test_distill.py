@@ -22,8 +22,8 @@ from stdvsr.data import load_clips, read_hr, window_indices
 from stdvsr.distill import (DistillConfig, DistillDataset, Distiller, Targets, augment_batch, cached_targets, collate,
                             online_targets, run, student_channels)
 from stdvsr.errors import StdvsrError
-from stdvsr.io import write_image
 from stdvsr.models import build_model, load_model
+from tests.helpers import write_clips
 from tests.test_cache import REBUILD_TOL, FP16_TOL, assert_one_error_line, free_port, make_teacher, sub_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,12 +33,7 @@ CLIPS = {"a": ("carphone", 0, 8, 0, 0, 64, 96), "b": ("bikes", 0, 4, 120, 300, 6
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory, carphone_frames, bikes_frames):
-    root = tmp_path_factory.mktemp("frames")
-    videos = {"carphone": carphone_frames, "bikes": bikes_frames}
-    for name, (video, first, count, top, left, h, w) in CLIPS.items():
-        for i in range(count):
-            write_image(root / name / f"{i:08d}.png", videos[video][first + i][top:top + h, left:left + w])
-    return root
+    return write_clips(tmp_path_factory.mktemp("frames"), CLIPS, {"carphone": carphone_frames, "bikes": bikes_frames})
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +140,9 @@ def test_stored_attention_serves_sd_alone(caches):
     assert distill.teacher_needs(cfg) == {"attention"}
     assert distill.cache_tiers({"attention"}, "sr", ["lq", "attention"], "c") == ["attention"]
     assert distill.cache_tiers({"attention"}, "sr", ["lq", "trunk"], "c") == ["trunk"]
+    # the 1-channel maps, not the 64-channel F^SR, when both are stored
+    assert distill.cache_tiers({"attention"}, "sr", ["lq", "trunk", "attention", "feat_sr"], "c") == ["attention"]
+    assert distill.cache_tiers({"feat", "sr"}, "sr", ["lq", "trunk", "sr"], "c") == ["sr", "trunk"]
     ds = DistillDataset(everything, 3, 7, 32, ["attention", "feat_sr"], seed=0)
     batch = batch_of(ds, [(0, 0), (0, 3)])
     via_maps = cached_targets(batch, None, {"attention"}, "sr", "cpu")

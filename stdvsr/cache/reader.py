@@ -153,13 +153,14 @@ class CacheReader:
 
     def read(self, index: int, frames: Sequence[int] | range | None = None,
              box: tuple[int, int, int, int] | None = None, tiers: Sequence[str] | None = None,
-             gt: bool = True, margin: int = HEAD_MARGIN) -> dict:
+             gt: bool = True, margin: int = HEAD_MARGIN, lq: bool = True) -> dict:
         """Clip ``index``, consecutive ``frames`` (default all), HR crop ``box = (top, left, height, width)``
         (multiples of the scale; default the whole frame).
 
         Returns float32 tensors: ``lq`` ``(T,3,h,w)``, ``gt`` ``(T,3,H,W)`` (if ``gt``), every stored tier in
         ``tiers`` (default all) cropped to the box — except ``trunk``, which comes as ``(T,C,h+2m,w+2m)`` with
         ``valid`` ``(1,h+2m,w+2m)`` and ``lq_margin`` ``(T,3,h+2m,w+2m)`` for :meth:`TeacherHead.targets`.
+        ``lq=False`` skips the LR crop when it would be a read of its own (callers that read LR frames themselves).
         """
         clip = self.clips[index]
         group = self.groups[clip["group"]]
@@ -189,7 +190,7 @@ class CacheReader:
                 out["lq"] = out["lq_margin"][..., margin:margin + h, margin:margin + w].contiguous()
             else:
                 out[tier] = self._read(clip, tier, frames, slice(top, top + height), slice(left, left + width))
-        if "lq" not in out:
+        if lq and "lq" not in out:
             out["lq"] = self._read(clip, "lq", frames, slice(y, y + h), slice(x, x + w))
         if gt:
             from stdvsr.data import read_hr
