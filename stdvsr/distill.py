@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from stdvsr import __version__
+from stdvsr.cache.build import pad4
 from stdvsr.cache.layout import FEATURE_POINT, HEAD_MARGIN, first_difference, lookup
 from stdvsr.cache.reader import CacheReader, draw_crop
 from stdvsr.data import dihedral, window_indices
@@ -271,12 +271,6 @@ class _RankBatches(torch.utils.data.Sampler):
 
 
 # -------------------------------------------------------------------------------------------------- teacher
-def _pad4(x: torch.Tensor) -> torch.Tensor:
-    """Replicate-pad LR frames to multiples of 4, as the cache build does before running the teacher."""
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, -w % 4, 0, -h % 4), mode="replicate") if h % 4 or w % 4 else x
-
-
 class Targets(dict):
     """The teacher's targets for a batch: ``feat`` ``(B,N,C,H,W)``, ``attention`` ``(B,N,H,W)``, ``sr``."""
 
@@ -315,7 +309,7 @@ def online_targets(batch: dict, teacher: nn.Module, needs: set[str], feature: st
     feats, srs = [], []
     for b, (frames, index) in enumerate(zip(batch["teacher_lq"], batch["teacher_index"])):
         top, left = int(batch["box"][0][b]), int(batch["box"][1][b])
-        f = teacher.forward_windows(_pad4(frames).unsqueeze(0).to(device), index.to(device))
+        f = teacher.forward_windows(pad4(frames).unsqueeze(0).to(device), index.to(device))
         if feature == "lr":
             y, x, q = top // scale, left // scale, patch // scale
             feats.append(f.feat_lr[0, :, :, y:y + q, x:x + q])

@@ -248,7 +248,9 @@ def create(root: Path, manifest: dict, model) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- one clip
-def _pad4(x: torch.Tensor) -> torch.Tensor:
+def pad4(x: torch.Tensor) -> torch.Tensor:
+    """Replicate-pad LR frames on the bottom/right to multiples of 4, as the teacher is run for the cache (and by
+    stage two's online teacher): EDVR's pyramid needs sizes divisible by 4."""
     h, w = x.shape[-2:]
     if h % 4 or w % 4:
         x = F.pad(x, (0, -w % 4, 0, -h % 4), mode="replicate")
@@ -323,7 +325,7 @@ def process_clip(model, clip, rec: dict, group: dict, cfg: CacheConfig, store, d
     teacher_s = 0.0
 
     windows = torch.tensor([window_indices(t, len(clip), model.num_frame, cfg.padding) for t in indices])
-    frames = _pad4(lq).unsqueeze(0).to(device)
+    frames = pad4(lq).unsqueeze(0).to(device)
     with torch.no_grad():
         it = model.iter_windows(frames, windows, chunk=cfg.batch_size)
         while True:
