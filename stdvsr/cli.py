@@ -234,11 +234,27 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
             raise click.BadParameter(f"{value} does not exist", ctx, param) from None
         except tomllib.TOMLDecodeError as e:
             raise click.BadParameter(f"{value} is not valid TOML: {e}", ctx, param) from None
-        known = {p.name for p in ctx.command.params}
-        unknown = sorted(k.replace("-", "_") for k in data if k.replace("-", "_") not in known)
+        # a key is a parameter name (`fmt`) or an option's long name (`format`, `no-compress`, `no-space-check`)
+        params = {p.name: p for p in ctx.command.params}
+        negated: set[str] = set()  # names whose true value sets the parameter to False
+        for p in ctx.command.params:
+            for opt in [o for o in getattr(p, "opts", []) if o.startswith("--")]:
+                key = opt[2:].replace("-", "_")
+                if key not in params:
+                    params[key] = p
+                    if getattr(p, "is_flag", False) and p.flag_value is False:
+                        negated.add(key)
+            for opt in [o for o in getattr(p, "secondary_opts", []) if o.startswith("--")]:
+                params.setdefault(opt[2:].replace("-", "_"), p)
+                negated.add(opt[2:].replace("-", "_"))
+        unknown = sorted(k for k in data if k.replace("-", "_") not in params)
         if unknown:
             raise click.BadParameter(f"{value} sets unknown option(s) {', '.join(unknown)}", ctx, param)
-        ctx.default_map = {**(ctx.default_map or {}), **{k.replace("-", "_"): v for k, v in data.items()}}
+        defaults = {}
+        for k, v in data.items():
+            key = k.replace("-", "_")
+            defaults[params[key].name] = (not v) if key in negated and isinstance(v, bool) else v
+        ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 
 
@@ -609,6 +625,8 @@ def cache_verify(path: str, sources: bool, data: str | None, as_json: bool) -> N
               help="HR pixel row: write per clip its temporal profile for GT, bicubic and every model.")
 @click.option("--figures", type=click.Path(file_okay=False),
               help="Folder for profile and crop images (default: runs/evaluate/<set>).")
+@click.option("--max-figures", default=40, show_default=True, type=click.IntRange(0),
+              help="Write the profile and crop images of the first N clips only (0: none).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1), help="Windows per forward.")
 @click.option("--chunk-frames", default=16, show_default=True, type=click.IntRange(1),

@@ -59,6 +59,7 @@ class EvalConfig:
     save_images: str | None = None    # SR frames: DIR/<model>/<clip>/<frame>.png
     temporal_profile: int | None = None  # HR pixel row for the temporal-profile images
     figures: str | None = None        # where profile and crop images go (default: runs/evaluate/<set>)
+    max_figures: int = 40             # pictures for the first N scored clips only (Vimeo90K-T has 7,824)
     device: str = "auto"
     batch_size: int = 4               # windows per forward
     chunk_frames: int = 16            # output frames computed at a time
@@ -214,8 +215,9 @@ def run(cfg: EvalConfig, show_progress: bool = True) -> dict:
 
     total = 0
     with work_progress(len(clips), "evaluate", "clips", enabled=show_progress) as bar:
-        for clip in clips:
+        for index, clip in enumerate(clips):
             lq, gt = read_clip(clip, cfg.degradation)
+            pictured = index < cfg.max_figures
             frames = scored_frames(len(clip), cfg.frames, centre_only)
             if not frames:
                 bar.advance()
@@ -260,17 +262,18 @@ def run(cfg: EvalConfig, show_progress: bool = True) -> dict:
                     profiles[name] = rows
             total += len(frames)
             stem = clip.name.replace("/", "_")
-            if row is not None and len(frames) > 1:
+            if pictured and row is not None and len(frames) > 1:
                 reps = max(1, 64 // len(frames))  # short clips: repeat rows so the profile is visible
                 panels = [(n, np.repeat(np.stack(r), reps, 0)) for n, r in profiles.items()]
                 path = figures / f"{stem}_profile_row{row}.png"
                 write_image(path, side_by_side(panels))
                 pictures.append(str(path))
-            zoom = max(1, 192 // box[2])
-            panels = [(n, np.repeat(np.repeat(c, zoom, 0), zoom, 1)) for n, c in crops.items()]
-            path = figures / f"{stem}_crop_frame{middle}.png"
-            write_image(path, side_by_side(panels))
-            pictures.append(str(path))
+            if pictured:
+                zoom = max(1, 192 // box[2])
+                panels = [(n, np.repeat(np.repeat(c, zoom, 0), zoom, 1)) for n, c in crops.items()]
+                path = figures / f"{stem}_crop_frame{middle}.png"
+                write_image(path, side_by_side(panels))
+                pictures.append(str(path))
             bar.advance()
 
     if total == 0:

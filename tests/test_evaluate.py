@@ -156,6 +156,16 @@ def test_pictures_temporal_profile_and_crop_shapes(vid4, student, tmp_path):
     assert read_image(tmp_path / "sr" / "plain" / "city" / "00000000.png").shape == (144, 176, 3)
     assert len(result["pictures"]) == 4
 
+    # pictures only for the first --max-figures clips (Vimeo90K-T would otherwise write ~7,800 of them)
+    few = run(EvalConfig(set="vid4", root=str(vid4), bicubic=True, temporal_profile=100, max_figures=1,
+                         figures=str(tmp_path / "few"), device="cpu"), show_progress=False)
+    assert sorted(Path(p).name for p in few["pictures"]) == ["calendar_crop_frame3.png", "calendar_profile_row100.png"]
+    assert sorted(q.name for q in (tmp_path / "few").iterdir()) == sorted(Path(p).name for p in few["pictures"])
+    none = run(EvalConfig(set="vid4", root=str(vid4), bicubic=True, max_figures=0, figures=str(tmp_path / "none"),
+                          device="cpu"), show_progress=False)
+    assert none["pictures"] == [] and not (tmp_path / "none").exists()
+    assert none["models"][0]["average"] == result["models"][0]["average"]
+
 
 def test_bad_sets_roots_and_flags_are_refused(tmp_path, vid4, student):
     with pytest.raises(StdvsrError, match="needs --root PATH, the dataset folder holding GT/<clip>"):

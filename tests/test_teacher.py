@@ -119,6 +119,9 @@ def test_mismatches_and_bad_files_are_clear_errors(tmp_path):
     (tmp_path / "cut.pth").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(StdvsrError, match="truncated or not a PyTorch file"):
         load_weights(tiny(), tmp_path / "cut.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")  # its error has no message: still one clean line
+    with pytest.raises(StdvsrError, match="truncated or not a PyTorch file"):
+        read_checkpoint(tmp_path / "empty.pth")
     (tmp_path / "text.pth").write_text("hello")
     with pytest.raises(StdvsrError, match="truncated or not a PyTorch file"):
         read_checkpoint(tmp_path / "text.pth")

@@ -93,8 +93,9 @@ def read_checkpoint(path: str | Path) -> dict:
                           f"({str(e).splitlines()[0][:160]}); re-save it as a plain state dict "
                           "(torch.save(model.state_dict(), path)) from a trusted environment") from None
     except Exception as e:  # zip/pickle/storage errors of every kind: the file is not a complete checkpoint
+        detail = (str(e).splitlines() or ["no message"])[0][:160]  # e.g. an empty file: EOFError()
         raise StdvsrError(f"checkpoint {path} is truncated or not a PyTorch file ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:160]}); re-download or re-create it") from None
+                          f"{detail}); re-download or re-create it") from None
     if not isinstance(obj, dict):
         raise StdvsrError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     return obj
