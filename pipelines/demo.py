@@ -39,7 +39,9 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=4, help="demo training clips to cache (7: all, ~6.5 min)")
     ap.add_argument("--student", default="fastdvdnet-quarter", help="the compact student")
     ap.add_argument("--steps", type=int, default=800, help="distillation steps per student")
-    ap.add_argument("--warmup-steps", type=int, default=80, help="L_rec-only steps before STD starts")
+    ap.add_argument("--warmup-steps", type=int, default=400,
+                    help="L_rec-only steps before STD starts (past the plateau where the student outputs ~bicubic)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak Adam lr, cosine to 1e-6 (1e-3 suits short runs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--profile-row", type=int, default=72, help="HR row of the temporal profiles (carphone: 144)")
@@ -57,7 +59,8 @@ def main() -> None:
     for kd in ("none", "std"):
         console.rule(f"[bold]2/3 distill {args.student} --kd {kd}")
         cfg = DistillConfig(student=args.student, cache=args.cache, out=str(out / f"{args.student}-kd-{kd}"), kd=kd,
-                            steps=args.steps, warmup_steps=args.warmup_steps, seed=args.seed, workers=args.workers,
+                            steps=args.steps, warmup_steps=args.warmup_steps, lr=args.lr, seed=args.seed,
+                            workers=args.workers,
                             val_every=max(args.steps // 4, 1), ckpt_every=max(args.steps // 4, 1))
         t0 = time.perf_counter()
         _, what = run_or_reuse(cfg)
@@ -78,7 +81,8 @@ def main() -> None:
     print_evaluation(result)
     psnr = {m["name"]: round(m["average"]["psnr"], 4) for m in result["models"]}
     summary = {**psnr, "protocol": protocol_title(result["protocol"]), "student": args.student,
-               "steps": args.steps, "seed": args.seed, "cache_clips": args.clips,
+               "steps": args.steps, "warmup_steps": args.warmup_steps, "lr": args.lr, "seed": args.seed,
+               "cache_clips": args.clips,
                "seconds": {k: round(v, 1) for k, v in times.items()}, "pictures": result["pictures"]}
     write_text(out / "summary.json", json.dumps(summary, indent=1))
     gain = psnr["student_kd_std"] - psnr["student_kd_none"]
