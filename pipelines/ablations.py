@@ -40,6 +40,8 @@ from stdvsr.evaluate import run as evaluate
 from stdvsr.io import write_text
 from stdvsr.progress import stdout, work_progress
 
+PAPER_FILE = Path(__file__).parent / "paper" / "paper_results.json"
+
 # table → [(row label, student, distill overrides)]; a student of None means --student
 TABLES = {
     "2": [("w/o STD", None, {"kd": "none"}), ("SD", None, {"kd": "sd"}), ("TD", None, {"kd": "td"}),
@@ -60,6 +62,85 @@ TABLES = {
 def run_name(student: str, overrides: dict, seed: int) -> str:
     parts = [student] + [f"{k}-{v}" for k, v in sorted(overrides.items()) if v is not None] + [f"seed{seed}"]
     return "_".join(parts)
+
+
+# (table, row) → (paper table, paper row, column): the paper's Vid4 average (Table 6: Vid4-Walk) for that row
+PAPER_ROWS = {
+    ("2", "w/o STD"): ("table2", "FastDVDnet w/o STD", -1), ("2", "SD"): ("table2", "FastDVDnet w/ SD", -1),
+    ("2", "TD"): ("table2", "FastDVDnet w/ TD", -1), ("2", "STD"): ("table2", "FastDVDnet w/ STD", -1),
+    ("3", "STD"): ("table3", "KD-Ours (STD)", -1), ("3", "KD-MSE"): ("table3", "KD-MSE", -1),
+    ("3", "KD-M²_mean"): ("table3", "KD-M2_mean", -1),
+    ("4", "F^SR"): ("table4", "KD-F_SR", -1), ("4", "F^LR"): ("table4", "KD-F_LR", -1),
+    **{("6", f"width {w} {label}"): ("table6", f"FastDVDnet {paper}", i)
+       for i, w in enumerate(("1/4", "1/2", "1")) for label, paper in (("w/o STD", "w/o STD"), ("STD", "w/ STD"))},
+}
+COLUMNS = ("row", "student", "PSNR mean ± std", "Δ (paired)", "SSIM", "per seed", "paper", "paper Δ")
+
+
+def reference_row(table: str, label: str) -> str:
+    """The row a row is compared with: the table's first row, or in Table 6 the same width without STD."""
+    if table == "6":
+        return label.replace(" STD", " w/o STD") if not label.endswith("w/o STD") else label
+    return TABLES[table][0][0]
+
+
+def paper_value(table: str, label: str) -> float | None:
+    key = PAPER_ROWS.get((table, label))
+    if key is None:
+        return None
+    return json.loads(PAPER_FILE.read_text())[key[0]]["rows"][key[1]][key[2]]
+
+
+def table_rows(table: str, args, scores: dict) -> list[dict]:
+    """Each row's per-seed held-out PSNR, mean ± std, and its difference to the reference row seed by seed (the
+    same seed means the same initial weights and crops, so the paired difference is the sharper statistic)."""
+    seeds = table_seeds(args, table)
+    psnr, ssim, student_of = {}, {}, {}
+    for label, student, overrides in TABLES[table]:
+        student_of[label] = student = student or args.student
+        runs = [scores[run_name(student, overrides, seed)] for seed in seeds]
+        psnr[label], ssim[label] = [r["psnr"] for r in runs], [r["ssim"] for r in runs]
+    rows = []
+    for label, _, _ in TABLES[table]:
+        ref = reference_row(table, label)
+        diff = [a - b for a, b in zip(psnr[label], psnr[ref])]
+        paper, paper_ref = paper_value(table, label), paper_value(table, ref)
+        rows.append({"row": label, "student": student_of[label], "seeds": seeds, "psnr": psnr[label],
+                     "psnr_mean": statistics.mean(psnr[label]), "psnr_std": spread(psnr[label]),
+                     "ssim_mean": statistics.mean(ssim[label]), "reference": ref,
+                     "delta_mean": statistics.mean(diff), "delta_std": spread(diff),
+                     "paper": paper, "paper_delta": None if paper is None or paper_ref is None else paper - paper_ref})
+    return rows
+
+
+def spread(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def format_row(row: dict) -> list[str]:
+    same = row["reference"] == row["row"]
+    return [row["row"], row["student"], f"{row['psnr_mean']:.2f} ± {row['psnr_std']:.2f}",
+            "—" if same else f"{row['delta_mean']:+.2f} ± {row['delta_std']:.2f}", f"{row['ssim_mean']:.4f}",
+            " ".join(f"{x:.2f}" for x in row["psnr"]), "—" if row["paper"] is None else f"{row['paper']:.2f}",
+            "—" if same or row["paper_delta"] is None else f"{row['paper_delta']:+.2f}"]
+
+
+def table_title(table: str, args) -> str:
+    seeds = ",".join(map(str, table_seeds(args, table)))
+    name = "Table x (loss scales)" if table == "x" else f"Table {table}"
+    return (f"{name} at demo scale: held-out carphone Y-PSNR (dB), seeds {seeds}, {args.steps} steps each "
+            f"({args.warmup_steps} warm-up); Δ vs {'the same width w/o STD' if table == '6' else TABLES[table][0][0]}"
+            f"; paper: {'Vid4-Walk' if table == '6' else 'Vid4 average'}")
+
+
+def markdown(document: dict, args) -> str:
+    lines = []
+    for table, rows in document["tables"].items():
+        lines += [f"**{table_title(table, args)}**", "", "| " + " | ".join(COLUMNS) + " |",
+                  "|" + "---|" * len(COLUMNS)]
+        lines += ["| " + " | ".join(format_row(row)) + " |" for row in rows]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def table_seeds(args, table: str) -> list[int]:
@@ -105,6 +186,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default="runs/ablations")
     ap.add_argument("--json", default="runs/ablations/results.json")
+    ap.add_argument("--markdown", help="also write the tables as Markdown (docs/RESULTS.md includes them)")
     args = ap.parse_args()
     tables = [t.strip() for t in args.tables.split(",")]
     unknown = [t for t in tables if t not in TABLES]
@@ -150,25 +232,18 @@ def main() -> None:
                 raise
             pool.shutdown()
 
+    document = {"settings": vars(args), "tables": {t: table_rows(t, args, scores) for t in tables}, "runs": scores}
     out = stdout()
-    document = {"settings": vars(args), "tables": {}, "runs": scores}
     for table in tables:
-        t = Table(title=f"Table {table} at demo scale: held-out carphone Y-PSNR (dB), mean ± std over seeds "
-                        f"{','.join(map(str, table_seeds(args, table)))}, {args.steps} steps each")
-        for col in ("row", "student", "PSNR", "SSIM", "per seed"):
+        t = Table(title=table_title(table, args))
+        for col in COLUMNS:
             t.add_column(col, justify="left" if col in ("row", "student") else "right")
-        rows = []
-        for label, student, overrides in TABLES[table]:
-            student = student or args.student
-            vals = [scores[run_name(student, overrides, s)] for s in table_seeds(args, table)]
-            p, s_ = [v["psnr"] for v in vals], [v["ssim"] for v in vals]
-            sd = statistics.stdev(p) if len(p) > 1 else 0.0
-            rows.append({"row": label, "student": student, "psnr_mean": statistics.mean(p), "psnr_std": sd,
-                         "ssim_mean": statistics.mean(s_), "psnr": p})
-            t.add_row(label, student, f"{statistics.mean(p):.2f} ± {sd:.2f}", f"{statistics.mean(s_):.4f}",
-                      " ".join(f"{x:.2f}" for x in p))
-        document["tables"][table] = rows
+        for row in document["tables"][table]:
+            t.add_row(*format_row(row))
         out.print(t)
+    if args.markdown:
+        write_text(args.markdown, markdown(document, args))
+        console.print(f"wrote {args.markdown}", highlight=False)
     write_text(args.json, json.dumps(document, indent=1))
     console.print(f"wrote {args.json}", highlight=False)
 
