@@ -9,7 +9,7 @@ time per stage), ``evaluation.json``, the crop comparison and temporal-profile p
 run folder per student. Re-running reuses what is finished: a complete cache, a student whose run ended (its
 ``student.pth`` exists with the same settings); an interrupted run continues from its last checkpoint.
 
-    python pipelines/demo.py                    # the defaults make demo uses (about 15 minutes on 2 CPU cores)
+    python pipelines/demo.py                    # the defaults make demo uses (about 13 minutes on 2 CPU cores)
     python pipelines/demo.py --steps 200        # a quicker look
 """
 
