@@ -118,9 +118,10 @@ def spread(values: list[float]) -> float:
 
 
 def format_row(row: dict) -> list[str]:
-    same = row["reference"] == row["row"]
-    return [row["row"], row["student"], f"{row['psnr_mean']:.2f} ± {row['psnr_std']:.2f}",
-            "—" if same else f"{row['delta_mean']:+.2f} ± {row['delta_std']:.2f}", f"{row['ssim_mean']:.4f}",
+    same, one = row["reference"] == row["row"], len(row["psnr"]) == 1  # one seed: no spread to show
+    return [row["row"], row["student"], f"{row['psnr_mean']:.2f}" + ("" if one else f" ± {row['psnr_std']:.2f}"),
+            "—" if same else f"{row['delta_mean']:+.2f}" + ("" if one else f" ± {row['delta_std']:.2f}"),
+            f"{row['ssim_mean']:.4f}",
             " ".join(f"{x:.2f}" for x in row["psnr"]), "—" if row["paper"] is None else f"{row['paper']:.2f}",
             "—" if same or row["paper_delta"] is None else f"{row['paper_delta']:+.2f}"]
 
