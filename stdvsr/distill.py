@@ -459,6 +459,20 @@ def load_online_teacher(cfg: DistillConfig, reader: CacheReader, device) -> nn.M
 
 def run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | None = None,
         show_progress: bool = True) -> dict:
+    """Distil (see :func:`_run`). Under torchrun the process group is shut down at the end, success or not: left to
+    interpreter exit, gloo's threads can abort the process ("terminate called without an active exception") and
+    torchrun then reports a finished run as failed."""
+    try:
+        return _run(cfg, resume, explicit, show_progress)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | None = None,
+         show_progress: bool = True) -> dict:
     """Distil; returns ``{"student": path, "val_psnr", "bicubic_psnr", "steps", "seconds", "td_frozen_at", ...}``.
 
     ``resume``: None (fresh run), ``"auto"`` (newest checkpoint in ``cfg.out``, if any) or a checkpoint path; when
