@@ -395,7 +395,18 @@ def _validate(cfg: CacheConfig) -> None:
 
 
 def run(cfg: CacheConfig, show_progress: bool = True) -> dict:
-    """Build (or finish) the cache; returns a summary dict (``path``, ``complete``, counts, bytes, timings)."""
+    """Build (or finish) the cache; returns a summary dict (``path``, ``complete``, counts, bytes, timings). Under
+    torchrun the process group is shut down at the end (left to interpreter exit, gloo's threads can abort a rank)."""
+    try:
+        return _run(cfg, show_progress)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(cfg: CacheConfig, show_progress: bool = True) -> dict:
     _validate(cfg)
     cfg = dataclasses.replace(cfg, store=parse_tiers(cfg.store))
     root = Path(cfg.out) if cfg.out else default_out(cfg)
