@@ -51,8 +51,8 @@ from stdvsr.losses import (MAPPINGS, SD_NORMS, ConvLSTM, charbonnier, kd_mean2, 
                            td_loss)
 from stdvsr.models import STUDENTS, build_model, model_spec, read_checkpoint
 from stdvsr.progress import stderr, training_progress
-from stdvsr.training import (StepBatches, latest_checkpoint, learning_rate, resolve_device, resume_run, rng_state,
-                             save_checkpoint, seed_everything, set_rng_state)
+from stdvsr.training import (StepBatches, end_process_group, latest_checkpoint, learning_rate, resolve_device,
+                             resume_run, rng_state, save_checkpoint, seed_everything, set_rng_state)
 
 KD_MODES = ("std", "sd", "td", "none", "mse", "mean2", "output")
 FEATURES = ("sr", "lr")
@@ -459,16 +459,11 @@ def load_online_teacher(cfg: DistillConfig, reader: CacheReader, device) -> nn.M
 
 def run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | None = None,
         show_progress: bool = True) -> dict:
-    """Distil (see :func:`_run`). Under torchrun the process group is shut down at the end, success or not: left to
-    interpreter exit, gloo's threads can abort the process ("terminate called without an active exception") and
-    torchrun then reports a finished run as failed."""
+    """Distil (see :func:`_run`); under torchrun the process group is shut down at the end, success or not."""
     try:
         return _run(cfg, resume, explicit, show_progress)
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        end_process_group()
 
 
 def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | None = None,

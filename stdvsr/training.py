@@ -179,3 +179,13 @@ def resume_run(cfg: Config, resume: str | None, explicit: set[str] | None, resum
         raise StdvsrError(f"--out {cfg.out} already holds checkpoints of a run; pass --resume auto to continue it, "
                           "or choose another --out")
     return cfg, ckpt
+
+
+def end_process_group() -> None:
+    """Shut torchrun's process group down, if one is up. Call it when a distributed command ends, success or not:
+    left to interpreter exit, gloo's threads can abort a rank ("terminate called without an active exception") and
+    torchrun then reports a finished run as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

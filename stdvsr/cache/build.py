@@ -39,7 +39,7 @@ from stdvsr.data import DEGRADATIONS, PADDING_MODES, degrade, load_clips, read_h
 from stdvsr.errors import StdvsrError
 from stdvsr.io import atomic_path, write_text
 from stdvsr.progress import stderr, work_progress
-from stdvsr.training import resolve_device
+from stdvsr.training import end_process_group, resolve_device
 
 FP16_MAX = 65504.0
 
@@ -396,14 +396,11 @@ def _validate(cfg: CacheConfig) -> None:
 
 def run(cfg: CacheConfig, show_progress: bool = True) -> dict:
     """Build (or finish) the cache; returns a summary dict (``path``, ``complete``, counts, bytes, timings). Under
-    torchrun the process group is shut down at the end (left to interpreter exit, gloo's threads can abort a rank)."""
+    torchrun the process group is shut down at the end, success or not."""
     try:
         return _run(cfg, show_progress)
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        end_process_group()
 
 
 def _run(cfg: CacheConfig, show_progress: bool = True) -> dict:
