@@ -9,6 +9,8 @@ Conventions (the rest of stdvsr relies on them):
   ==================  ======================================================================================
   ``demo``            the embedded demo set (``stdvsr.demo``); splits ``train`` (bikes, bigbuckbunny),
                       ``test`` (carphone, held out), ``all``
+  ``demo:CLIP[,CLIP]``  the named demo clips whatever the split, e.g. ``demo:bigbuckbunny`` (a validation
+                      video that is neither trained on with ``--max-clips 6`` nor the test clip)
   ``vimeo90k:ROOT``   Vimeo90K septuplets: ``ROOT/sequences/<5 digits>/<4 digits>/im1..im7.png``; split
                       ``train`` reads ``ROOT/sep_trainlist.txt``, ``test`` ``ROOT/sep_testlist.txt``, and
                       ``fast``/``medium``/``slow`` read ``ROOT/sep_testlist_<split>.txt`` or BasicSR's
@@ -54,7 +56,7 @@ from stdvsr.io import image_size, is_image, iter_video_frames, read_image, write
 PADDING_MODES = ("replicate", "reflection", "reflection_circle", "circle")
 DEGRADATIONS = ("bd", "bi")
 SPEC_KINDS = ("demo", "vimeo90k", "vid4", "folder", "video")
-SPEC_HELP = "demo, vimeo90k:ROOT, vid4:ROOT, folder:ROOT or video:FILE"
+SPEC_HELP = "demo, vimeo90k:ROOT, vid4:ROOT, folder:ROOT, video:FILE or demo:CLIP[,CLIP]"
 VIMEO_SPLITS = ("train", "test", "fast", "medium", "slow")
 VID4_LQ_FOLDERS = {"bd": "BDx4", "bi": "BIx4"}
 
@@ -185,14 +187,23 @@ def video_clips(path: Path) -> list[Clip]:
     return [Clip(path.stem, list_frames(out / path.stem))]
 
 
-def demo_clips(split: str = "train") -> list[Clip]:
-    """``demo`` — the embedded demo set, prepared on first use."""
+def demo_clips(split: str = "train", names: str = "") -> list[Clip]:
+    """``demo`` — the embedded demo set, prepared on first use; ``names`` (comma-separated) picks clips by name
+    whatever their split, in the order given."""
     from stdvsr.demo import demo_root, load_manifest, prepare_demo
 
     if split not in ("train", "test", "all"):
         raise StdvsrError(f"unknown demo split {split!r}; use train, test or all")
     manifest = load_manifest() or prepare_demo()
     gt = demo_root() / "GT"
+    if names:
+        known = [c["name"] for c in manifest["clips"]]
+        wanted = [n.strip() for n in names.split(",")]
+        unknown = [n for n in wanted if n not in known]
+        if unknown:
+            raise StdvsrError(f"dataset spec demo:{names}: no demo clip named {', '.join(unknown)}; the demo clips "
+                              f"are {', '.join(known)}")
+        return [Clip(n, list_frames(gt / n)) for n in wanted]
     return [Clip(c["name"], list_frames(gt / c["name"]))
             for c in manifest["clips"] if split == "all" or c["split"] == split]
 
@@ -210,8 +221,6 @@ def parse_spec(spec: str) -> tuple[str, str]:
     if kind not in SPEC_KINDS:
         hint = f"; for a folder of frames use folder:{spec}" if Path(spec).exists() else ""
         raise StdvsrError(f"unknown dataset spec {spec!r}; use {SPEC_HELP}{hint}")
-    if kind == "demo" and arg:
-        raise StdvsrError(f"dataset spec {spec!r}: demo takes no argument (choose the split with --split)")
     if kind != "demo" and not arg:
         raise StdvsrError(f"dataset spec {spec!r} needs a path, e.g. {kind}:/data/{kind}")
     return kind, arg
@@ -221,7 +230,7 @@ def load_clips(spec: str, split: str = "train") -> list[Clip]:
     """Clips named by a dataset spec (see the module docstring for the forms and their splits)."""
     kind, arg = parse_spec(spec)
     if kind == "demo":
-        return demo_clips(split)
+        return demo_clips(split, arg)
     if kind == "vimeo90k":
         return vimeo90k_clips(Path(arg), split)
     if kind == "vid4":

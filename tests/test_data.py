@@ -187,8 +187,15 @@ def test_unknown_specs(tmp_path):
         data.parse_spec(str(tmp_path))
     with pytest.raises(StdvsrError, match="needs a path"):
         data.parse_spec("vid4")
-    with pytest.raises(StdvsrError, match="demo takes no argument"):
-        data.parse_spec("demo:/x")
+    assert data.parse_spec("demo:bigbuckbunny") == ("demo", "bigbuckbunny")
+
+
+def test_demo_clips_by_name(demo_home):
+    clips = data.load_clips("demo:bigbuckbunny,carphone", "train")  # names win over the split
+    assert [c.name for c in clips] == ["bigbuckbunny", "carphone"]
+    assert [len(c) for c in clips] == [132, 120]
+    with pytest.raises(StdvsrError, match=r"no demo clip named /x; the demo clips are bikes_01, .*carphone"):
+        data.load_clips("demo:/x")
 
 
 def test_video_file_is_decoded_once(tmp_path, stdvsr_home, carphone_frames):
