@@ -57,6 +57,7 @@ from stdvsr.training import (StepBatches, end_process_group, latest_checkpoint, 
 KD_MODES = ("std", "sd", "td", "none", "mse", "mean2", "output")
 FEATURES = ("sr", "lr")
 AUGMENTS = ("none", "approx")
+ADAPTERS = ("default", "fit")
 
 
 @dataclass
@@ -73,6 +74,12 @@ class DistillConfig:
     sd_norm: str = "none"            # none (the paper) | l2 (attention transfer's normalisation)
     td_hidden: int = 16              # ConvLSTM hidden/cell channels
     td_freeze: float = 1e-8          # freeze the ConvLSTM once L_TD falls below this
+    td_forget_bias: float | None = None  # initial forget-gate bias of the ConvLSTM (None: PyTorch's default init)
+    adapter: str = "default"         # 1×1 adapter: default (PyTorch init, with bias) | fit (no bias, least squares
+                                     # on the first distillation batch, so distillation starts where the student is)
+    kd_ramp: int = 0                 # ramp every distillation weight linearly from 0 over this many steps after warm-up
+    lambda_out: float = 0.0          # weight of an output-KD term (Charbonnier to the teacher's SR) added to --kd's
+    log_first: int = 0               # log every one of the first N distillation steps, with each term's gradient
     clip_frames: int = 7             # 2k+1 frames per sample (k = 3)
     warmup_steps: int = 200          # L_rec only for these steps (the paper: 20K)
     steps: int = 2000
@@ -101,8 +108,8 @@ class DistillConfig:
 
 
 # Fields a resumed run may change; anything else must match the checkpoint.
-RESUMABLE_CHANGES = {"steps", "workers", "device", "out", "log_every", "val_every", "val_stride", "val_clips", "val_data",
-                     "ckpt_every", "keep_checkpoints", "data", "cache", "teacher_weights"}
+RESUMABLE_CHANGES = {"steps", "workers", "device", "out", "log_every", "log_first", "val_every", "val_stride",
+                     "val_clips", "val_data", "ckpt_every", "keep_checkpoints", "data", "cache", "teacher_weights"}
 
 
 # --------------------------------------------------------------------------------------------------- planning
@@ -112,8 +119,25 @@ def _feature(cfg: DistillConfig) -> str:
 
 def uses(cfg: DistillConfig) -> set[str]:
     """The loss terms besides L_rec: a subset of {sd, td, mse, mean2, output}."""
-    return {"std": {"sd", "td"}, "sd": {"sd"}, "td": {"td"}, "none": set(), "mse": {"mse"},
-            "mean2": {"mean2"}, "output": {"output"}}[cfg.kd]
+    terms = {"std": {"sd", "td"}, "sd": {"sd"}, "td": {"td"}, "none": set(), "mse": {"mse"},
+             "mean2": {"mean2"}, "output": {"output"}}[cfg.kd]
+    return terms | ({"output"} if cfg.lambda_out > 0 else set())
+
+
+def term_weights(cfg: DistillConfig) -> dict[str, float]:
+    """λ of every loss term besides L_rec (Eq. 9; the baselines' single term takes λ1)."""
+    return {"sd": cfg.lambda_sd, "td": cfg.lambda_td, "mse": cfg.lambda_sd, "mean2": cfg.lambda_sd,
+            "output": cfg.lambda_sd if cfg.kd == "output" else cfg.lambda_out}
+
+
+def kd_scale(cfg: DistillConfig, step: int) -> float:
+    """The factor on every distillation term at (0-based) ``step``: 0 during warm-up, then a linear ramp to 1 over
+    ``kd_ramp`` steps (1 at once without a ramp)."""
+    if step < cfg.warmup_steps:
+        return 0.0
+    if cfg.kd_ramp <= 0:
+        return 1.0
+    return min(1.0, (step - cfg.warmup_steps + 1) / cfg.kd_ramp)
 
 
 def teacher_needs(cfg: DistillConfig) -> set[str]:
@@ -170,7 +194,7 @@ def check_cache(cfg: DistillConfig, reader: CacheReader, student: nn.Module) -> 
 
 def validate_config(cfg: DistillConfig) -> None:
     choices = {"kd": KD_MODES, "attention": MAPPINGS, "sd_norm": SD_NORMS, "augment": AUGMENTS,
-               "schedule": ("cosine", "step")}
+               "schedule": ("cosine", "step"), "adapter": ADAPTERS}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise StdvsrError(f"--{name.replace('_', '-')} {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")
@@ -189,6 +213,13 @@ def validate_config(cfg: DistillConfig) -> None:
         raise StdvsrError("--kd std/td needs --clip-frames ≥ 2 (TD encodes a sequence)")
     if cfg.warmup_steps < 0 or cfg.steps < 1:
         raise StdvsrError("--steps must be ≥ 1 and --warmup-steps ≥ 0")
+    if cfg.kd_ramp < 0 or cfg.log_first < 0:
+        raise StdvsrError("--kd-ramp and --log-first must be ≥ 0")
+    if cfg.lambda_out < 0:
+        raise StdvsrError(f"--lambda-out {cfg.lambda_out} must be ≥ 0")
+    if cfg.lambda_out > 0 and cfg.kd in ("none", "output"):
+        raise StdvsrError(f"--lambda-out adds output KD to a distillation loss; with --kd {cfg.kd} use --kd output "
+                          "(its weight is --lambda-sd)")
 
 
 # ----------------------------------------------------------------------------------------------------- data
@@ -344,54 +375,118 @@ class Distiller(nn.Module):
 
     ``forward`` returns the loss terms; it is the module DDP wraps, so gradients of the student, the adapter
     and the ConvLSTM are all synchronised. Teacher targets never require grad.
+
+    ``adapter="fit"``: the adapter has no bias and is set, at the first distillation step, to the least-squares map
+    from the student's features to the teacher's on that batch (summed over ranks), so L_TD / KD-MSE start from
+    the student as it is instead of from a random offset that the student would first rewrite its features to
+    cancel (the measured switch-on shock: λ2·L_TD ≈ 17× L_rec at the first step with PyTorch's default init).
     """
 
     def __init__(self, student: nn.Module, cfg: DistillConfig, teacher_channels: int, student_channels: int):
         super().__init__()
         self.student = student
         self.terms = uses(cfg)
+        self.weights = term_weights(cfg)
         self.feature = _feature(cfg)
         self.cfg = cfg
         matches_features = bool(self.terms & {"td", "mse"})
-        self.adapter = (nn.Conv2d(student_channels, teacher_channels, 1)
+        self.adapter = (nn.Conv2d(student_channels, teacher_channels, 1, bias=cfg.adapter == "default")
                         if matches_features and student_channels != teacher_channels else None)
-        self.convlstm = ConvLSTM(teacher_channels, cfg.td_hidden) if "td" in self.terms else None
+        if self.adapter is not None and cfg.adapter == "fit":
+            self.register_buffer("adapter_fitted", torch.zeros((), dtype=torch.bool))
+        self.convlstm = (ConvLSTM(teacher_channels, cfg.td_hidden, forget_bias=cfg.td_forget_bias)
+                         if "td" in self.terms else None)
+        self.probe_feat = None  # with probe=True: the student's F (B·N, C, H, W) and N of the last forward, for
+                                # where each term's gradient lands
 
-    def forward(self, windows: torch.Tensor, gt: torch.Tensor, targets: Targets, distil: bool) -> dict:
-        cfg = self.cfg
+    @torch.no_grad()
+    def fit_adapter(self, feat: torch.Tensor, target: torch.Tensor, ridge: float = 1e-4) -> None:
+        """Least squares ``W = argmin ‖W·f_s − f_t‖² + ridge·tr(XᵀX)/C·‖W‖²`` over every pixel of the batch."""
+        x = feat.transpose(-3, -1).reshape(-1, feat.shape[-3]).double()
+        y = target.transpose(-3, -1).reshape(-1, target.shape[-3]).double()
+        xtx, xty = x.T @ x, x.T @ y
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(xtx)
+            torch.distributed.all_reduce(xty)
+        reg = ridge * xtx.diagonal().mean().clamp_min(1e-12)
+        w = torch.linalg.solve(xtx + reg * torch.eye(xtx.shape[0], dtype=xtx.dtype, device=xtx.device), xty)
+        self.adapter.weight.copy_(w.T.reshape(self.adapter.weight.shape).to(self.adapter.weight.dtype))
+        self.adapter_fitted.fill_(True)
+
+    def forward(self, windows: torch.Tensor, gt: torch.Tensor, targets: Targets, scale: float,
+                probe: bool = False) -> dict:
+        """Loss terms for a batch; ``scale`` multiplies every distillation term (0: L_rec only, warm-up)."""
         b, n = windows.shape[:2]
         out = self.student.forward_features(windows.flatten(0, 1))
         sr = out.sr.view(b, n, *out.sr.shape[1:])
         losses = {"rec": charbonnier(sr, gt)}
+        if not (scale > 0 and self.terms):
+            losses["total"] = losses["rec"]
+            return losses
+        cfg = self.cfg
+        f = out.feat_sr if self.feature == "sr" else out.feat_lr
+        feat = f.view(b, n, *f.shape[1:])
+        if probe:
+            self.probe_feat = (f, n)
+        t_feat = targets.get("feat")
+        if self.adapter is not None and hasattr(self, "adapter_fitted") and not self.adapter_fitted:
+            self.fit_adapter(feat, t_feat)
+        adapted = self.adapter(feat.flatten(0, 1)).view(b, n, -1, *feat.shape[-2:]) if self.adapter is not None \
+            else feat
+        if "sd" in self.terms:
+            if t_feat is not None:
+                losses["sd"] = sd_loss(feat, t_feat, cfg.attention, cfg.sd_norm)
+            else:  # cached attention maps (Σ_c F², the default mapping)
+                losses["sd"] = sd_loss(feat, targets["attention"].unsqueeze(2).sqrt(), cfg.attention, cfg.sd_norm)
+        if "td" in self.terms:
+            cell_s, _ = self.convlstm(adapted)
+            cell_t, _ = self.convlstm(t_feat)
+            losses["td"] = td_loss(cell_s, cell_t)
+        if "mse" in self.terms:
+            losses["mse"] = kd_mse(adapted, t_feat)
+        if "mean2" in self.terms:
+            losses["mean2"] = kd_mean2(feat, t_feat)
+        if "output" in self.terms:
+            losses["output"] = output_kd(sr, targets["sr"])
         total = losses["rec"]
-        if distil and self.terms:
-            feat = out.feat_sr if self.feature == "sr" else out.feat_lr
-            adapted = self.adapter(feat) if self.adapter is not None else feat
-            feat, adapted = (x.view(b, n, *x.shape[1:]) for x in (feat, adapted))
-            t_feat = targets.get("feat")
-            if "sd" in self.terms:
-                if t_feat is not None:
-                    losses["sd"] = sd_loss(feat, t_feat, cfg.attention, cfg.sd_norm)
-                else:  # cached attention maps (Σ_c F², the default mapping)
-                    losses["sd"] = sd_loss(feat, targets["attention"].unsqueeze(2).sqrt(), cfg.attention,
-                                           cfg.sd_norm)
-                total = total + cfg.lambda_sd * losses["sd"]
-            if "td" in self.terms:
-                cell_s, _ = self.convlstm(adapted)
-                cell_t, _ = self.convlstm(t_feat)
-                losses["td"] = td_loss(cell_s, cell_t)
-                total = total + cfg.lambda_td * losses["td"]
-            if "mse" in self.terms:
-                losses["mse"] = kd_mse(adapted, t_feat)
-                total = total + cfg.lambda_sd * losses["mse"]
-            if "mean2" in self.terms:
-                losses["mean2"] = kd_mean2(feat, t_feat)
-                total = total + cfg.lambda_sd * losses["mean2"]
-            if "output" in self.terms:
-                losses["output"] = output_kd(sr, targets["sr"])
-                total = total + cfg.lambda_sd * losses["output"]
+        for name in self.terms:
+            total = total + scale * self.weights[name] * losses[name]
         losses["total"] = total
         return losses
+
+
+def gradient_probe(distiller: Distiller, losses: dict, scale: float) -> dict:
+    """Where each weighted loss term pushes the student (the mechanism, not the score): the L2 norm of its gradient
+    on the student's parameters, its ratio to L_rec's, their cosine, the share that lands in the reconstruction
+    head (``head`` + ``conv_last``), and the share of its gradient on the student's F (per frame of the clip)."""
+    names = [k for k in losses if k not in ("total",)]
+    params = [(n, p) for n, p in distiller.student.named_parameters() if p.requires_grad]
+    grads = {}
+    for k in names:
+        weight = 1.0 if k == "rec" else scale * distiller.weights[k]
+        outs = [weight * losses[k]]
+        inputs = [p for _, p in params]
+        feat, n = distiller.probe_feat or (None, 0)
+        if feat is not None:
+            inputs = inputs + [feat]
+        g = torch.autograd.grad(outs, inputs, retain_graph=True, allow_unused=True)
+        flat = torch.cat([(gi if gi is not None else torch.zeros_like(p)).flatten()
+                          for gi, (_, p) in zip(g, params)])
+        head = sum(float((gi if gi is not None else torch.zeros_like(p)).pow(2).sum())
+                   for gi, (n, p) in zip(g, params) if n.startswith(("head.", "conv_last.")))
+        frames = None
+        if feat is not None and g[-1] is not None:
+            per = g[-1].pow(2).reshape(-1, n, g[-1][0].numel()).sum(dim=(0, 2))
+            frames = [round(float(v), 4) for v in per / per.sum().clamp_min(1e-30)]
+        grads[k] = (flat, head, frames)
+    rec = grads["rec"][0]
+    out = {}
+    for k, (flat, head, frames) in grads.items():
+        norm = float(flat.norm())
+        out[k] = {"grad_norm": norm, "ratio_to_rec": norm / max(float(rec.norm()), 1e-30),
+                  "cos_rec": float(torch.nn.functional.cosine_similarity(flat, rec, dim=0)),
+                  "head_share": head / max(norm ** 2, 1e-30), "frame_share": frames}
+    return out
 
 
 def student_channels(student: nn.Module, feature: str, lq_size: int = 16) -> tuple[int, int]:
@@ -589,7 +684,9 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
                 lr = learning_rate(step, cfg.lr, cfg.steps, cfg.schedule, cfg.min_lr, cfg.lr_step, cfg.lr_gamma)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                distil = step >= cfg.warmup_steps and bool(needs)
+                scale = kd_scale(cfg, step) if needs else 0.0
+                distil = scale > 0
+                probe = distil and world == 1 and step - cfg.warmup_steps < cfg.log_first
                 targets = Targets()
                 if distil:
                     if teacher is not None:
@@ -601,13 +698,18 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
                     torch.cuda.synchronize(device)
                 t2 = time.perf_counter()
                 windows, gt, targets = augment_batch(batch, targets)
-                losses = model(windows.to(device), gt.to(device), targets, distil)
+                losses = model(windows.to(device), gt.to(device), targets, scale, probe)
                 values = _mean_across_ranks(losses, world)
                 if not np.isfinite(values["total"]):
                     hint = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
                     terms = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
                     raise StdvsrError(f"the distillation loss became non-finite at step {step + 1} ({terms}); {hint}; "
                                       "lower --lr or --lambda-td / --lambda-sd")
+                if probe:
+                    record(step=step + 1, event="probe", kd_scale=scale,
+                           **{f"loss_{k}": v for k, v in values.items()},
+                           terms=gradient_probe(distiller, losses, scale))
+                    distiller.probe_feat = None
                 optimizer.zero_grad(set_to_none=True)
                 losses["total"].backward()
                 if "td" in values and frozen_at is None and values["td"] < cfg.td_freeze:
@@ -637,9 +739,10 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
                 shown = {k: v for k, v in values.items() if k != "total"}
                 progress.update(done, loss=smoothed, lr=lr, psnr=val_psnr, **shown,
                                 wait=window["data"] / max(window["step"], 1e-9))
-                if done % cfg.log_every == 0 or done == cfg.steps:
+                if done % cfg.log_every == 0 or done == cfg.steps or probe:
                     n = window["n"]
                     record(step=done, **{f"loss_{k}": v for k, v in values.items()}, lr=lr, distil=distil,
+                           kd_scale=scale,
                            data_wait_s=round(window["data"] / n, 5), teacher_s=round(window["teacher"] / n, 5),
                            step_s=round(window["step"] / n, 5),
                            data_wait_frac=round(window["data"] / max(window["step"], 1e-9), 4),

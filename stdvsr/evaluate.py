@@ -44,7 +44,7 @@ BICUBIC = "bicubic"
 
 @dataclass
 class EvalConfig:
-    set: str = "demo"                 # vid4 | vimeo90k-test|fast|medium|slow | demo | folder:PATH
+    set: str = "demo"                 # vid4 | vimeo90k-test|fast|medium|slow | demo | demo:CLIP | folder:PATH
     root: str | None = None           # dataset root for vid4 / vimeo90k-*
     models: tuple = ()                # checkpoint paths, optionally NAME=PATH
     bicubic: bool = False             # add a bicubic row
@@ -69,12 +69,12 @@ class EvalConfig:
 def resolve_set(cfg: EvalConfig) -> tuple[list[Clip], str, bool]:
     """``(clips, human-readable set name, centre_only)``."""
     name = cfg.set
-    if name.startswith("folder:"):
+    if name.startswith(("folder:", "demo:")):
         return load_clips(name), name, False
     if name == "demo":
         return load_clips("demo", "test"), "demo (held-out carphone)", False
     if name not in SETS:
-        raise StdvsrError(f"--set {name!r} is not one of {', '.join(SETS)} or folder:PATH")
+        raise StdvsrError(f"--set {name!r} is not one of {', '.join(SETS)} or folder:PATH / demo:CLIP")
     if not cfg.root:
         layout = ("GT/<clip>/%08d.png (optional BDx4/, BIx4/)" if name == "vid4" else
                   "sequences/<5 digits>/<4 digits>/im1..7.png with sep_testlist.txt (or sep_testlist_<speed>.txt)")

@@ -62,13 +62,20 @@ class ConvLSTM(nn.Module):
 
     The four gates come from one convolution over ``cat(x_t, h_{t-1})``: i, f, o = σ(·), g = tanh(·);
     ``c_t = f ⊙ c_{t-1} + i ⊙ g``, ``h_t = o ⊙ tanh(c_t)``; zero initial state. :meth:`forward` returns the final
-    memory cell C (the paper's "temporal memory cell") and hidden state.
+    memory cell C (the paper's "temporal memory cell") and hidden state. ``forget_bias`` sets the forget gate's
+    initial bias (None: PyTorch's default init, as the paper's description implies).
     """
 
-    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int = 3):
+    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int = 3,
+                 forget_bias: float | None = None):
         super().__init__()
         self.hidden_channels = hidden_channels
         self.gates = nn.Conv2d(in_channels + hidden_channels, 4 * hidden_channels, kernel_size, 1, kernel_size // 2)
+        if forget_bias is not None:
+            # a positive forget bias keeps early frames in the cell (σ(1) ≈ 0.73 per step instead of ≈ 0.5), so the
+            # final cell is less dominated by the last frame (Jozefowicz et al. 2015 recommend 1)
+            with torch.no_grad():
+                self.gates.bias[hidden_channels:2 * hidden_channels].fill_(forget_bias)
 
     def forward(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``seq`` ``(B, N, C, H, W)`` in temporal order → ``(c_N, h_N)``, each ``(B, hidden, H, W)``."""

@@ -67,7 +67,8 @@ def metrics(out: Path) -> list[dict]:
 
 
 def losses_of(out: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if k.startswith("loss_")} for row in metrics(out) if "loss_total" in row]
+    return [{k: v for k, v in row.items() if k.startswith("loss_")} for row in metrics(out)
+            if "loss_total" in row and "event" not in row]
 
 
 def batch_of(dataset: DistillDataset, keys) -> dict:
@@ -412,3 +413,102 @@ def test_run_or_reuse_trains_resumes_and_reuses(caches, tmp_path):
     assert what == "resumed" and result["resumed_from"] == 2
     with pytest.raises(StdvsrError, match="holds a finished run with other settings"):
         distill.run_or_reuse(config(caches["trunk"], tmp_path / "run", steps=3), show_progress=False)
+
+
+# ----------------------------------------------------------------------------------- distillation levers
+def test_kd_scale_is_zero_in_warmup_then_ramps_linearly():
+    cfg = DistillConfig(warmup_steps=10, kd_ramp=4)
+    assert [distill.kd_scale(cfg, s) for s in (0, 9, 10, 11, 12, 13, 14, 500)] == [0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
+    assert distill.kd_scale(DistillConfig(warmup_steps=10), 10) == 1.0  # no ramp: on at once
+
+
+def test_fitted_adapter_is_the_least_squares_map_without_bias():
+    """At the first distillation step the bias-free adapter becomes argmin ‖W·f_s − f_t‖² (here exact: the teacher's
+    features are a linear map of the student's), so L_TD / KD-MSE start at the residual, not at a random offset."""
+    torch.manual_seed(0)
+    distiller = Distiller(build_model("fastdvdnet-quarter"), DistillConfig(kd="mse", adapter="fit"), 64, 16)
+    assert distiller.adapter.bias is None and not bool(distiller.adapter_fitted)
+    feat = torch.randn(2, 3, 16, 8, 8)
+    a = torch.randn(64, 16)
+    target = torch.einsum("ts,bnshw->bnthw", a, feat)
+    distiller.fit_adapter(feat, target, ridge=0.0)
+    assert bool(distiller.adapter_fitted)
+    assert torch.allclose(distiller.adapter.weight[:, :, 0, 0], a, atol=1e-4)
+    # against numpy's least squares on noisy targets (the ridge term is negligible at 1e-8)
+    import numpy as np
+    noisy = target + 0.5 * torch.randn_like(target)
+    distiller.fit_adapter(feat, noisy, ridge=1e-8)
+    x = feat.transpose(2, -1).reshape(-1, 16).double().numpy()
+    y = noisy.transpose(2, -1).reshape(-1, 64).double().numpy()
+    w = np.linalg.lstsq(x, y, rcond=None)[0].T
+    assert np.allclose(distiller.adapter.weight[:, :, 0, 0].detach().double().numpy(), w, atol=1e-4)
+
+
+def test_fitted_adapter_starts_distillation_near_the_student(caches, tmp_path):
+    """The measured switch-on shock: with PyTorch's default adapter λ2·L_TD is far above what the fitted one gives on
+    the same first distillation batch; the fit happens once and is stored in checkpoints (resume keeps it)."""
+    first = {}
+    for adapter in ("default", "fit"):
+        out = tmp_path / adapter
+        run(config(caches["trunk"], out, kd="td", adapter=adapter, steps=2, warmup_steps=1, ckpt_every=1,
+                   keep_checkpoints=5), show_progress=False)
+        first[adapter] = losses_of(out)[1]["loss_td"]
+        ckpt = torch.load(out / "checkpoints" / "step_0000002.pth", weights_only=True)
+        assert ("distill.adapter_fitted" in ckpt["distill"] or "adapter_fitted" in ckpt["distill"]) == (adapter == "fit")
+        assert ("adapter.bias" in ckpt["distill"]) == (adapter == "default")
+    assert first["fit"] < 0.5 * first["default"]
+
+
+def test_forget_bias_sets_only_the_forget_gate():
+    torch.manual_seed(0)
+    default = distill.ConvLSTM(8, 4)
+    torch.manual_seed(0)
+    biased = distill.ConvLSTM(8, 4, forget_bias=1.0)
+    assert torch.equal(biased.gates.bias[4:8], torch.ones(4))
+    assert torch.equal(biased.gates.bias[:4], default.gates.bias[:4])
+    assert torch.equal(biased.gates.bias[8:], default.gates.bias[8:])
+    assert torch.equal(biased.gates.weight, default.gates.weight)
+
+
+def test_output_kd_combines_with_std_and_the_ramp_scales_every_term(caches, tmp_path):
+    out = tmp_path / "run"
+    run(config(caches["trunk"], out, kd="std", lambda_out=0.5, steps=3, warmup_steps=1, kd_ramp=2),
+        show_progress=False)
+    rows = losses_of(out)
+    assert set(rows[1]) == {"loss_rec", "loss_sd", "loss_td", "loss_output", "loss_total"}
+    for row, scale in ((rows[1], 0.5), (rows[2], 1.0)):
+        expected = row["loss_rec"] + scale * (row["loss_sd"] + 100 * row["loss_td"] + 0.5 * row["loss_output"])
+        assert row["loss_total"] == pytest.approx(expected, rel=1e-5)
+    assert [r["kd_scale"] for r in metrics(out) if "loss_total" in r and "event" not in r] == [0.0, 0.5, 1.0]
+    assert distill.teacher_needs(DistillConfig(kd="std", lambda_out=1.0)) == {"attention", "feat", "sr"}
+
+
+def test_log_first_probes_every_terms_gradient(caches, tmp_path):
+    out = tmp_path / "run"
+    run(config(caches["trunk"], out, kd="std", steps=4, warmup_steps=1, log_first=2, log_every=100),
+        show_progress=False)
+    rows = metrics(out)
+    probes = [r for r in rows if r.get("event") == "probe"]
+    assert [p["step"] for p in probes] == [2, 3]  # the first two distillation steps, logged every step
+    assert [r["step"] for r in rows if "loss_total" in r and "event" not in r] == [2, 3, 4]  # probed + the last
+    for p in probes:
+        terms = p["terms"]
+        assert set(terms) == {"rec", "sd", "td"}
+        assert terms["rec"]["ratio_to_rec"] == pytest.approx(1.0) and terms["rec"]["cos_rec"] == pytest.approx(1.0)
+        for t in terms.values():
+            assert 0 <= t["head_share"] <= 1 + 1e-6 and -1 - 1e-6 <= t["cos_rec"] <= 1 + 1e-6
+            assert len(t["frame_share"]) == 3 and sum(t["frame_share"]) == pytest.approx(1, abs=1e-3)
+    # probing does not change training: the same losses as without it
+    ref = tmp_path / "ref"
+    run(config(caches["trunk"], ref, kd="std", steps=4, warmup_steps=1, log_every=1), show_progress=False)
+    assert losses_of(ref)[3] == losses_of(out)[2]
+
+
+def test_lever_flags_are_validated(caches, tmp_path):
+    for kw, match in ((dict(kd="none", lambda_out=1.0), "--lambda-out adds output KD"),
+                      (dict(kd="output", lambda_out=1.0), "with --kd output use --kd output"),
+                      (dict(lambda_out=-1.0), "--lambda-out -1.0 must be"),
+                      (dict(adapter="zero"), "--adapter 'zero' is not one of default, fit"),
+                      (dict(kd_ramp=-1), "--kd-ramp and --log-first")):
+        with pytest.raises(StdvsrError, match=match):
+            run(config(caches["trunk"], tmp_path / "bad", **kw), show_progress=False)
