@@ -424,6 +424,10 @@ def _mb(n: int | None) -> str:
 @click.option("--data", default="demo", show_default=True, help="Dataset spec (see `stdvsr data`).")
 @click.option("--split", default="train", show_default=True, help="Dataset split to cache.")
 @click.option("--max-clips", type=click.IntRange(1), help="Only the first N clips of the dataset (smoke runs).")
+@click.option("--views", default=1, show_default=True, type=int,
+              help="Cache each clip through the first N of the 8 dihedral transforms (1: as it is, 2: + horizontal "
+                   "flip, 4: every flip, 8: + transposes) with the teacher run on each; a view costs one more "
+                   "teacher pass and the bytes of the clip.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Cache folder. Default: cache/<data>-<teacher>.<format>.")
 @click.option("--format", "fmt", default="zarr", show_default=True, type=click.Choice(["zarr", "hdf5"]),
@@ -458,14 +462,19 @@ def cache_teacher(fmt: str, **opts) -> None:
     For each clip and frame t the teacher sees the 2k+1 window around t; each frame's features are extracted
     once per clip. The cache holds the LR input, the chosen tiers, the teacher's upsampling head (so stage two
     rebuilds F^SR from the trunk) and a manifest with the fingerprint (teacher weights hash, degradation, scale,
-    window, padding, dtype, clips). Killed at any point, the same command resumes and ends with the arrays an
-    uninterrupted run writes; on a complete cache it does nothing. Different settings against an existing cache
-    are refused, naming the field.
+    window, padding, dtype, views, clips). Killed at any point, the same command resumes and ends with the arrays
+    an uninterrupted run writes; on a complete cache it does nothing. Different settings against an existing
+    cache are refused, naming the field.
+
+    --views N also caches every clip flipped (and transposed, N > 4) as clips of their own named CLIP@tV: the HR
+    frames are transformed, then degraded, then the teacher runs on them, so a flipped training sample gets the
+    teacher's exact targets. Each view costs one more teacher pass and as many bytes as the clips themselves.
 
     \b
     Examples:
       stdvsr cache-teacher                                        # demo teacher on the demo set
       stdvsr cache-teacher --max-clips 2 --out cache/smoke.zarr   # a quick check
+      stdvsr cache-teacher --views 4 --out cache/demo-views4.zarr # + flipped views, exact targets (4× cost)
       stdvsr cache-teacher --weights EDVR_L_BD.pth --preset edvr-l \\
           --data vimeo90k:/data/vimeo_septuplet --dtype int8 --device cuda --batch-size 7
       torchrun --nproc_per_node 4 -m stdvsr cache-teacher --data vimeo90k:/data/vimeo_septuplet ...
@@ -486,8 +495,9 @@ def _print_cache_summary(result: dict) -> None:
         out.print(f"{result['path']}: {result['done']} of {result['clips']} clips written by all ranks so far; "
                   f"this process wrote {result['processed']}", highlight=False)
         return
-    table = Table(title=f"Teacher cache {result['path']} ({result['format']}): {summary['clips']} clips, "
-                        f"{summary['frames']} frames")
+    views = summary.get("views", 1)
+    table = Table(title=f"Teacher cache {result['path']} ({result['format']}): {summary['clips']} clips"
+                        + (f" ({views} views of each)" if views > 1 else "") + f", {summary['frames']} frames")
     for col in ("tier", "raw MB", "stored MB", "compression", "MB / clip"):
         table.add_column(col, justify="left" if col == "tier" else "right")
     raw, stored = summary["raw_bytes"], summary["stored_bytes"]
@@ -601,7 +611,8 @@ def cache_verify(path: str, sources: bool, data: str | None, as_json: bool) -> N
 # ----------------------------------------------------------------------------------------------- evaluate
 @cli.command("evaluate", context_settings=CONTEXT)
 @click.option("--set", "set_", default="demo", show_default=True,
-              help="vid4, vimeo90k-test, vimeo90k-fast, vimeo90k-medium, vimeo90k-slow, demo or folder:PATH.")
+              help="vid4, vimeo90k-test, vimeo90k-fast, vimeo90k-medium, vimeo90k-slow, demo (carphone), "
+                   "demo:CLIP (named demo clips, e.g. demo:bigbuckbunny) or folder:PATH.")
 @click.option("--root", type=click.Path(file_okay=False), help="Dataset folder for vid4 / vimeo90k-*.")
 @click.option("--model", "models", multiple=True,
               help="A checkpoint (student.pth, a teacher …), repeatable; NAME=PATH sets the column name.")
@@ -695,8 +706,9 @@ def print_evaluation(result: dict) -> None:
               expose_value=False, help="TOML file whose keys fill the options below (flags win), e.g. "
                                        "pipelines/paper.toml for the paper's settings.")
 @click.option("--student", default="fastdvdnet", show_default=True,
-              type=click.Choice(["fastdvdnet", "fastdvdnet-half", "fastdvdnet-quarter", "vsrnet", "vespcn", "vdsr"]),
-              help="Student network (the -half / -quarter widths are Table 6's).")
+              type=click.Choice(["fastdvdnet", "fastdvdnet-half", "fastdvdnet-quarter", "fastdvdnet-quarter-h64",
+                                 "vsrnet", "vespcn", "vdsr"]),
+              help="Student network (the -half / -quarter widths are Table 6's; -h64 keeps a 64-channel head).")
 @click.option("--cache", default="cache/demo-edvr.zarr", show_default=True, type=click.Path(file_okay=False),
               help="Teacher cache written by `stdvsr cache-teacher`.")
 @click.option("--data", help="Where the cache's dataset lives now, if it moved (default: as recorded).")
@@ -719,6 +731,18 @@ def print_evaluation(result: dict) -> None:
               help="ConvLSTM hidden channels (TD).")
 @click.option("--td-freeze", default=1e-8, show_default=True, type=float,
               help="Freeze the ConvLSTM once L_TD falls below this (the paper's collapse guard).")
+@click.option("--td-forget-bias", type=float,
+              help="Initial forget-gate bias of the ConvLSTM (default: PyTorch's init; 1 keeps early frames in C).")
+@click.option("--adapter", default="default", show_default=True, type=click.Choice(["default", "fit"]),
+              help="1×1 adapter from the student's to the teacher's channels: default (PyTorch init, with bias) or "
+                   "fit (no bias, least squares on the first distillation batch: no switch-on shock).")
+@click.option("--kd-ramp", default=0, show_default=True, type=click.IntRange(0),
+              help="Ramp the distillation terms' weights linearly from 0 over this many steps after warm-up.")
+@click.option("--lambda-out", default=0.0, show_default=True, type=float,
+              help="Weight of an output-KD term (Charbonnier to the teacher's SR) added to --kd's terms.")
+@click.option("--log-first", default=0, show_default=True, type=click.IntRange(0),
+              help="Log each of the first N distillation steps to metrics.jsonl with every term's gradient norm, "
+                   "its cosine with L_rec's and where it lands (single process).")
 @click.option("--clip-frames", default=7, show_default=True, type=click.IntRange(1),
               help="Frames per training sample, 2k+1 (the TD sequence).")
 @click.option("--warmup-steps", default=200, show_default=True, type=click.IntRange(0),

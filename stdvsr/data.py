@@ -4,6 +4,8 @@ Conventions (the rest of stdvsr relies on them):
 
 * A **clip** is an ordered list of HR frame files that belong to one shot; every frame of a clip has the same
   size. Frames are read as ``H×W×3`` uint8 RGB and handed to networks as float32 in [0, 1], ``T×3×H×W``.
+  A clip may be a *view*: the same files read through one of the 8 dihedral transforms (``Clip.transform``,
+  :func:`with_views`), which is how the teacher cache stores flipped and rotated clips with exact targets.
 * **Dataset specs** name where clips come from on the command line:
 
   ==================  ======================================================================================
@@ -63,14 +65,26 @@ VID4_LQ_FOLDERS = {"bd": "BDx4", "bi": "BIx4"}
 
 @dataclass(eq=False)
 class Clip:
-    """One shot: its HR frame files in order, and LR frame files already on disk by degradation name."""
+    """One shot: its HR frame files in order, and LR frame files already on disk by degradation name.
+
+    ``transform`` (a :func:`dihedral` index, 0 = as on disk) is applied by :func:`read_hr` to every frame it reads:
+    a cached view of the clip (:func:`with_views`). LR frames on disk are never transformed.
+    """
 
     name: str
     frames: tuple[Path, ...]
     lq_frames: dict[str, tuple[Path, ...]] = field(default_factory=dict)
+    transform: int = 0
 
     def __len__(self) -> int:
         return len(self.frames)
+
+
+def with_views(clips: Sequence[Clip], views: int) -> list[Clip]:
+    """Each clip followed by its views 1..``views``−1 (:func:`dihedral` transforms in index order: 1 flips W,
+    2 flips H, 3 both, 4..7 the same after a transpose), named ``<name>@t<v>``; view 0 is the clip itself."""
+    return [clip if v == 0 else Clip(f"{clip.name}@t{v}", clip.frames, clip.lq_frames, transform=v)
+            for clip in clips for v in range(views)]
 
 
 # --------------------------------------------------------------------------------------------- frame folders
@@ -350,12 +364,13 @@ def degrade(hr: torch.Tensor, degradation: str, scale: int) -> torch.Tensor:
 
 def read_hr(clip: Clip, indices: Sequence[int], scale: int = 4, mod_crop: bool = False) -> torch.Tensor:
     """HR frames ``indices`` of a clip as float32 ``(T, 3, H, W)``, sizes checked (one size per clip, divisible by
-    the scale; ``mod_crop`` crops to the largest multiple of the scale instead)."""
+    the scale; ``mod_crop`` crops to the largest multiple of the scale instead), then the clip's ``transform``
+    applied (a transposing view of a W×H clip is H×W)."""
     paths = [clip.frames[i] for i in indices]
     frames = [read_image(p) for p in paths]
     h, w = check_sizes(clip, [f.shape[:2] for f in frames], paths, scale, mod_crop)
     h, w = h - h % scale, w - w % scale
-    return to_tensor([f[:h, :w] for f in frames])
+    return dihedral(to_tensor([f[:h, :w] for f in frames]), clip.transform).contiguous()
 
 
 def read_lq_from_disk(clip: Clip, indices: Sequence[int], degradation: str, hr_size: tuple[int, int],

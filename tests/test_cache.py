@@ -28,7 +28,7 @@ from stdvsr.cache import CacheConfig, CacheDataset, CacheReader, TeacherHead
 from stdvsr.cache import build as cache_build
 from stdvsr.cache.check import info, verify
 from stdvsr.cli import cli
-from stdvsr.data import degrade, load_clips, read_hr, window_indices
+from stdvsr.data import degrade, dihedral, load_clips, read_hr, window_indices
 from stdvsr.errors import StdvsrError
 from stdvsr.models import build_model
 from tests.helpers import write_clips
@@ -171,25 +171,26 @@ def teacher(tmp_path_factory):
     return make_teacher(tmp_path_factory.mktemp("teacher") / "teacher.pth", seed=0)
 
 
+def run_online(model, name: str, hr: torch.Tensor) -> SimpleNamespace:
+    """The teacher run online, window by window (forward_features), on the replicate-padded BD frames of ``hr``."""
+    n = len(hr)
+    lq = degrade(hr, "bd", 4)
+    h, w = lq.shape[-2:]
+    lq_pad = F.pad(lq, (0, -w % 4, 0, -h % 4), mode="replicate")
+    with torch.no_grad():
+        feats = [model.forward_features(lq_pad[window_indices(t, n, 3, "replicate")][None]) for t in range(n)]
+    sr, feat_sr, feat_lr = (torch.cat(parts) for parts in zip(*feats))
+    return SimpleNamespace(name=name, lq=lq, lr_size=(h, w), hr_size=(4 * h, 4 * w),
+                           feat_lr=feat_lr, feat_sr_padded=feat_sr, feat_sr=feat_sr[..., :4 * h, :4 * w],
+                           sr=sr[..., :4 * h, :4 * w],
+                           attention=feat_sr[..., :4 * h, :4 * w].pow(2).sum(1, keepdim=True))
+
+
 @pytest.fixture(scope="module")
 def online(teacher, data_root):
-    """The teacher run online, window by window (forward_features), on the replicate-padded LR frames."""
-    refs = []
-    with torch.no_grad():
-        for clip in load_clips(f"folder:{data_root}"):
-            n = len(clip)
-            hr = read_hr(clip, range(n), 4)
-            lq = degrade(hr, "bd", 4)
-            h, w = lq.shape[-2:]
-            lq_pad = F.pad(lq, (0, -w % 4, 0, -h % 4), mode="replicate")
-            feats = [teacher.model.forward_features(lq_pad[window_indices(t, n, 3, "replicate")][None])
-                     for t in range(n)]
-            sr, feat_sr, feat_lr = (torch.cat(parts) for parts in zip(*feats))
-            refs.append(SimpleNamespace(name=clip.name, lq=lq, lr_size=(h, w), hr_size=(4 * h, 4 * w),
-                                        feat_lr=feat_lr, feat_sr_padded=feat_sr, feat_sr=feat_sr[..., :4 * h, :4 * w],
-                                        sr=sr[..., :4 * h, :4 * w],
-                                        attention=feat_sr[..., :4 * h, :4 * w].pow(2).sum(1, keepdim=True)))
-    return refs
+    """The teacher run online on every clip of the folder dataset."""
+    return [run_online(teacher.model, clip.name, read_hr(clip, range(len(clip)), 4))
+            for clip in load_clips(f"folder:{data_root}")]
 
 
 @pytest.fixture(scope="module")
@@ -727,3 +728,140 @@ def test_cache_info_cli(fmt, built, teacher):
     # raw bytes: frames × channels × pixels × bytes per value (lq float32 at LR, feat_sr fp16 at 64 channels)
     assert r["raw_bytes"]["lq"] == 4 * 3 * (9 * 16 * 24 + 4 * 12 * 20 + 3 * 18 * 22)
     assert r["raw_bytes"]["feat_sr"] == 2 * 64 * (9 * 64 * 96 + 4 * 48 * 80 + 3 * 72 * 88)
+
+
+# ------------------------------------------------------------------------------------------------ 11. views
+# the first 3 frames of clip a (64×96), and clip d (72×88, LR 18×22: the trunk is stored padded, and transposed
+# views are 88×72 with LR 22×18 and trunk 24×20)
+VIEW_CLIPS = {"a": (*CLIPS["a"][:2], 3, *CLIPS["a"][3:]), "d": CLIPS["d"]}
+
+
+@pytest.fixture(scope="module")
+def views_root(tmp_path_factory, carphone_frames, bikes_frames):
+    return write_clips(tmp_path_factory.mktemp("views_frames"), VIEW_CLIPS,
+                       {"carphone": carphone_frames, "bikes": bikes_frames})
+
+
+@pytest.fixture(scope="module")
+def views_hr(pngs):
+    """The HR frames of VIEW_CLIPS, decoded by OpenCV (the same files as CLIPS a and d)."""
+    return {"a": pngs[0][:3], "d": pngs[3]}
+
+
+@pytest.fixture(scope="module")
+def views_cache(tmp_path_factory, teacher, views_root):
+    """All 8 dihedral views of both clips, trunk and sr."""
+    out = tmp_path_factory.mktemp("views") / "v8.zarr"
+    result = build(out, teacher, views_root, views=8, store=("trunk", "sr"))
+    assert result["complete"] and result["clips"] == 16 and result["summary"]["views"] == 8
+    return out
+
+
+@pytest.fixture(scope="module")
+def views_online(teacher, views_hr):
+    """The teacher run online on each view: the HR frames transformed, then degraded (BD)."""
+    return [run_online(teacher.model, f"{name}@t{v}" if v else name, dihedral(hr, v))
+            for name, hr in views_hr.items() for v in range(8)]
+
+
+def test_views_hold_the_teacher_run_on_transformed_clips(views_cache, views_online, views_hr):
+    reader = CacheReader(views_cache)
+    assert reader.views == 8 and len(reader) == 16
+    assert [c["name"] for c in reader.clips] == [r.name for r in views_online]
+    assert [c["name"] for c in reader.clips][:3] == ["a", "a@t1", "a@t2"]  # view 0 keeps the clip's name
+    groups = {c["name"]: c["group"] for c in reader.clips}
+    assert {groups[f"a@t{v}"] for v in range(1, 4)} == {"64x96"} and {groups[f"a@t{v}"] for v in range(4, 8)} == {
+        "96x64"}
+    assert groups["d@t5"] == "88x72" and reader.groups["88x72"]["trunk_size"] == [24, 20]
+    head = reader.head()
+    for i, ref in enumerate(views_online):
+        v = i % 8
+        out = reader.read(i)
+        source = views_hr["a" if i < 8 else "d"]
+        assert torch.equal(out["gt"], dihedral(source, v))  # the HR frames decoded by OpenCV, transformed
+        assert torch.equal(out["lq"], ref.lq)  # degrade(dihedral(hr, v)) exactly
+        if v & 3:  # a flip moves BD's sampling phase: the view's LR is not the identity view's LR flipped
+            first = reader.read(i - v, tiers=["lq"], gt=False)["lq"]
+            assert not torch.equal(out["lq"], dihedral(first, v))
+        scale = {t: getattr(ref, t).abs().max() for t in ("feat_lr", "feat_sr", "sr")}
+        lh, lw = ref.lr_size
+        err = rel_err(out["trunk"], margin_crop(ref.feat_lr, 0, 0, lh, lw, M), scale["feat_lr"])
+        assert err <= FP16_TOL, (ref.name, "trunk", err)
+        assert rel_err(out["sr"], ref.sr, scale["sr"]) <= FP16_TOL, ref.name
+        fsr, sr = head.targets(out["trunk"], out["valid"], out["lq_margin"])
+        assert rel_err(fsr, ref.feat_sr, scale["feat_sr"]) <= REBUILD_TOL, ref.name
+        assert rel_err(sr, ref.sr, scale["sr"]) <= REBUILD_TOL, ref.name
+    assert verify(views_cache, sources=True) == []
+    assert info(views_cache)["views"] == 8
+
+
+def test_transposed_views_read_exact_crops(views_cache, views_online):
+    reader = CacheReader(views_cache)
+    head = reader.head()
+    for i in (4, 8 + 6):  # a@t4 (96×64) and d@t6 (88×72, trunk padded on its other sides)
+        ref = views_online[i]
+        H, W = ref.hr_size
+        assert H > W and reader.groups[reader.clips[i]["group"]]["hr_size"] == [H, W]
+        peak = {t: getattr(ref, t).abs().max() for t in ("feat_sr", "sr")}
+        for box in boxes(H, W):
+            out = reader.read(i, range(1, 3), box)
+            top, left, height, width = box or (0, 0, H, W)
+            y, x, h, w = top // 4, left // 4, height // 4, width // 4
+            hr_crop = (slice(1, 3), slice(None), slice(top, top + height), slice(left, left + width))
+            assert torch.equal(out["lq"], ref.lq[1:3, :, y:y + h, x:x + w])
+            assert torch.equal(out["lq_margin"], margin_crop(ref.lq[1:3], y, x, h, w, M, mode="replicate"))
+            fsr, sr = head.targets(out["trunk"], out["valid"], out["lq_margin"])
+            assert rel_err(fsr, ref.feat_sr[hr_crop], peak["feat_sr"]) <= REBUILD_TOL, (ref.name, box)
+            assert rel_err(sr, ref.sr[hr_crop], peak["sr"]) <= REBUILD_TOL, (ref.name, box)
+            assert out["gt"].shape == (2, 3, height, width)
+    ds = CacheDataset(views_cache, num_frames=3, patch_size=32, seed=1)
+    assert len(ds) == 8 * (1 + 1)
+    for key in range(len(ds)):
+        item = ds[key]
+        assert item["gt"].shape == (3, 3, 32, 32) and item["trunk"].shape == (3, 8, 12, 12)
+
+
+def test_views_are_fingerprinted_and_old_caches_still_work(tmp_path, teacher, views_root):
+    out = tmp_path / "v2.zarr"
+    with one_thread():
+        assert build(out, teacher, views_root, views=2, rank=0, world_size=2)["done"] == 2
+    fp = json.loads((out / "manifest.json").read_text())["fingerprint"]
+    assert fp["views"] == 2 and [c[0] for c in fp["clips"]] == ["a", "a@t1", "d", "d@t1"]
+    with pytest.raises(StdvsrError, match=r"was built with other settings: views is 2 there, 1 now"):
+        build(out, teacher, views_root, rank=1, world_size=2)
+    with one_thread():
+        assert build(out, teacher, views_root, views=2, rank=1, world_size=2)["complete"]
+    assert {r["name"]: r["rank"] for r in records(out).values()} == {"a": 0, "a@t1": 1, "d": 0, "d@t1": 1}
+    # a cache written before --views existed: its fingerprint has no `views`; it resumes and reads as one view
+    old = tmp_path / "old.zarr"
+    with one_thread():
+        build(old, teacher, views_root, rank=0, world_size=2)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["fingerprint"]["views"]
+    (old / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    with pytest.raises(StdvsrError, match=r"other settings: views is 1 there, 2 now"):
+        build(old, teacher, views_root, views=2, rank=1, world_size=2)
+    with one_thread():
+        assert build(old, teacher, views_root, rank=1, world_size=2)["complete"]
+    reader = CacheReader(old)
+    assert reader.views == 1 and "views" not in reader.fingerprint  # kept as written: checkpoints still compare
+    assert [c["name"] for c in reader.clips] == ["a", "d"]
+    assert torch.equal(reader.read(1, range(2), (0, 0, 16, 16))["gt"], reader.read(1, range(2))["gt"][..., :16, :16])
+    assert build(old, teacher, views_root)["processed"] == 0  # complete: nothing to do, not refused
+    assert info(old)["views"] == 1 and verify(old, sources=True) == []
+
+
+def test_views_cli(tmp_path, teacher, views_root):
+    runner = CliRunner()
+    base = ["cache-teacher", "--weights", str(teacher.path), "--data", f"folder:{views_root}"]
+    for bad in ("0", "9"):
+        result = runner.invoke(cli, [*base, "--out", str(tmp_path / "c.zarr"), "--views", bad])
+        assert_one_error_line(result, f"--views {bad} is not in 1..8")
+    result = runner.invoke(cli, [*base, "--out", str(tmp_path / "c.zarr"), "--views", "2", "--lq-from-disk"])
+    assert_one_error_line(result, "--views needs LR frames made from the transformed HR frames")
+    assert not (tmp_path / "c.zarr").exists()
+    help_text = " ".join(runner.invoke(cli, ["cache-teacher", "--help"]).stdout.split())
+    assert "--views INTEGER" in help_text and "one more teacher pass" in help_text
+    result = runner.invoke(cli, [*base, "--out", str(tmp_path / "v.zarr"), "--views", "2", "--max-clips", "1"])
+    assert result.exit_code == 0, result.output
+    assert "2 clips (2 views of each), 6 frames" in " ".join(result.stdout.split())

@@ -6,6 +6,12 @@ beyond the clip's ends); each frame's pyramid features are extracted once per cl
 the teacher's float32 LR input ``lq`` is always stored, so stage two feeds the student exactly the pixels the
 teacher saw.
 
+Views (``views`` > 1): every clip is also cached through the dihedral transforms 1..views−1
+(:func:`stdvsr.data.with_views`), each a clip of its own named ``<clip>@t<v>``. A view's HR frames are transformed
+first and then degraded, and the teacher runs on that LR input, so a flipped or rotated sample in stage two has
+the teacher's exact targets (a transformed cached target would not be the teacher's output on the transformed
+input; DESIGN.md). Each view costs one more teacher pass and as many bytes as the clip itself.
+
 Crash safety: a clip is done when its progress record exists, and the record is written (fsynced) only after the
 clip's data is durable. A killed run re-run with the same command removes the unfinished clips' pieces and
 recomputes them; clips are independent (the teacher's batch is windows of one clip), so the arrays end identical
@@ -35,7 +41,8 @@ from stdvsr.cache.layout import (DEFAULT_TIERS, DTYPES, FEATURE_POINT, FORMAT_VE
                                  plan_clips, quantise, sources_sha256)
 from stdvsr.cache.stores import backend
 from stdvsr.demo import sha256_file
-from stdvsr.data import DEGRADATIONS, PADDING_MODES, degrade, load_clips, read_hr, read_lq_from_disk, window_indices
+from stdvsr.data import (DEGRADATIONS, PADDING_MODES, degrade, load_clips, read_hr, read_lq_from_disk, window_indices,
+                         with_views)
 from stdvsr.errors import StdvsrError
 from stdvsr.io import atomic_path, write_text
 from stdvsr.progress import stderr, work_progress
@@ -52,6 +59,7 @@ class CacheConfig:
     data: str = "demo"
     split: str = "train"
     max_clips: int | None = None      # the first N clips of the dataset's order
+    views: int = 1                    # dihedral transforms 0..views-1 of every clip (1: the clips as they are)
     out: str | None = None            # default: cache/<data>-<teacher>.<format>
     format: str = "zarr"
     store: tuple = DEFAULT_TIERS      # optional tiers besides lq: trunk, attention, feat_sr, sr
@@ -124,6 +132,7 @@ def make_manifest(cfg: CacheConfig, teacher_info: dict, model, clips) -> dict:
         "format": cfg.format,
         "teacher": {k: v for k, v in teacher_info.items() if k != "weights"},
         "data": {"spec": cfg.data, "split": cfg.split, "max_clips": cfg.max_clips},
+        "views": cfg.views,
         "degradation": cfg.degradation,
         "lq_from_disk": cfg.lq_from_disk,
         "mod_crop": cfg.mod_crop,
@@ -156,6 +165,7 @@ def read_manifest(root: Path) -> dict | None:
 
 def check_fingerprint(old: dict, new: dict, root: Path) -> None:
     """Refuse to add to a cache built with other settings, naming the first field that differs."""
+    old = {"views": 1, **old}  # caches written before --views existed hold one view per clip
     diff = first_difference(old, new)
     if diff:
         raise StdvsrError(f"cache {root} was built with other settings: {diff} is {lookup(old, diff)!r} there, "
@@ -365,8 +375,8 @@ def finalise(root: Path, manifest: dict, records: dict[int, dict]) -> dict:
     stored = store.stored_bytes()
     raw = estimate_bytes(manifest["layout"]["arrays"], manifest["clips"], manifest["fingerprint"]["tiers"])
     manifest["summary"] = {
-        "clips": len(clips), "frames": sum(c["frames"] for c in clips),
-        "raw_bytes": raw, "stored_bytes": stored,
+        "clips": len(clips), "views": manifest["fingerprint"].get("views", 1),
+        "frames": sum(c["frames"] for c in clips), "raw_bytes": raw, "stored_bytes": stored,
         "teacher_s": round(sum(r["teacher_s"] for r in records.values()), 3),
         "write_s": round(sum(r["write_s"] for r in records.values()), 3),
         "read_s": round(sum(r.get("read_s", 0) for r in records.values()), 3),
@@ -392,6 +402,12 @@ def _validate(cfg: CacheConfig) -> None:
         raise StdvsrError("--batch-size must be at least 1")
     if cfg.max_clips is not None and cfg.max_clips < 1:
         raise StdvsrError("--max-clips must be at least 1")
+    if not 1 <= cfg.views <= 8:
+        raise StdvsrError(f"--views {cfg.views} is not in 1..8; use 1 (the clips as they are), 2 (+ horizontal "
+                          "flip), 4 (every flip) or 8 (flips and transposes)")
+    if cfg.views > 1 and cfg.lq_from_disk:
+        raise StdvsrError("--views needs LR frames made from the transformed HR frames; drop --lq-from-disk or "
+                          "use --views 1")
 
 
 def run(cfg: CacheConfig, show_progress: bool = True) -> dict:
@@ -417,6 +433,7 @@ def _run(cfg: CacheConfig, show_progress: bool = True) -> dict:
     clips = load_clips(cfg.data, cfg.split)
     if cfg.max_clips:
         clips = clips[:cfg.max_clips]
+    clips = with_views(clips, cfg.views)  # after --max-clips, which counts the dataset's clips
     manifest = make_manifest(cfg, teacher_info, model, clips)
     by_index = {r["index"]: r for r in manifest["clips"]}
 

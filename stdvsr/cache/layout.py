@@ -72,7 +72,8 @@ def parse_tiers(text: str | Sequence[str]) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------------------------------- plan
 def plan_clips(clips, scale: int, mod_crop: bool) -> tuple[list[dict], dict]:
-    """Assign every clip a size group and a row offset in it. Reads only the first frame's header per clip.
+    """Assign every clip a size group and a row offset in it. Reads only the first frame's header per clip; a
+    transposing view (``clip.transform`` ≥ 4) of a W×H clip is H×W.
 
     Returns ``(clip records, groups)``; a group is ``{"hr_size", "lr_size", "trunk_size", "frames"}`` where
     ``trunk_size`` is the LR size padded to the multiple of 4 EDVR needs (the trunk is stored padded so that the
@@ -85,6 +86,8 @@ def plan_clips(clips, scale: int, mod_crop: bool) -> tuple[list[dict], dict]:
             raise StdvsrError(f"frames of clip {clip.name} ({clip.frames[0]}) are {w}×{h}, not divisible by scale "
                               f"{scale}; crop them to a multiple of {scale} or pass --mod-crop")
         h, w = h - h % scale, w - w % scale
+        if clip.transform & 4:
+            h, w = w, h
         name = f"{h}x{w}"
         group = groups.setdefault(name, {"hr_size": [h, w], "lr_size": [h // scale, w // scale],
                                          "trunk_size": [-(-h // scale // 4) * 4, -(-w // scale // 4) * 4],

@@ -118,6 +118,7 @@ class CacheReader:
         self.tiers: list[str] = ["lq", *self.fingerprint["tiers"]]
         self.scale: int = self.fingerprint["scale"]
         self.num_frame: int = self.fingerprint["num_frame"]
+        self.views: int = self.fingerprint.get("views", 1)  # absent from caches written before --views existed
         self.data = data or self.fingerprint["data"]["spec"]
         self.store = backend(self.root, self.manifest)
         self._clip_objects = None
@@ -129,14 +130,16 @@ class CacheReader:
         return TeacherHead.load(self.root / HEAD)
 
     def dataset_clips(self):
-        """The dataset's :class:`stdvsr.data.Clip` objects (for the HR frames), checked against the cache."""
+        """The dataset's :class:`stdvsr.data.Clip` objects (for the HR frames), one per cached clip (views
+        included, so ``read_hr`` returns a view's frames transformed), checked against the cache."""
         if self._clip_objects is None:
-            from stdvsr.data import load_clips
+            from stdvsr.data import load_clips, with_views
 
             fp = self.fingerprint["data"]
             clips = load_clips(self.data, fp["split"])
             if fp["max_clips"]:
                 clips = clips[:fp["max_clips"]]
+            clips = with_views(clips, self.views)
             names = [c[0] for c in self.fingerprint["clips"]]
             if [c.name for c in clips] != names or [len(c) for c in clips] != [c[1] for c in self.fingerprint["clips"]]:
                 raise StdvsrError(f"dataset {self.data} no longer holds the clips cache {self.root} was built from "
@@ -232,7 +235,9 @@ class CacheDataset(torch.utils.data.Dataset):
 
     Item ``(epoch, i)`` (or ``i``) draws its crop from ``(seed, epoch, i)`` only, so the samples do not depend on
     the number of workers. ``gt=False`` skips decoding the HR frames (timing the cache alone). No flips or
-    rotations: a transformed cached target is not the teacher's output on the transformed input (DESIGN.md).
+    rotations are drawn here: a transformed cached target is not the teacher's output on the transformed input
+    (DESIGN.md); flipped and rotated samples come from views cached as clips of their own (``cache-teacher
+    --views``), whose targets are exact.
     """
 
     def __init__(self, path: str | Path, num_frames: int | None = None, patch_size: int = 64,
