@@ -136,6 +136,16 @@ def test_fastdvdnet_width(width, preset, feat):
     assert out.feat_lr.shape == (1, feat, 8, 8)
 
 
+def test_fastdvdnet_head_feat_widens_only_the_reconstruction_head():
+    narrow, wide = build_model("fastdvdnet-quarter"), build_model("fastdvdnet-quarter-h64")
+    head = lambda c_in, c: _conv(c_in, 4 * c) + _conv(c, 4 * c) + _conv(c, c) + _conv(c, 3)  # noqa: E731
+    assert _params(wide) - _params(narrow) == head(16, 64) - head(16, 16)
+    with torch.no_grad():
+        out = wide.eval().forward_features(_lq(1, 7, 8, 8))
+    assert out.feat_sr.shape == (1, 64, 32, 32) and out.feat_lr.shape == (1, 16, 8, 8)
+    assert out.sr.shape == (1, 3, 32, 32)
+
+
 def test_fastdvdnet_width_half_has_about_a_quarter_of_the_parameters():
     ratio = _params(build_model("fastdvdnet")) / _params(build_model("fastdvdnet-half"))
     assert 3.5 < ratio < 4.5

@@ -53,6 +53,8 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
                             num_reconstruct_block=4), "small EDVR, 7 frames, trains on a CPU (the demo teacher)"),
     "fastdvdnet-half": ("fastdvdnet", dict(width=0.5), "FastDVDnet-VSR at width 1/2 (F^SR 32 channels, Table 6)"),
     "fastdvdnet-quarter": ("fastdvdnet", dict(width=0.25), "FastDVDnet-VSR at width 1/4 (F^SR 16 channels)"),
+    "fastdvdnet-quarter-h64": ("fastdvdnet", dict(width=0.25, head_feat=64),
+                               "FastDVDnet-VSR at width 1/4 in front of a 64-channel head (F^SR as the teacher's)"),
 }
 
 

@@ -14,7 +14,10 @@ Adaptation, exactly:
 * reconstruction: EDVR's head — conv → pixel shuffle ×2 → LReLU, twice, then conv_hr → LReLU gives F^SR
   (64 channels at 4h×4w), ``conv_last`` makes RGB, plus the bilinear ×4 centre frame;
 * ``width`` scales every channel count in front of the reconstruction — per-frame 30, U-Net 32/64/128, F^LR and
-  F^SR 64 — so width 1, 1/2, 1/4 give F^SR of 64, 32, 16 channels (the paper's Table 6).
+  F^SR 64 — so width 1, 1/2, 1/4 give F^SR of 64, 32, 16 channels; ``head_feat`` keeps the reconstruction head
+  (F^LR → F^SR) at a width of its own, e.g. 64 as the teacher's. Table 6's wording ("the number of channels in
+  front of the reconstruction backbone ... set to 32 and 16") admits both readings; the ``-h64`` presets are the
+  second, with F^SR as wide as the teacher's (no adapter needed) at about the cost of the full-width head.
 Input sizes must be multiples of 4 (two stride-2 levels).
 """
 
@@ -57,16 +60,17 @@ class DenBlock(nn.Module):
 class FastDVDnet(nn.Module):
     """FastDVDnet-VSR: ``(B, 7, 3, h, w)`` → ``(B, 3, 4h, 4w)``; see the module docstring for the adaptation."""
 
-    def __init__(self, num_frame: int = 7, width: float = 1.0):
+    def __init__(self, num_frame: int = 7, width: float = 1.0, head_feat: int | None = None):
         super().__init__()
         if num_frame != 7:
             raise ValueError("FastDVDnet-VSR takes 7 frames (two stages of 3-frame blocks)")
         self.num_frame, self.scale, self.width = num_frame, 4, width
         feat = scaled(64, width)
+        head = head_feat or feat
         self.stage1 = DenBlock(3, width)
         self.stage2 = DenBlock(feat, width)
-        self.head = PixelShuffleHead(feat, feat, feat)
-        self.conv_last = nn.Conv2d(feat, 3, 3, 1, 1)
+        self.head = PixelShuffleHead(feat, head, head)
+        self.conv_last = nn.Conv2d(head, 3, 3, 1, 1)
 
     def forward_features(self, lq: torch.Tensor) -> Features:
         b, t, c, h, w = lq.shape
