@@ -167,6 +167,24 @@ def train_and_score(name: str, cfg: DistillConfig, threads: int, show_progress: 
             "protocol": result["protocol"]}
 
 
+def run_in_processes(jobs: int, calls: dict, done) -> None:
+    """Run ``calls`` (key → (function, args)) in ``jobs`` spawned processes, calling ``done(key, result)`` as each
+    finishes. Ctrl-C, SIGTERM or a failed call terminates the workers too, so none is left training into a run
+    folder that the next invocation resumes (their checkpoints let it continue)."""
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        futures = {pool.submit(fn, *fn_args): key for key, (fn, fn_args) in calls.items()}
+        for future in as_completed(futures):
+            done(futures[future], future.result())
+    except BaseException:
+        for process in list(pool._processes.values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", default="cache/demo-4clips-edvr.zarr", help="teacher cache (pipelines/demo.py builds "
@@ -220,18 +238,8 @@ def main() -> None:
             for name, cfg in plan.items():
                 done(name, train_and_score(name, cfg, threads, show_progress=True))
         else:  # one process per run: a 2-core machine trains two single-threaded runs ~2x faster than one
-            pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
-            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-            try:
-                futures = {pool.submit(train_and_score, name, cfg, threads): name for name, cfg in plan.items()}
-                for future in as_completed(futures):
-                    done(futures[future], future.result())
-            except BaseException:  # Ctrl-C, kill or a failed run: stop the training workers too (their
-                for process in list(pool._processes.values()):  # checkpoints let the next call continue)
-                    process.terminate()
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            pool.shutdown()
+            run_in_processes(args.jobs, {name: (train_and_score, (name, cfg, threads)) for name, cfg in plan.items()},
+                             done)
 
     document = {"settings": vars(args), "tables": {t: table_rows(t, args, scores) for t in tables}, "runs": scores}
     out = stdout()

@@ -25,16 +25,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import multiprocessing
 import os
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 
+from ablations import run_in_processes  # the sibling script (pipelines/ is sys.path[0] when run)
 from stdvsr.distill import DistillConfig, run_or_reuse
 from stdvsr.errors import StdvsrError
 from stdvsr.evaluate import EvalConfig
@@ -167,18 +166,17 @@ def main() -> None:
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     previous = Path(args.json)
     runs = []
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(train_and_score, row, seed, cfg, threads): (row, seed) for row, seed, cfg in plan}
-        for future in as_completed(futures):
-            r = future.result()
-            runs.append(r)
-            # progress shows the validation score only: rows are chosen on it, the test clip is for the report
-            print(f"{r['row']} seed {r['seed']}: val {r['val']['psnr']:.3f} dB ({r['run']}, "
-                  f"{r['train_seconds']:.0f} s)", file=sys.stderr, flush=True)
-            summary = summarise(runs, rows, seeds)
-            write_text(previous, json.dumps({"protocol": __doc__.split("Protocol")[1].split("Rows are")[0].strip(),
-                                             "base": BASE, "rows": {r: ROWS[r] for r in rows}, "seeds": seeds,
-                                             "summary": summary, "runs": runs}, indent=1))
+    def done(_, r: dict) -> None:
+        runs.append(r)
+        # progress shows the validation score only: rows are chosen on it, the test clip is for the report
+        print(f"{r['row']} seed {r['seed']}: val {r['val']['psnr']:.3f} dB ({r['run']}, {r['train_seconds']:.0f} s)",
+              file=sys.stderr, flush=True)
+        write_text(previous, json.dumps({"protocol": __doc__.split("Protocol")[1].split("Rows are")[0].strip(),
+                                         "base": BASE, "rows": {r: ROWS[r] for r in rows}, "seeds": seeds,
+                                         "summary": summarise(runs, rows, seeds), "runs": runs}, indent=1))
+
+    run_in_processes(args.jobs, {(row, seed): (train_and_score, (row, seed, cfg, threads)) for row, seed, cfg in plan},
+                     done)
     print_table(summarise(runs, rows, seeds), seeds)
 
 
@@ -187,3 +185,7 @@ if __name__ == "__main__":
         main()
     except StdvsrError as e:
         raise SystemExit(f"Error: {e}") from None
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept and the others continue from their checkpoints when the same "
+              "command is run again", file=sys.stderr, flush=True)
+        os._exit(130)  # without waiting for multiprocessing's helper threads of the terminated workers
