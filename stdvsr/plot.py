@@ -1,0 +1,231 @@
+"""Training curves as pictures: a run's ``metrics.jsonl`` (``stdvsr distill``, ``stdvsr train-teacher``) drawn as
+``curves.png`` — loss terms, learning rate, validation Y-PSNR next to bicubic — for one run or several overlaid,
+and optionally converted to TensorBoard event files.
+
+The rows read are the ones both stages write: ``{"step", "loss" | "loss_<term>"…, "lr", …}`` per logged step and
+``{"step", "val_psnr", "bicubic_psnr"}`` per validation; rows with an ``event`` (gradient probes, the ConvLSTM
+freeze, the ranks' digests) are not curves and are skipped. matplotlib is imported only when a picture is drawn,
+so ``import stdvsr`` stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from stdvsr.errors import StdvsrError
+from stdvsr.io import atomic_path
+
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+# loss terms in the order of Eq. 9 (total first), then any other ``loss_*`` key alphabetically
+_TERM_ORDER = ("total", "rec", "sd", "td", "mse", "mean2", "output")
+_TERM_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)), (0, (8, 3)))
+
+Series = dict[str, dict[int, float]]  # key → {step: value}, steps ascending
+
+
+def read_metrics(path: str | Path) -> Series:
+    """Every numeric column of a ``metrics.jsonl`` as ``{key: {step: value}}``, steps ascending.
+
+    ``event`` rows, booleans, non-finite values and unparsable lines (a killed run's half-written last line) are
+    skipped. A resumed run appends after its checkpoint, so the file may step back (or repeat a step's key): the
+    later rows replace every earlier row from that step on — the interrupted attempt's tail is dropped and each
+    step keeps its last occurrence.
+    """
+    series: Series = {}
+    last = -1
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(row, dict) or "event" in row:
+                continue
+            step = row.get("step")
+            if not isinstance(step, int) or isinstance(step, bool):
+                continue
+            values = {k: float(v) for k, v in row.items()
+                      if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+            if step < last or any(step in series.get(k, ()) for k in values):
+                for column in series.values():
+                    for s in [s for s in column if s >= step]:
+                        del column[s]
+            last = step
+            for k, v in values.items():
+                series.setdefault(k, {})[step] = v
+    return {k: dict(sorted(v.items())) for k, v in series.items() if v}
+
+
+def loss_terms(series: Series) -> dict[str, dict[int, float]]:
+    """The loss columns by term name: ``loss_rec`` → ``rec`` (distill), ``loss`` → ``loss`` (train-teacher)."""
+    terms = {("loss" if k == "loss" else k[len("loss_"):]): v for k, v in series.items()
+             if k == "loss" or k.startswith("loss_")}
+    rank = {t: i for i, t in enumerate(_TERM_ORDER)}
+    return dict(sorted(terms.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+
+
+def _metrics_file(run: Path) -> Path:
+    if not run.is_dir():
+        raise StdvsrError(f"run folder {run} does not exist; give the folder a stdvsr distill or train-teacher "
+                          "run writes (its --out)")
+    path = run / METRICS
+    if not path.is_file():
+        raise StdvsrError(f"{run} has no {METRICS}; give the folder a stdvsr distill or train-teacher run writes "
+                          "(its --out; the file appears with the run's first logged step)")
+    return path
+
+
+def _labels(runs: list[Path], labels: list[str] | None) -> list[str]:
+    if labels:
+        if len(labels) != len(runs):
+            raise StdvsrError(f"{len(labels)} --label for {len(runs)} RUN; give --label once per RUN, or not at all")
+        return list(labels)
+    names = [r.resolve().name or str(r) for r in runs]
+    # two runs/<x>/student-like folders with the same name: tell them apart by their paths
+    return [str(r) if names.count(n) > 1 else n for r, n in zip(runs, names)]
+
+
+def load_runs(runs: list[Path], labels: list[str] | None = None) -> dict[str, Series]:
+    """``{label: read_metrics(run/metrics.jsonl)}``; a missing folder, file or a run without rows is an error."""
+    runs = [Path(r) for r in runs]
+    loaded = {}
+    for run, label in zip(runs, _labels(runs, labels)):
+        series = read_metrics(_metrics_file(run))
+        if not series:
+            raise StdvsrError(f"{run / METRICS} has no logged step yet; plot it after the run's first --log-every "
+                              "steps")
+        loaded[label] = series
+    return loaded
+
+
+def plot_runs(runs: list[Path], out: Path, labels: list[str] | None = None) -> Path:
+    """Draw the runs' curves into the PNG ``out`` (written atomically) and return its path.
+
+    Panels: loss terms (log y), learning rate (log y), validation Y-PSNR with each run's bicubic Y-PSNR dashed.
+    One run: a colour per loss term. Several: a colour per run (``labels``, default the folder names) and a line
+    style per term.
+    """
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise StdvsrError(f"cannot write {out}: the curves are a PNG; give --out a name ending in .png")
+    return _draw(load_runs(runs, labels), out)
+
+
+def write_run_plot(run_dir: str | Path) -> Path | None:
+    """Write ``run_dir/curves.png`` from ``run_dir/metrics.jsonl``; ``None`` (and no file) when nothing is logged."""
+    run_dir = Path(run_dir)
+    path = run_dir / METRICS
+    if not path.is_file() or not read_metrics(path):
+        return None
+    return plot_runs([run_dir], run_dir / CURVES)
+
+
+def _positive(column: dict[int, float]) -> tuple[list[int], list[float]]:
+    # a log axis cannot show 0 (L_TD of a collapsed ConvLSTM, a finished cosine schedule): leave those points out
+    pairs = [(s, v) for s, v in column.items() if v > 0]
+    return [s for s, _ in pairs], [v for _, v in pairs]
+
+
+def _draw(runs: dict[str, Series], out: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(16, 4.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)  # Agg explicitly, without pyplot's global backend state
+    ax_loss, ax_lr, ax_psnr = fig.subplots(1, 3, sharex=True)
+    palette = [f"C{i}" for i in range(10)]
+    single = len(runs) == 1
+    terms = list(dict.fromkeys(t for s in runs.values() for t in loss_terms(s)))
+    style = {t: _TERM_STYLES[i % len(_TERM_STYLES)] for i, t in enumerate(terms)}
+
+    for n, (label, series) in enumerate(runs.items()):
+        colour = palette[n % len(palette)]
+        for i, (term, column) in enumerate(loss_terms(series).items()):
+            steps, values = _positive(column)
+            if single:
+                ax_loss.plot(steps, values, color=palette[i % len(palette)], lw=1.2, label=term)
+            else:
+                ax_loss.plot(steps, values, color=colour, ls=style[term], lw=1.2)
+        if "lr" in series:
+            ax_lr.plot(*_positive(series["lr"]), color=colour, lw=1.5, label=label)
+        if "val_psnr" in series:
+            col = series["val_psnr"]
+            ax_psnr.plot(list(col), list(col.values()), color=colour, marker="o", ms=3, lw=1.5,
+                         label="model" if single else label)
+        if "bicubic_psnr" in series:
+            col = series["bicubic_psnr"]
+            ax_psnr.plot(list(col), list(col.values()), color=colour, ls="--", lw=1.2,
+                         label="bicubic" if single else None)
+
+    ax_loss.set(title="training loss terms", xlabel="step", yscale="log")
+    ax_lr.set(title="learning rate", xlabel="step", yscale="log")
+    ax_psnr.set(title="held-out Y-PSNR (dB), bicubic dashed", xlabel="step")
+    if single:
+        ax_loss.legend(fontsize=8)
+    else:
+        # colours name the runs, line styles the loss terms
+        handles = [Line2D([], [], color=palette[n % len(palette)], lw=2, label=label) for n, label in enumerate(runs)]
+        handles += [Line2D([], [], color="black", ls=style[t], lw=1.2, label=t) for t in terms]
+        ax_loss.legend(handles=handles, fontsize=8)
+        ax_lr.legend(fontsize=8)
+    if ax_psnr.has_data():
+        ax_psnr.legend(fontsize=8)
+    else:
+        ax_psnr.text(0.5, 0.5, "no validation rows\n(--val-data none, or before --val-every)", ha="center",
+                     va="center", transform=ax_psnr.transAxes, color="grey")
+    for ax in (ax_loss, ax_lr, ax_psnr):
+        ax.grid(True, which="major", alpha=0.3)
+    ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps (the x axis is shared)
+    fig.suptitle(next(iter(runs)) if single else " vs ".join(runs), fontsize=11)
+
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png")
+    except OSError as e:
+        raise StdvsrError(f"cannot write {out}: {e.strerror or e}; choose another --out") from None
+    return out
+
+
+def require_tensorboard():
+    """torch's ``SummaryWriter``, or a :class:`StdvsrError` saying to install tensorboard (it is optional)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise StdvsrError("TensorBoard export needs the tensorboard package: pip install tensorboard "
+                          "(or pip install 'stdvsr[tensorboard]')") from None
+    return SummaryWriter
+
+
+def write_tensorboard(runs: list[Path], logdir: str | Path, labels: list[str] | None = None) -> list[Path]:
+    """Convert each run's ``metrics.jsonl`` into TensorBoard event files under ``logdir/<label>`` (one folder per
+    run, so ``tensorboard --logdir logdir`` overlays them); returns those folders.
+
+    Tags: ``loss/<term>``, ``lr``, ``val/psnr``, ``val/bicubic_psnr``, and every other numeric column by its name.
+    Earlier event files in ``logdir/<label>`` are replaced, so converting again does not double the curves.
+    """
+    SummaryWriter = require_tensorboard()
+    folders = []
+    for label, series in load_runs([Path(r) for r in runs], labels).items():
+        folder = Path(logdir) / label.replace("/", "_")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for old in folder.glob("events.out.tfevents.*"):
+                old.unlink()
+            terms = {f"loss_{t}" if t != "loss" else "loss": t for t in loss_terms(series)}
+            writer = SummaryWriter(str(folder))
+            for key, column in series.items():
+                tag = {"val_psnr": "val/psnr", "bicubic_psnr": "val/bicubic_psnr"}.get(key, key)
+                tag = f"loss/{terms[key]}" if key in terms else tag
+                for step, value in column.items():
+                    writer.add_scalar(tag, value, step)
+            writer.close()
+        except OSError as e:
+            raise StdvsrError(f"cannot write TensorBoard files to {folder}: {e.strerror or e}; "
+                              "choose another --tensorboard folder") from None
+        folders.append(folder)
+    return folders
