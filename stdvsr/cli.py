@@ -7,6 +7,7 @@ Progress and logs go to stderr (rich), results (tables, JSON) to stdout. A :clas
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import click
 from rich.table import Table
 
 from stdvsr import __version__
-from stdvsr.errors import StdvsrError
+from stdvsr.errors import StdvsrError, Terminated, message, os_error
 from stdvsr.progress import progress_bar, stderr, stdout
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -24,15 +25,31 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 class StdvsrGroup(click.Group):
     """Turns user errors into ``Error: …`` + exit 1 and hides tracebacks unless ``--debug``."""
 
+    def main(self, args=None, *rest, **kwargs):
+        # --debug is the root's option but errors say "rerun with --debug": accept it after the subcommand too
+        args = list(sys.argv[1:] if args is None else args)
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[1:end]:
+            args = ["--debug", *(a for i, a in enumerate(args) if a != "--debug" or i >= end)]
+        return super().main(args, *rest, **kwargs)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except Terminated:
+            click.echo("Terminated (SIGTERM); rerun the same command to continue (training: --resume auto)", err=True)
+            ctx.exit(128 + signal.SIGTERM)
         except StdvsrError as e:
             if _debug(ctx):
                 raise
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error: {message(e)}", err=True)
+            ctx.exit(1)
+        except OSError as e:  # the machine, not stdvsr: a read-only or full disk, a file where a folder should be
+            if _debug(ctx):
+                raise
+            click.echo(f"Error: {os_error(e)}", err=True)
             ctx.exit(1)
         except Exception as e:  # a bug in stdvsr: still one line, with the way to get the details
             if _debug(ctx):
@@ -116,11 +133,15 @@ def data_list() -> None:
 @data.command("prepare", context_settings=CONTEXT)
 @click.argument("spec", default="demo")
 @click.option("--force", is_flag=True, help="Decode again even if a complete copy exists.")
-def data_prepare(spec: str, force: bool) -> None:
+@click.option("--allow-short", is_flag=True,
+              help="video:FILE only: accept a video that decodes fewer frames than its container states (corrupt "
+                   "or truncated), with a warning; every command reading video:FILE then uses those frames.")
+def data_prepare(spec: str, force: bool, allow_short: bool) -> None:
     """Decode a dataset that needs decoding (the demo set, or video:FILE) into PNG frame folders.
 
     Frames go under $STDVSR_HOME (default ~/.cache/stdvsr); a complete copy is reused. vimeo90k, vid4 and folder
-    datasets are read in place and need no preparation.
+    datasets are read in place and need no preparation. A video that decodes fewer frames than its container
+    states is refused (it is corrupt or truncated) unless --allow-short.
 
     \b
     Examples:
@@ -136,7 +157,7 @@ def data_prepare(spec: str, force: bool) -> None:
     elif kind == "video":
         start = time.perf_counter()
         with stderr().status(f"decoding {arg}"):
-            clips = video_clips(Path(arg))
+            clips = video_clips(Path(arg), allow_short)
         _print_clip_table(clips, scale=4, title=f"{spec} ({time.perf_counter() - start:.1f} s)")
     else:
         raise StdvsrError(f"{kind} datasets are read in place, there is nothing to prepare; "
@@ -253,9 +274,49 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
         defaults = {}
         for k, v in data.items():
             key = k.replace("-", "_")
+            kind = _toml_kind(params[key])
+            if kind is not None and not _is_kind(v, kind):
+                raise click.BadParameter(f"{value}: {k} = {v!r} must be {kind}", ctx, param)
             defaults[params[key].name] = (not v) if key in negated and isinstance(v, bool) else v
         ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def _toml_kind(param: click.Parameter) -> str | None:
+    """What a TOML value for ``param`` must be (click would silently turn ``steps = 2.7`` into 2)."""
+    if getattr(param, "is_flag", False):
+        return "true or false"
+    kind = {click.INT: "an integer", click.FLOAT: "a number", click.STRING: "a string"}.get(param.type)
+    if kind is None:
+        kind = ("an integer" if isinstance(param.type, click.IntRange) else
+                "a number" if isinstance(param.type, click.FloatRange) else
+                "a string" if isinstance(param.type, (click.Choice, click.Path)) else None)
+    if kind is not None and getattr(param, "multiple", False):
+        return f"a list of {kind.split(' ', 1)[1]}s"
+    return kind
+
+
+def _is_kind(value, kind: str) -> bool:
+    if kind.startswith("a list of "):
+        return isinstance(value, list) and all(_is_kind(v, "a " + kind[10:-1]) for v in value)
+    return {"true or false": lambda v: isinstance(v, bool),
+            "an integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "a number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            "a string": lambda v: isinstance(v, str)}[kind](value)
+
+
+def _add_curves(table: Table, run: Path) -> None:
+    """Draw ``run/curves.png`` (loss terms, lr, validation PSNR) at the end of a training command and list it; the
+    weights are saved by then, so a picture that cannot be written is a warning, not a failed run."""
+    from stdvsr.plot import write_run_plot
+
+    try:
+        path = write_run_plot(run)
+    except (StdvsrError, OSError) as e:
+        stderr().print(f"warning: no curves.png ({e})", highlight=False, soft_wrap=True)
+        return
+    if path is not None:
+        table.add_row("curves", str(path))
 
 
 def _explicit(ctx: click.Context, names) -> set[str]:
@@ -347,6 +408,7 @@ def train_teacher(ctx: click.Context, **opts) -> None:
         table.add_row("bicubic Y-PSNR (dB)", f"{result['bicubic_psnr']:.2f}")
     table.add_row("training time (s)", f"{result['seconds']:.0f}")
     table.add_row("weights", result["teacher"])
+    _add_curves(table, Path(result["teacher"]).parent)
     out.print(table)
 
 
@@ -602,9 +664,12 @@ def cache_verify(path: str, sources: bool, data: str | None, as_json: bool) -> N
         for p in problems:
             table.add_row(p["clip"], p["problem"])
         stdout().print(table)
-    if problems:
-        raise StdvsrError(f"cache {path}: {len(problems)} problem(s) found; rebuild the listed clips by deleting "
-                          "their progress records and re-running stdvsr cache-teacher, or rebuild the cache")
+    if problems and all(p["problem"].startswith("not written yet") for p in problems):
+        raise StdvsrError(f"cache {path} is incomplete: {len(problems)} clip(s) not written yet; run the same "
+                          "stdvsr cache-teacher command again to finish it")
+    if problems:  # a cache is not repaired in place: a rebuild writes every clip again (same settings, same bytes)
+        raise StdvsrError(f"cache {path}: {len(problems)} problem(s) found; delete {path} and run the same stdvsr "
+                          "cache-teacher command again to rebuild it")
     stdout().print(f"cache {path}: all {total} clips intact", highlight=False)
 
 
@@ -616,6 +681,10 @@ def cache_verify(path: str, sources: bool, data: str | None, as_json: bool) -> N
 @click.option("--root", type=click.Path(file_okay=False), help="Dataset folder for vid4 / vimeo90k-*.")
 @click.option("--model", "models", multiple=True,
               help="A checkpoint (student.pth, a teacher …), repeatable; NAME=PATH sets the column name.")
+@click.option("--arch", metavar="NAME",
+              help="Architecture of --model files that do not record it (a raw state dict, BasicSR's {'params': …} "
+                   "/ {'params_ema': …}): a model or preset name such as edvr-m, edvr-l, fastdvdnet, vdsr. "
+                   "stdvsr checkpoints always use the model they record.")
 @click.option("--bicubic", is_flag=True, help="Add bicubic upsampling as a row.")
 @click.option("--color", default="y", show_default=True, type=click.Choice(["y", "rgb"]),
               help="Score the Y channel (BT.601, as the paper) or RGB.")
@@ -656,6 +725,7 @@ def evaluate(set_, json_path, csv_path, **opts) -> None:
       stdvsr evaluate --set vid4 --root /data/Vid4 --model std=runs/std/student.pth --model plain=runs/none/student.pth \\
           --temporal-profile 100 --json vid4.json --csv vid4.csv
       stdvsr evaluate --set vimeo90k-test --root /data/vimeo_septuplet --model runs/std/student.pth --device cuda
+      stdvsr evaluate --set vid4 --root /data/Vid4 --model EDVR_M_x4_SR_REDS_official.pth --arch edvr-m
     """
     from stdvsr.evaluate import EvalConfig, run
 
@@ -808,7 +878,9 @@ def distill(ctx: click.Context, **opts) -> None:
     result = run(cfg, resume=resume, explicit=_explicit(ctx, opts))
     if result["rank"] != 0:
         return
-    table = Table(title=f"{cfg.student} distilled with --kd {cfg.kd} after {result['steps']} steps")
+    title = (f"{cfg.student} trained without distillation (--kd none)" if cfg.kd == "none" else
+             f"{cfg.student} distilled with --kd {cfg.kd} from step {cfg.warmup_steps + 1}")
+    table = Table(title=f"{title}, {result['steps']} steps")
     table.add_column("", justify="left")
     table.add_column("value", justify="right")
     if result["val_psnr"] is not None:
@@ -820,6 +892,7 @@ def distill(ctx: click.Context, **opts) -> None:
         table.add_row("ConvLSTM frozen at step", str(result["td_frozen_at"]))
     table.add_row("training time (s)", f"{result['seconds']:.0f}")
     table.add_row("student", result["student"])
+    _add_curves(table, Path(result["student"]).parent)
     stdout().print(table)
 
 
@@ -831,7 +904,9 @@ def distill(ctx: click.Context, **opts) -> None:
               help="ONNX (input lq, output sr) or a TorchScript trace.")
 @click.option("--lq-size", default="120x180", show_default=True,
               help="LR input size HxW the model is traced at, multiples of 4 (the paper: 120x180).")
-@click.option("--dynamic", is_flag=True, help="Dynamic batch, height and width (checked at a second size too).")
+@click.option("--dynamic", is_flag=True,
+              help="Dynamic batch, height and width (checked at a second size too). FastDVDnet and VESPCN files "
+                   "still need LR H and W multiples of 4: pad the frames and crop the output, as upscale does.")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Output file. Default: next to --model, <stem>.onnx or <stem>.torchscript.pt.")
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(11, 20), help="ONNX opset.")
@@ -843,6 +918,10 @@ def export(model: str, fmt: str, lq_size: str, dynamic: bool, out: str | None, o
     torch.jit.load) and run on a seeded random input — with --dynamic also at another size and batch 2 — and kept
     only if its output matches PyTorch within 1e-4. EDVR, the teacher, is not exported. ONNX needs
     pip install 'stdvsr[export]'.
+
+    Sizes: FastDVDnet and VESPCN take LR H and W multiples of 4 only, also from a --dynamic file (the graph has no
+    check: ONNX Runtime fails at e.g. 37×45). Pad each LR frame bottom/right by replicating its edge to the next
+    multiple of 4 and crop the output back to 4h×4w, as stdvsr upscale does. VDSR and VSRNet take any size.
 
     \b
     Examples:
@@ -867,6 +946,11 @@ def export(model: str, fmt: str, lq_size: str, dynamic: bool, out: str | None, o
     shapes = "dynamic batch, H and W" if result["dynamic"] else f"traced at batch 1, LR {h}×{w}"
     out.print(f"wrote {result['path']} ({kind}, {_mb(result['bytes'])} MB, {shapes})", soft_wrap=True,
               highlight=False)
+    if result["dynamic"] and result["size_multiple"] > 1:
+        m = result["size_multiple"]
+        out.print(f"feed it LR heights and widths that are multiples of {m} (pad the frames by replicating their "
+                  f"bottom/right edge, then crop the output ×4, as stdvsr upscale does); other sizes fail",
+                  soft_wrap=True, highlight=False)
 
 
 # ------------------------------------------------------------------------------------------------- upscale
@@ -875,9 +959,14 @@ def export(model: str, fmt: str, lq_size: str, dynamic: bool, out: str | None, o
 @click.argument("output", type=click.Path())
 @click.option("--model", required=True, type=click.Path(dir_okay=False),
               help="stdvsr checkpoint: a student (runs/distill/student.pth) or a teacher (stdvsr/weights/"
-                   "edvr_s_demo.pth, runs/teacher/teacher.pth).")
+                   "edvr_s_demo.pth, runs/teacher/teacher.pth); with --arch also a raw or BasicSR state dict.")
+@click.option("--arch", metavar="NAME",
+              help="Architecture of a --model that does not record it (a raw state dict, BasicSR's {'params': …} / "
+                   "{'params_ema': …}): a model or preset name such as edvr-m, edvr-l, fastdvdnet, vdsr.")
 @click.option("--tile", default=0, show_default=True, type=click.IntRange(0),
-              help="Run the network on LR tiles of this size (a multiple of 4) to bound its memory; 0: whole frames.")
+              help="Run the network on LR tiles of this size (a multiple of 4) to bound its memory; 0: whole frames. "
+                   "Tiles change the output, small tiles most (EDVR-s: up to 10 grey levels at --tile 32 "
+                   "--tile-overlap 8, 2 at --tile 96): use the largest tile that fits.")
 @click.option("--tile-overlap", default=16, show_default=True, type=click.IntRange(0),
               help="LR pixels neighbouring tiles share (a multiple of 4), blended with linear ramps.")
 @click.option("--chunk-frames", default=8, show_default=True, type=click.IntRange(1),
@@ -885,7 +974,11 @@ def export(model: str, fmt: str, lq_size: str, dynamic: bool, out: str | None, o
 @click.option("--fps", type=click.FloatRange(0, min_open=True),
               help="Output frame rate. Default: the input video's; 25 for a folder of frames.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists (never the INPUT: an OUTPUT that is, "
+                                              "contains or lies inside the INPUT is refused).")
+@click.option("--allow-short", is_flag=True,
+              help="Accept a video that decodes fewer frames than its container states (corrupt or truncated) "
+                   "and upscale the frames that decode, with a warning; without it such a video is an error.")
 def upscale(input_path: str, output: str, **opts) -> None:
     """Super-resolve a video or a folder of frames ×4 with a stdvsr checkpoint.
 
@@ -893,13 +986,15 @@ def upscale(input_path: str, output: str, **opts) -> None:
     (mp4v) or .avi (MJPG) video, or a folder (no extension) of %08d.png frames. Each frame is computed from the
     network's window of frames centred on it (replicate padding at the ends), as stdvsr evaluate does.
     Frames are streamed: only --chunk-frames frames plus the window's context are held at a time, and --tile keeps
-    large frames within GPU memory. OUTPUT appears only once complete.
+    large frames within GPU memory. OUTPUT appears only once complete. Progress goes to stderr: a bar on a
+    terminal, a line about every 10 s otherwise (logs, CI).
 
     \b
     Examples:
       stdvsr upscale clip.mp4 clip_x4.mp4 --model runs/distill/student.pth
       stdvsr upscale frames/ sr_frames/ --model stdvsr/weights/edvr_s_demo.pth --fps 30
       stdvsr upscale 720p.mp4 x4.mp4 --model student.pth --device cuda --tile 256 --chunk-frames 4 --force
+      stdvsr upscale clip.mp4 clip_x4.mp4 --model EDVR_M_x4_SR_REDS_official.pth --arch edvr-m
     """
     from stdvsr.upscale import UpscaleConfig, run
 
@@ -909,7 +1004,61 @@ def upscale(input_path: str, output: str, **opts) -> None:
                    f"in {result['seconds']:.1f} s", soft_wrap=True, highlight=False)
 
 
+# ---------------------------------------------------------------------------------------------------- plot
+@cli.command("plot", context_settings=CONTEXT)
+@click.argument("runs", metavar="RUN...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG to write. Default: RUN/curves.png for one run, ./curves.png for several.")
+@click.option("--label", "labels", multiple=True,
+              help="Legend name of each RUN, in order (repeat once per RUN). Default: the folder names.")
+@click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write TensorBoard event files, one folder per run under this one "
+                   "(needs pip install tensorboard).")
+def plot(runs: tuple[Path, ...], out: Path | None, labels: tuple[str, ...], tensorboard_dir: Path | None) -> None:
+    """Draw the training curves of distill / train-teacher runs from their metrics.jsonl, overlaid.
+
+    Three panels: every loss term (log scale), the learning rate, and the held-out Y-PSNR with bicubic dashed.
+    Several runs share the axes, one colour each (loss terms by line style). Probe and other event rows are
+    skipped, and a resumed run's repeated steps count once (the latest). Every run also writes RUN/curves.png
+    when it ends.
+
+    \b
+    Examples:
+      stdvsr plot runs/distill                                  # runs/distill/curves.png
+      stdvsr plot runs/plain runs/distill --label "kd none" --label "kd std" --out kd.png
+      stdvsr plot runs/teacher --tensorboard runs/tb            # then: tensorboard --logdir runs/tb
+    """
+    from stdvsr.plot import CURVES, load_runs, plot_runs, require_tensorboard, write_tensorboard
+
+    runs = list(runs)
+    out = out or (runs[0] / CURVES if len(runs) == 1 else Path(CURVES))
+    if tensorboard_dir is not None:
+        require_tensorboard()  # before anything is written
+    path = plot_runs(runs, out, list(labels) or None)
+    folders = write_tensorboard(runs, tensorboard_dir, list(labels) or None) if tensorboard_dir else []
+    console = stdout()
+    table = Table(title=f"Curves written to {path}")
+    for col in ("run", "last step", "last loss", "val Y-PSNR (dB)", "best (step)", "bicubic (dB)"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for label, series in load_runs(runs, list(labels) or None).items():
+        loss = series.get("loss_total") or series.get("loss") or {}
+        val, bicubic = series.get("val_psnr", {}), series.get("bicubic_psnr", {})
+        best = max(val, key=val.get) if val else None
+        table.add_row(label, str(max(max(c) for c in series.values())),
+                      f"{loss[max(loss)]:.4g}" if loss else "-", f"{val[max(val)]:.2f}" if val else "-",
+                      f"{val[best]:.2f} ({best})" if val else "-", f"{bicubic[max(bicubic)]:.2f}" if bicubic else "-")
+    console.print(table)
+    if folders:
+        console.print(f"TensorBoard event files in {', '.join(map(str, folders))}; view them with "
+                      f"tensorboard --logdir {tensorboard_dir}", soft_wrap=True, highlight=False)
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)  # a preempted job saves its finished steps, as on Ctrl-C
     cli(prog_name="stdvsr")
 
 

@@ -53,7 +53,8 @@ import torch
 
 from stdvsr.degradations import bd_downsample, bi_downsample
 from stdvsr.errors import StdvsrError
-from stdvsr.io import image_size, is_image, iter_video_frames, read_image, write_image, write_text
+from stdvsr.io import (check_frame_count, image_size, is_image, iter_video_frames, read_image, video_header,
+                       write_image, write_text)
 
 PADDING_MODES = ("replicate", "reflection", "reflection_circle", "circle")
 DEGRADATIONS = ("bd", "bi")
@@ -177,8 +178,14 @@ def vimeo90k_clips(root: Path, split: str = "train") -> list[Clip]:
     return clips
 
 
-def video_clips(path: Path) -> list[Clip]:
-    """``video:FILE`` — decode once into ``$STDVSR_HOME/videos/<stem>-<hash>/`` and read it as one clip."""
+def video_clips(path: Path, allow_short: bool = False) -> list[Clip]:
+    """``video:FILE`` — decode once into ``$STDVSR_HOME/videos/<stem>-<hash>/`` and read it as one clip.
+
+    A file that decodes fewer frames than its container states is refused unless ``allow_short``
+    (:func:`stdvsr.io.check_frame_count`). ``frames.done`` records both counts: a short copy, once accepted with
+    ``allow_short`` (``stdvsr data prepare video:FILE --allow-short``), is what every later use of the file reads,
+    each time with the warning.
+    """
     from stdvsr.demo import sha256_file, stdvsr_home
 
     path = Path(path).expanduser()
@@ -186,7 +193,10 @@ def video_clips(path: Path) -> list[Clip]:
         raise StdvsrError(f"video {path} does not exist; check the path given to video:")
     out = stdvsr_home() / "videos" / f"{path.stem}-{sha256_file(path)[:12]}"
     done = out / "frames.done"
-    if not done.is_file():
+    if done.is_file():
+        counts = [int(n) for n in done.read_text().split()]  # "decoded expected"; older copies: "decoded"
+        check_frame_count(path, counts[0], counts[1] if len(counts) > 1 and counts[1] > 0 else None, True)
+    else:
         # Frames go to a hidden folder renamed into place, then the marker: a crash leaves nothing that looks done.
         tmp, final = out / ".partial", out / path.stem
         for stale in (tmp, final):
@@ -194,10 +204,14 @@ def video_clips(path: Path) -> list[Clip]:
                 shutil.rmtree(stale)
         tmp.mkdir(parents=True)
         count = 0
-        for count, frame in enumerate(iter_video_frames(path), start=1):
-            write_image(tmp / f"{count - 1:08d}.png", frame)
+        try:
+            for count, frame in enumerate(iter_video_frames(path, allow_short), start=1):
+                write_image(tmp / f"{count - 1:08d}.png", frame)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         tmp.rename(final)
-        write_text(done, f"{count}\n")
+        write_text(done, f"{count} {video_header(path)[1] or 0}\n")
     return [Clip(path.stem, list_frames(out / path.stem))]
 
 
@@ -238,6 +252,18 @@ def parse_spec(spec: str) -> tuple[str, str]:
     if kind != "demo" and not arg:
         raise StdvsrError(f"dataset spec {spec!r} needs a path, e.g. {kind}:/data/{kind}")
     return kind, arg
+
+
+def resolve_spec(spec: str | None) -> str | None:
+    """``spec`` with its path made absolute (``folder:tiny`` → ``folder:/home/me/tiny``), as caches and run configs
+    store it: a spec written down in one directory still names the same data from another. ``demo`` specs and
+    values that are not specs (None, ``"auto"``) are returned as they are."""
+    if spec is None or spec == "auto":
+        return spec
+    kind, arg = parse_spec(spec)
+    if kind == "demo":
+        return spec
+    return f"{kind}:{Path(arg).expanduser().resolve()}"
 
 
 def load_clips(spec: str, split: str = "train") -> list[Clip]:

@@ -63,7 +63,13 @@ CUT_MEDIAN_FACTOR = 6.0
 
 def stdvsr_home() -> Path:
     """Root of stdvsr's per-user cache: ``$STDVSR_HOME`` or ``~/.cache/stdvsr``."""
-    return Path(os.environ.get("STDVSR_HOME") or Path.home() / ".cache" / "stdvsr").expanduser()
+    home = Path(os.environ.get("STDVSR_HOME") or Path.home() / ".cache" / "stdvsr").expanduser()
+    if home.exists() and not home.is_dir():
+        from stdvsr.errors import StdvsrError
+
+        raise StdvsrError(f"STDVSR_HOME {home} is a file, not a folder; point STDVSR_HOME at a folder "
+                          "(default ~/.cache/stdvsr)")
+    return home
 
 
 def demo_root() -> Path:

@@ -27,6 +27,7 @@ rank and rank r takes its slice of every global batch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -46,13 +47,14 @@ from stdvsr.cache.layout import FEATURE_POINT, HEAD_MARGIN, first_difference, lo
 from stdvsr.cache.reader import CacheReader, draw_crop
 from stdvsr.data import dihedral, window_indices
 from stdvsr.errors import StdvsrError
-from stdvsr.io import write_text
+from stdvsr.io import folder_lock, write_text
 from stdvsr.losses import (MAPPINGS, SD_NORMS, ConvLSTM, charbonnier, kd_mean2, kd_mse, output_kd, sd_loss,
                            td_loss)
 from stdvsr.models import STUDENTS, build_model, model_spec, read_checkpoint
 from stdvsr.progress import stderr, training_progress
-from stdvsr.training import (StepBatches, end_process_group, latest_checkpoint, learning_rate, resolve_device,
-                             resume_run, rng_state, save_checkpoint, seed_everything, set_rng_state)
+from stdvsr.training import (StepBatches, check_schedule, end_process_group, latest_checkpoint, learning_rate,
+                             loader_worker_init, open_metrics, resolve_device, resolved_specs, resume_run, rng_state,
+                             save_checkpoint, seed_everything, set_rng_state)
 
 KD_MODES = ("std", "sd", "td", "none", "mse", "mean2", "output")
 FEATURES = ("sr", "lr")
@@ -207,16 +209,22 @@ def validate_config(cfg: DistillConfig) -> None:
     if cfg.patch_size % 16:
         raise StdvsrError(f"--patch-size {cfg.patch_size} must be a multiple of 16 (4 for the scale × 4 for the "
                           "students' LR downsampling)")
-    if cfg.clip_frames < 1:
-        raise StdvsrError("--clip-frames must be at least 1")
-    if "td" in uses(cfg) and cfg.clip_frames < 2:
-        raise StdvsrError("--kd std/td needs --clip-frames ≥ 2 (TD encodes a sequence)")
+    if cfg.clip_frames < 1 or cfg.clip_frames % 2 == 0:
+        raise StdvsrError(f"--clip-frames {cfg.clip_frames} must be odd, 2k+1: a centre frame with k on each side")
+    if "td" in uses(cfg) and cfg.clip_frames < 3:
+        raise StdvsrError("--kd std/td needs --clip-frames ≥ 3 (TD encodes a sequence)")
     if cfg.warmup_steps < 0 or cfg.steps < 1:
         raise StdvsrError("--steps must be ≥ 1 and --warmup-steps ≥ 0")
+    if cfg.kd != "none" and cfg.warmup_steps >= cfg.steps:
+        raise StdvsrError(f"--warmup-steps {cfg.warmup_steps} ≥ --steps {cfg.steps}: no step would distil with --kd "
+                          f"{cfg.kd}; lower --warmup-steps, raise --steps, or train the plain student with --kd none")
+    for name in ("lambda_sd", "lambda_td", "lambda_out", "td_freeze"):
+        value = getattr(cfg, name)
+        if not np.isfinite(value) or value < 0:
+            raise StdvsrError(f"--{name.replace('_', '-')} {value} must be a finite number ≥ 0")
+    check_schedule(cfg)
     if cfg.kd_ramp < 0 or cfg.log_first < 0:
         raise StdvsrError("--kd-ramp and --log-first must be ≥ 0")
-    if cfg.lambda_out < 0:
-        raise StdvsrError(f"--lambda-out {cfg.lambda_out} must be ≥ 0")
     if cfg.lambda_out > 0 and cfg.kd in ("none", "output"):
         raise StdvsrError(f"--lambda-out adds output KD to a distillation loss; with --kd {cfg.kd} use --kd output "
                           "(its weight is --lambda-sd)")
@@ -555,8 +563,11 @@ def load_online_teacher(cfg: DistillConfig, reader: CacheReader, device) -> nn.M
 def run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | None = None,
         show_progress: bool = True) -> dict:
     """Distil (see :func:`_run`); under torchrun the process group is shut down at the end, success or not."""
+    validate_config(cfg)
     try:
-        return _run(cfg, resume, explicit, show_progress)
+        # one writer per run folder (rank 0 writes for all ranks)
+        with folder_lock(cfg.out) if _distribution()[0] == 0 else contextlib.nullcontext():
+            return _run(cfg, resume, explicit, show_progress)
     finally:
         end_process_group()
 
@@ -621,7 +632,7 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=_RankBatches(len(dataset), cfg.batch_size, cfg.seed, start_step, rank, world),
         num_workers=cfg.workers, persistent_workers=cfg.workers > 0, collate_fn=collate,
-        generator=torch.Generator().manual_seed(cfg.seed))
+        generator=torch.Generator().manual_seed(cfg.seed), worker_init_fn=loader_worker_init)
 
     model = distiller
     if world > 1:
@@ -647,7 +658,7 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
                                                     "feature_resolved": feature, "tiers_read": tiers,
                                                     "cache_fingerprint": reader.fingerprint, "world_size": world,
                                                     "stdvsr": __version__}, indent=1))
-    log = open(out / "metrics.jsonl", "a" if ckpt is not None else "w") if rank == 0 else None
+    log = open_metrics(out / "metrics.jsonl", start_step if ckpt is not None else None) if rank == 0 else None
 
     def record(**row) -> None:
         if log is not None:
@@ -660,14 +671,18 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
         path = out / "checkpoints" / f"step_{step:07d}.pth"
         save_checkpoint(path, {"model": {"name": cfg.student, "kwargs": kwargs}, "config": config, "step": step,
                                "params": student.state_dict(), "distill": distiller.state_dict(),
-                               "optimizer": optimizer.state_dict(), "rng": rng_state(), "td_frozen_at": frozen_at,
+                               "optimizer": optimizer.state_dict(), "rng": rng_state(), "smoothed_loss": smoothed,
+                               "td_frozen_at": frozen_at,
                                "cache_fingerprint": reader.fingerprint, "stdvsr": __version__})
         for old in sorted((out / "checkpoints").glob("step_*.pth"))[:-cfg.keep_checkpoints]:
             old.unlink()
         return path
 
     lstm_params = list(distiller.convlstm.parameters()) if distiller.convlstm is not None else []
-    val_psnr, last_ckpt, smoothed = None, None, None
+    # the progress line's smoothed loss continues where the checkpoint left it, as if never interrupted
+    val_psnr, last_ckpt, smoothed = None, None, ckpt.get("smoothed_loss") if ckpt is not None else None
+    if ckpt is not None and show_progress and rank == 0:
+        stderr().print(f"resuming {out} from step {start_step} of {cfg.steps}", highlight=False, soft_wrap=True)
     start_time = time.perf_counter()
     window = {"data": 0.0, "teacher": 0.0, "step": 0.0, "n": 0}
     totals = {"data": 0.0, "teacher": 0.0, "step": 0.0}
@@ -724,13 +739,15 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
                     # the set of trained parameters change after it was built.)
                     for p in lstm_params:
                         p.grad = None
+                # from here until `completed` counts this step, the weights are ahead of it: an interrupt
+                # landing in between saves nothing (a checkpoint would pair these weights with the previous step)
                 in_update = True
                 optimizer.step()
+                completed = done = step + 1
                 in_update = False
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t3 = time.perf_counter()
-                completed = done = step + 1
                 for k, v in (("data", t1 - t0), ("teacher", t2 - t1), ("step", t3 - t0)):
                     window[k] += v
                     totals[k] += v
@@ -795,7 +812,7 @@ def run_or_reuse(cfg: DistillConfig, show_progress: bool = True) -> tuple[dict |
     done = out / "student.pth"
     if done.is_file():
         saved = read_checkpoint(done).get("config", {})
-        if saved == dataclasses.asdict(cfg):
+        if saved == dataclasses.asdict(resolved_specs(cfg)):
             return None, "reused"
         raise StdvsrError(f"{out} holds a finished run with other settings; delete it or use another --out")
     resume = "auto" if latest_checkpoint(out / "checkpoints") is not None else None

@@ -47,6 +47,7 @@ class EvalConfig:
     set: str = "demo"                 # vid4 | vimeo90k-test|fast|medium|slow | demo | demo:CLIP | folder:PATH
     root: str | None = None           # dataset root for vid4 / vimeo90k-*
     models: tuple = ()                # checkpoint paths, optionally NAME=PATH
+    arch: str | None = None           # registry name for --model files that do not record it (raw, BasicSR)
     bicubic: bool = False             # add a bicubic row
     color: str = "y"                  # y | rgb
     crop_border: int = 0
@@ -126,6 +127,9 @@ def model_label(arg: str) -> tuple[str, Path]:
     """``NAME=PATH`` or ``PATH``; the label of a bare path is its stem, or its folder for generic stems."""
     if "=" in arg and not Path(arg).exists():
         name, path = arg.split("=", 1)
+        if not name.strip() or not path.strip():
+            raise StdvsrError(f"--model {arg!r}: NAME=PATH needs both a name and a path, e.g. "
+                              "--model distilled=runs/distill/student.pth")
         return name, Path(path)
     path = Path(arg)
     generic = {"student", "teacher", "model", "last", "best", "latest"}
@@ -142,7 +146,7 @@ def load_models(cfg: EvalConfig, device) -> list[tuple[str, str, torch.nn.Module
         while name in seen:
             name, k = f"{base}-{k}", k + 1
         seen.add(name)
-        model, _ = load_model(path)
+        model, _ = load_model(path, arch=cfg.arch, flag="--model")
         out.append((name, str(path), model.to(device).eval()))
     if not out and not cfg.bicubic:
         raise StdvsrError("nothing to evaluate: give --model CKPT (repeatable) and/or --bicubic")
@@ -214,13 +218,14 @@ def run(cfg: EvalConfig, show_progress: bool = True) -> dict:
     from stdvsr.progress import work_progress
 
     total = 0
-    with work_progress(len(clips), "evaluate", "clips", enabled=show_progress) as bar:
+    # counted in frames × models, so one long clip shows progress too (plain lines in logs: progress.WorkBar)
+    work = len(names) * sum(len(scored_frames(len(c), cfg.frames, centre_only)) for c in clips)
+    with work_progress(work, "evaluate", "frames", enabled=show_progress) as bar:
         for index, clip in enumerate(clips):
             lq, gt = read_clip(clip, cfg.degradation)
             pictured = index < cfg.max_figures
             frames = scored_frames(len(clip), cfg.frames, centre_only)
             if not frames:
-                bar.advance()
                 continue
             H, W = gt.shape[-2:]
             row = cfg.temporal_profile
@@ -248,6 +253,7 @@ def run(cfg: EvalConfig, show_progress: bool = True) -> dict:
                         sr = upscale_frames(model, lq, part, cfg.padding, cfg.batch_size)
                     seconds[name] += time.perf_counter() - t0
                     counted[name] += len(part)
+                    bar.advance(len(part))
                     for f, out in zip(part, sr):
                         metrics[name].add(clip.name, f, out, gt[f])
                         img = tensor_to_uint8(out)
@@ -274,7 +280,6 @@ def run(cfg: EvalConfig, show_progress: bool = True) -> dict:
                 path = figures / f"{stem}_crop_frame{middle}.png"
                 write_image(path, side_by_side(panels))
                 pictures.append(str(path))
-            bar.advance()
 
     if total == 0:
         raise StdvsrError(f"no frame of --set {cfg.set} was scored (clips shorter than 5 frames with "

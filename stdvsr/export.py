@@ -3,7 +3,10 @@
 What is exported is the deployable path ``forward(lq) -> sr`` (DESIGN.md): ``lq`` is ``(B, num_frame, 3, h, w)`` in
 [0, 1], ``sr`` is ``(B, 3, 4h, 4w)``. ONNX files name the input ``lq`` and the output ``sr``; with ``dynamic``
 their batch, height and width are symbolic. TorchScript files are ``torch.jit.trace`` graphs, which keep the shape
-arithmetic of the students, so they run at other sizes too; ``dynamic`` makes that checked.
+arithmetic of the students, so they run at other sizes too; ``dynamic`` makes that checked. "Other sizes" means LR
+heights and widths that are multiples of 4 for FastDVDnet and VESPCN (:data:`SIZE_MULTIPLE`): the graph has no
+shape check, so a deployer pads the LR frames (replicate, bottom/right, as ``stdvsr upscale`` does) and crops the
+output; at other sizes ONNX Runtime fails.
 
 ONNX goes through the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): the dynamo exporter
 broke VESPCN's dynamic shapes where the TorchScript-based one exports all four students correctly. Opsets below 11
@@ -40,6 +43,9 @@ FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 MIN_OPSET, MAX_OPSET = 11, 20  # the TorchScript-based exporter stops at 20
 MIN_OPSET_FOR = {"vespcn": 16}  # GridSample
+# LR H and W the exported graph accepts must be multiples of this (FastDVDnet's U-Net halves twice, VESPCN's coarse
+# flow works at 1/4). PyTorch checks it; the traced graph cannot, so ONNX Runtime fails (e.g. at 37×45) instead.
+SIZE_MULTIPLE = {"fastdvdnet": 4, "vespcn": 4}
 
 
 @dataclass
@@ -82,8 +88,9 @@ def load_student(path: str | Path) -> tuple[nn.Module, str, str]:
 def run(cfg: ExportConfig) -> dict:
     """Export ``cfg.model`` to ``cfg.format``, check the file against PyTorch, and keep it only if it matches.
 
-    Returns ``{"path", "format", "model", "arch", "bytes", "lq_size", "dynamic", "opset", "checks", "max_abs_diff"}``;
-    ``checks`` lists ``{"batch", "lq_size", "max_abs_diff"}`` for every input the file was run on.
+    Returns ``{"path", "format", "model", "arch", "bytes", "lq_size", "dynamic", "opset", "checks", "max_abs_diff",
+    "size_multiple"}``; ``checks`` lists ``{"batch", "lq_size", "max_abs_diff"}`` for every input the file was run
+    on, ``size_multiple`` is what the LR height and width fed to the file must be multiples of (1: any).
     """
     if cfg.format not in FORMATS:
         raise StdvsrError(f"--format {cfg.format!r} is not one of {', '.join(FORMATS)}")
@@ -133,7 +140,7 @@ def run(cfg: ExportConfig) -> dict:
         size = tmp.stat().st_size
     return {"path": str(out), "format": cfg.format, "model": name, "arch": arch, "bytes": size, "lq_size": [h, w],
             "dynamic": cfg.dynamic, "opset": cfg.opset if cfg.format == "onnx" else None, "checks": checks,
-            "max_abs_diff": max(c["max_abs_diff"] for c in checks)}
+            "max_abs_diff": max(c["max_abs_diff"] for c in checks), "size_multiple": SIZE_MULTIPLE.get(arch, 1)}
 
 
 def _require_onnx() -> None:

@@ -86,6 +86,60 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
         tmp.unlink(missing_ok=True)
 
 
+def size_text(nbytes: float) -> str:
+    """A byte count for people, with three significant digits where it matters: ``512 B``, ``3.4 MiB``,
+    ``12.1 GiB`` (never "0.0 GiB" for a small cache)."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= size:
+            value = nbytes / size
+            return f"{value:.{2 if value < 10 else 1 if value < 100 else 0}f} {unit}"
+    return f"{int(nbytes)} B"
+
+
+@contextlib.contextmanager
+def folder_lock(path: str | os.PathLike, flag: str = "--out", rank: int = 0) -> Iterator[None]:
+    """Hold an exclusive lock on the output ``path`` of a run or cache for the block; a second writer is refused.
+
+    The lock is ``flock`` on a hidden file next to the folder (``.NAME.lock``; ``.NAME.rankR.lock`` for rank R > 0
+    of a sharded cache build, whose ranks write one folder together), removed when the block ends. The kernel drops
+    the lock when its process ends, however it ends, so a killed run never leaves a stale lock (only the empty file,
+    which the next run takes over). Where ``fcntl`` is missing (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
+        return
+    path = Path(path)
+    lock = path.parent / (f".{path.name}.lock" if rank == 0 else f".{path.name}.rank{rank}.lock")
+    while True:
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        except OSError as e:
+            raise StdvsrError(f"{flag} {path}: cannot create {lock} ({e.strerror}); choose a writable {flag}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 100, 0).decode(errors="replace").strip() or "pid unknown"
+            os.close(fd)
+            raise StdvsrError(f"{flag} {path} is in use by another stdvsr process ({holder}); wait for it to end "
+                              f"or choose another {flag}") from None
+        try:  # the holder we waited on may have removed the file meanwhile: then lock the new one
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # while still holding it: no one can lock a file that is about to vanish
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 def fsync_paths(paths) -> None:
     """Flush files (or folders) to the disk: written data survives a crash of the machine, not only of the process."""
     for p in paths:
@@ -96,14 +150,46 @@ def fsync_paths(paths) -> None:
             os.close(fd)
 
 
-def iter_video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
-    """Decode a video file with OpenCV, yielding RGB uint8 frames in order."""
+def video_header(path: str | os.PathLike) -> tuple[float | None, int | None]:
+    """``(fps, frames)`` as the video's container states them; None for what it leaves unknown (0 or −1)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        fps, count = cap.get(cv2.CAP_PROP_FPS), cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    finally:
+        cap.release()
+    return (fps if fps > 0 else None), (int(count) if count > 0 else None)
+
+
+def check_frame_count(path: str | os.PathLike, decoded: int, expected: int | None, allow_short: bool) -> None:
+    """Refuse a video that decoded fewer frames than its container states (corrupt or truncated mid-stream:
+    OpenCV just stops), or with ``allow_short`` say so loudly on stderr and go on with what was decoded."""
+    if expected is None or decoded >= expected:
+        return
+    what = f"video {path}: only {decoded} of the {expected} frames its container states could be decoded"
+    if not allow_short:
+        raise StdvsrError(f"{what} (corrupt or truncated file); re-encode or re-download it, or pass --allow-short "
+                          f"to go on with the {decoded} frames (for other commands reading video:{path}, run "
+                          f"`stdvsr data prepare video:{path} --allow-short` once)")
+    from stdvsr.progress import stderr
+
+    stderr().print(f"Warning: {what} (corrupt or truncated file); going on with those {decoded} frames "
+                   "(--allow-short)", style="bold yellow", markup=False, highlight=False, soft_wrap=True)
+
+
+def iter_video_frames(path: str | os.PathLike, allow_short: bool = False) -> Iterator[np.ndarray]:
+    """Decode a video file with OpenCV, yielding RGB uint8 frames in order.
+
+    When the stream ends before the frame count the container states (a corrupt or truncated file), the last
+    ``next()`` raises :class:`StdvsrError` — after the frames that did decode — unless ``allow_short``, which
+    prints a warning instead (:func:`check_frame_count`). Containers that do not state a count are not checked.
+    """
     path = Path(path)
     if not path.is_file():
         raise StdvsrError(f"video {path} does not exist; check the path")
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise StdvsrError(f"OpenCV cannot open video {path}; check the file or convert it to mp4 (H.264)")
+    _, expected = video_header(path)
     count = 0
     try:
         while True:
@@ -116,6 +202,7 @@ def iter_video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
         cap.release()
     if count == 0:
         raise StdvsrError(f"no frame could be decoded from video {path}; the file is empty or corrupt")
+    check_frame_count(path, count, expected, allow_short)
 
 
 def write_image(path: str | os.PathLike, rgb: np.ndarray, png_compression: int = 1) -> None:

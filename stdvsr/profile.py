@@ -86,15 +86,23 @@ def profile_model(name: str, lq_size: tuple[int, int] = (120, 180), frames: int 
                   device: str = "cpu", repeats: int = 10, warmup: int = 2, timing: bool = True) -> dict:
     """Parameters, MACs per output frame and ms per frame of model ``name`` at LR size ``lq_size`` (h, w).
 
-    ``frames`` sets the window of networks whose window is configurable (``num_frame``); others keep theirs.
+    ``frames`` (odd) sets the window of networks whose window is configurable (``num_frame``); a network whose
+    window is fixed at another length is refused.
     """
+    if frames is not None and (frames < 1 or frames % 2 == 0):
+        raise StdvsrError(f"--frames {frames} must be odd, 2k+1: a window centred on the output frame")
     kwargs = {"num_frame": frames} if frames is not None else {}
     try:
         model = build_model(name, **kwargs)
     except StdvsrError:
         if not kwargs:
             raise
-        model = build_model(name)  # a fixed-window network: it keeps its own frame count
+        own = build_model(name).num_frame
+        if own == frames:
+            model = build_model(name)
+        else:
+            raise StdvsrError(f"--frames {frames}: {name}'s window is fixed at {own} frame(s); profile it without "
+                              "--frames (the option sets the window of EDVR and VSRNet)") from None
     model = model.to(device).eval()
     h, w = lq_size
     lq = torch.rand(1, model.num_frame, 3, h, w, device=device)

@@ -31,14 +31,16 @@ def progress_bar(transient: bool = False) -> Progress:
 class TrainingBar:
     """What a training loop updates: the step, and the loss / lr / validation figures shown after the bar.
 
-    On a terminal this drives a rich bar; otherwise (a log file, CI) it prints one plain line every ``log_every``
-    steps, so long runs still show progress where no bar can be drawn.
+    On a terminal this drives a rich bar; otherwise (a log file, CI) it prints one plain line after the first step,
+    every ``log_every`` steps, at the last step and at least every ``every_s`` seconds, so long runs (a teacher on a
+    CPU: minutes per 20 steps) still show progress where no bar can be drawn.
     """
 
     def __init__(self, progress: Progress | None = None, task=None, total: int = 0, start: int = 0,
-                 log_every: int = 0):
+                 log_every: int = 0, every_s: float = 10.0):
         self.progress, self.task, self.total, self.log_every = progress, task, total, log_every
-        self.t0, self.start = time.perf_counter(), start
+        self.t0, self.start, self.every_s = time.perf_counter(), start, every_s
+        self.last_line = self.t0
 
     def update(self, step: int, loss: float | None = None, lr: float | None = None, psnr: float | None = None,
                **extra: float) -> None:
@@ -50,8 +52,13 @@ class TrainingBar:
         if self.progress is not None:
             speed = self.progress.tasks[0].speed
             self.progress.update(self.task, completed=step, stats=stats, rate=f"{speed:.2f} it/s" if speed else "")
-        elif self.log_every and (step % self.log_every == 0 or step == self.total):
-            rate = (step - self.start) / max(time.perf_counter() - self.t0, 1e-9)
+        elif self.log_every:
+            now = time.perf_counter()
+            due = step % self.log_every == 0 or step in (self.total, self.start + 1)
+            if not (due or now - self.last_line >= self.every_s):
+                return
+            self.last_line = now
+            rate = (step - self.start) / max(now - self.t0, 1e-9)
             eta = (self.total - step) / rate if rate > 0 else 0
             stderr().print(f"step {step}/{self.total}  {rate:.2f} it/s  ETA {eta / 60:.0f} min  {stats}",
                            soft_wrap=True, highlight=False)
@@ -79,37 +86,60 @@ def training_progress(total: int, start: int = 0, enabled: bool = True, log_ever
 
 
 class WorkBar:
-    """What a long job over items (clips) updates: items done and bytes written, shown as items/s and MB/s."""
+    """What a long job over items (clips, frames) updates: items done and bytes written, shown as items/s and MB/s.
 
-    def __init__(self, progress: Progress | None, task, total: int, unit: str, every: int):
+    Without a bar (stderr is not a terminal) it prints a plain line such as ``upscale: 40/120 frames  3.10
+    frames/s  ETA 0.4 min`` every ``every`` items and at least every ``every_s`` seconds of work, and when the
+    last item is done; ``total=None`` (unknown) drops the ``/total`` and the ETA.
+    """
+
+    def __init__(self, progress: Progress | None, task, total: int | None, unit: str, every: int,
+                 description: str = "", every_s: float = 0.0):
         self.progress, self.task, self.total, self.unit, self.every = progress, task, total, unit, every
+        self.description, self.every_s = description, every_s
         self.done, self.bytes, self.t0 = 0, 0, time.perf_counter()
+        self.last_line = self.t0
 
     def advance(self, items: int = 1, nbytes: int = 0) -> None:
         self.done += items
         self.bytes += nbytes
-        dt = max(time.perf_counter() - self.t0, 1e-9)
-        rate = f"{self.done / dt:.2f} {self.unit}/s  {self.bytes / dt / 2**20:.1f} MB/s"
+        now = time.perf_counter()
+        dt = max(now - self.t0, 1e-9)
+        rate = f"{self.done / dt:.2f} {self.unit}/s"
+        if self.bytes:
+            rate += f"  {self.bytes / dt / 2**20:.1f} MB/s"
         if self.progress is not None:
             self.progress.update(self.task, completed=self.done, rate=rate)
-        elif self.every and (self.done % self.every == 0 or self.done == self.total):
+            return
+        if not (self.every or self.every_s):  # disabled
+            return
+        due = (self.every and self.done % self.every == 0) or self.done == self.total
+        if not (due or (self.every_s and now - self.last_line >= self.every_s)):
+            return
+        self.last_line = now
+        head = f"{self.description}: " if self.description else ""
+        if self.total:
             eta = (self.total - self.done) * dt / self.done
-            stderr().print(f"{self.done}/{self.total} {self.unit}  {rate}  ETA {eta / 60:.1f} min", soft_wrap=True,
-                           highlight=False)
+            line = f"{head}{self.done}/{self.total} {self.unit}  {rate}  ETA {eta / 60:.1f} min"
+        else:
+            line = f"{head}{self.done} {self.unit}  {rate}"
+        stderr().print(line, soft_wrap=True, highlight=False, markup=False)
 
 
 @contextlib.contextmanager
-def work_progress(total: int, description: str, unit: str = "clips", enabled: bool = True) -> Iterator[WorkBar]:
-    """A bar for counted work that also writes data: count, items/s, MB/s, elapsed, ETA (stderr).
+def work_progress(total: int | None, description: str, unit: str = "clips", enabled: bool = True,
+                  every_s: float = 10.0) -> Iterator[WorkBar]:
+    """A bar for counted work that may also write data: count, items/s, MB/s, elapsed, ETA (stderr).
 
-    Without a terminal it prints a plain line about every 5 % of the work; ``enabled=False`` is silent.
+    Without a terminal it prints a plain line about every 5 % of the work and at least every ``every_s`` seconds
+    (:class:`WorkBar`), so logs and CI show progress too; ``total=None`` means unknown. ``enabled=False`` is silent.
     """
     if not enabled or total == 0:
         yield WorkBar(None, None, total, unit, 0)
         return
     console = stderr()
     if not console.is_terminal:
-        yield WorkBar(None, None, total, unit, max(1, total // 20))
+        yield WorkBar(None, None, total, unit, max(1, total // 20) if total else 0, description, every_s)
         return
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn(unit), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),

@@ -26,12 +26,13 @@ from stdvsr import __version__
 from stdvsr.data import ClipDataset, load_clips, read_frames
 from stdvsr.errors import StdvsrError
 from stdvsr.infer import upscale_frames
-from stdvsr.io import write_text
+from stdvsr.io import folder_lock, write_text
 from stdvsr.metrics import VideoMetrics
 from stdvsr.progress import stderr, training_progress
 from stdvsr.models import build_model, load_weights, model_spec
-from stdvsr.training import (EMA, StepBatches, charbonnier, learning_rate, resolve_device, resume_run, rng_state,
-                             save_checkpoint, seed_everything, set_rng_state)
+from stdvsr.training import (EMA, StepBatches, charbonnier, check_schedule, learning_rate, loader_worker_init,
+                             open_metrics, resolve_device, resume_run, rng_state, save_checkpoint, seed_everything,
+                             set_rng_state)
 
 
 @dataclass
@@ -118,12 +119,20 @@ class Validator:
 
 def run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | None = None,
         show_progress: bool = True) -> dict:
+    """Train the teacher (see :func:`_run`), holding the lock on ``cfg.out``: a second writer is refused."""
+    with folder_lock(cfg.out):
+        return _run(cfg, resume, explicit, show_progress)
+
+
+def _run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | None = None,
+         show_progress: bool = True) -> dict:
     """Train the teacher; returns ``{"teacher": path, "val_psnr": …, "bicubic_psnr": …, "steps": …, ...}``.
 
     ``resume``: None (fresh run), ``"auto"`` (newest checkpoint in ``cfg.out`` if any) or a checkpoint path. When
     resuming, the checkpoint's config is used; of the fields named in ``explicit`` (default: all of ``cfg``), those
     in ``RESUMABLE_CHANGES`` (e.g. ``steps``) override it and any other that differs is an error naming the flag.
     """
+    check_schedule(cfg)
     cfg, ckpt = resume_run(cfg, resume, explicit, RESUMABLE_CHANGES)
     out = Path(cfg.out)
     if cfg.teacher != "edvr":
@@ -154,7 +163,7 @@ def run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | None
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=StepBatches(len(dataset), cfg.batch_size, cfg.seed, start_step),
         num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
-        generator=torch.Generator().manual_seed(cfg.seed))
+        generator=torch.Generator().manual_seed(cfg.seed), worker_init_fn=loader_worker_init)
     validator = Validator(_val_clips(cfg), cfg)
     has_val = bool(validator.items)
 
@@ -162,7 +171,7 @@ def run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | None
     config = dataclasses.asdict(cfg)
     write_text(out / "config.json", json.dumps({**config, "model": {"name": cfg.preset, "kwargs": kwargs},
                                                 "stdvsr": __version__}, indent=1))
-    log = open(out / "metrics.jsonl", "a" if ckpt is not None else "w")
+    log = open_metrics(out / "metrics.jsonl", start_step if ckpt is not None else None)
 
     def record(**row) -> None:
         log.write(json.dumps(row) + "\n")
@@ -172,13 +181,17 @@ def run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | None
         path = out / "checkpoints" / f"step_{step:07d}.pth"
         save_checkpoint(path, {"model": {"name": cfg.preset, "kwargs": kwargs}, "config": config, "step": step,
                                "params": model.state_dict(), "params_ema": ema.state_dict() if ema else None,
-                               "optimizer": optimizer.state_dict(), "rng": rng_state(), "stdvsr": __version__})
+                               "optimizer": optimizer.state_dict(), "rng": rng_state(), "smoothed_loss": smoothed,
+                               "stdvsr": __version__})
         for old in sorted((out / "checkpoints").glob("step_*.pth"))[:-cfg.keep_checkpoints]:
             old.unlink()
         return path
 
     center = model.num_frame // 2
-    val_psnr, last_ckpt, smoothed = None, None, None
+    # the progress line's smoothed loss continues where the checkpoint left it, as if never interrupted
+    val_psnr, last_ckpt, smoothed = None, None, ckpt.get("smoothed_loss") if ckpt is not None else None
+    if ckpt is not None and show_progress:
+        stderr().print(f"resuming {out} from step {start_step} of {cfg.steps}", highlight=False, soft_wrap=True)
     start_time, data_wait = time.perf_counter(), 0.0
     model.train()
     completed, saved, in_update = start_step, start_step, False
@@ -204,8 +217,8 @@ def run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | None
                 optimizer.step()
                 if ema is not None:
                     ema.update(model, step)
-                in_update = False
                 completed = done = step + 1
+                in_update = False
                 value = loss.item()
                 smoothed = value if smoothed is None else 0.95 * smoothed + 0.05 * value
                 progress.update(done, loss=smoothed, lr=lr, psnr=val_psnr)

@@ -4,6 +4,7 @@ batch order that makes resumption exact, atomic checkpoints, and the device choi
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 from pathlib import Path
@@ -22,6 +23,18 @@ def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> 
     BasicSR writes the same loss as ``sqrt(d² + eps)`` with ``eps = 1e-12`` = ε².
     """
     return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
+
+
+def check_schedule(cfg) -> None:
+    """Refuse learning-rate settings that cannot train (shared by both training stages): a NaN, negative or zero
+    ``--lr`` would run to the end and save a student that never moved, or weights full of NaN."""
+    for name, value, low in (("lr", cfg.lr, 0.0), ("min_lr", cfg.min_lr, None), ("lr_gamma", cfg.lr_gamma, 0.0)):
+        flag = "--" + name.replace("_", "-")
+        if not math.isfinite(value) or (low is not None and value <= low) or value < 0:
+            need = "> 0" if low is not None else "≥ 0"
+            raise StdvsrError(f"{flag} {value} must be a finite number {need}")
+    if cfg.min_lr > cfg.lr:
+        raise StdvsrError(f"--min-lr {cfg.min_lr} is above --lr {cfg.lr}; the cosine schedule decays from --lr to it")
 
 
 def learning_rate(step: int, base_lr: float, total_steps: int, schedule: str = "cosine", min_lr: float = 1e-7,
@@ -98,6 +111,14 @@ class StepBatches(torch.utils.data.Sampler):
         return 2 ** 62
 
 
+def loader_worker_init(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM: a scheduler signals the whole process group, and a worker dying first
+    would fail the main process's next batch before it can save; the main process ends its workers itself."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -145,6 +166,16 @@ def latest_checkpoint(folder: Path) -> Path | None:
 Config = TypeVar("Config")
 
 
+def resolved_specs(cfg: Config) -> Config:
+    """``cfg`` with its dataset specs (``data``, ``val_data``) holding absolute paths (:func:`stdvsr.data.resolve_spec`):
+    the run's config.json and checkpoints then name the same data from any directory, and ``folder:tiny`` and
+    ``folder:/abs/tiny`` are one setting on ``--resume``."""
+    from stdvsr.data import resolve_spec
+
+    names = [n for n in ("data", "val_data") if hasattr(cfg, n)]
+    return dataclasses.replace(cfg, **{n: resolve_spec(getattr(cfg, n)) for n in names})
+
+
 def resume_run(cfg: Config, resume: str | None, explicit: set[str] | None, resumable: set[str],
                kind: str = "stdvsr") -> tuple[Config, dict | None]:
     """The config and checkpoint a run continues from: ``(cfg, None)`` for a fresh run.
@@ -157,6 +188,7 @@ def resume_run(cfg: Config, resume: str | None, explicit: set[str] | None, resum
     from stdvsr.errors import StdvsrError
     from stdvsr.models import read_checkpoint
 
+    cfg = resolved_specs(cfg)
     ckpt = None
     if resume is not None:
         path = latest_checkpoint(Path(cfg.out) / "checkpoints") if resume == "auto" else Path(resume)
@@ -164,7 +196,10 @@ def resume_run(cfg: Config, resume: str | None, explicit: set[str] | None, resum
             ckpt = read_checkpoint(path)
             if "config" not in ckpt or (kind != "stdvsr" and kind not in ckpt):
                 raise StdvsrError(f"--resume {path} is not a checkpoint of this stage ({kind})")
-            stored = type(cfg)(**ckpt["config"])
+            if ckpt.get("step", 0) > cfg.steps:
+                raise StdvsrError(f"--steps {cfg.steps} is below step {ckpt['step']} of {path}: the run is already "
+                                  f"past it; raise --steps, or start a new --out folder")
+            stored = resolved_specs(type(cfg)(**ckpt["config"]))
             names = {f.name for f in dataclasses.fields(cfg)} if explicit is None else explicit
             for name in sorted(names):
                 mine, theirs = getattr(cfg, name), getattr(stored, name)
@@ -179,6 +214,27 @@ def resume_run(cfg: Config, resume: str | None, explicit: set[str] | None, resum
         raise StdvsrError(f"--out {cfg.out} already holds checkpoints of a run; pass --resume auto to continue it, "
                           "or choose another --out")
     return cfg, ckpt
+
+
+def open_metrics(path: Path, resumed_at: int | None):
+    """``metrics.jsonl`` opened for appending rows. A fresh run starts it empty; a run resumed at step N keeps the
+    rows up to N and drops the later ones (logged after the last checkpoint, they are logged again), so every
+    step appears once and a resumed log reads like an uninterrupted one."""
+    from stdvsr.io import write_text
+
+    path = Path(path)
+    if resumed_at is None or not path.is_file():
+        return open(path, "w")
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # the half-written last line of a killed run
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= resumed_at:
+            kept.append(line + "\n")
+    write_text(path, "".join(kept))
+    return open(path, "a")
 
 
 def end_process_group() -> None:

@@ -43,9 +43,10 @@ from torch.nn import functional as F
 
 from stdvsr.data import list_frames, to_tensor, window_indices
 from stdvsr.errors import StdvsrError
-from stdvsr.io import IMAGE_SUFFIXES, atomic_path, image_size, is_image, iter_video_frames, read_image, write_image
+from stdvsr.io import (IMAGE_SUFFIXES, atomic_path, image_size, is_image, iter_video_frames, read_image,
+                       video_header, write_image)
 from stdvsr.metrics import tensor_to_uint8
-from stdvsr.progress import progress_bar
+from stdvsr.progress import work_progress
 from stdvsr.training import resolve_device
 
 #: Output video containers by suffix and the OpenCV FourCC written into them.
@@ -59,12 +60,14 @@ class UpscaleConfig:
     input: str                        # a video file OpenCV reads, or a folder of frames (natural order)
     output: str                       # .mp4 / .avi video, or a folder (no suffix) of %08d.png frames
     model: str                        # a stdvsr checkpoint: student.pth from distill, teacher.pth, edvr_s_demo.pth
+    arch: str | None = None           # registry name (build_model) for weights that do not record it: raw, BasicSR
     tile: int = 0                     # LR tile size (multiple of 4); 0: whole frames
     tile_overlap: int = 16            # LR pixels shared by neighbouring tiles (multiple of 4)
     chunk_frames: int = 8             # output frames per chunk (= windows per forward)
     fps: float | None = None          # output frame rate; default: the input video's, 25 for frame folders
     device: str = "auto"
     force: bool = False               # replace an existing OUTPUT
+    allow_short: bool = False         # accept a video that decodes fewer frames than its container states
 
 
 # --------------------------------------------------------------------------------------------------- input
@@ -79,13 +82,16 @@ class FrameSource:
     count: int | None                 # None when the container does not say
 
 
-def open_input(path: Path) -> FrameSource:
-    """A video file or a folder of frames, checked up front as far as possible without decoding everything."""
+def open_input(path: Path, allow_short: bool = False) -> FrameSource:
+    """A video file or a folder of frames, checked up front as far as possible without decoding everything.
+
+    A video that ends before the frame count its container states is refused when the stream ends, unless
+    ``allow_short`` (:func:`stdvsr.io.iter_video_frames`)."""
     if path.is_dir():
         return _folder_source(path)
     if not path.exists():
         raise StdvsrError(f"INPUT {path} does not exist; give a video file or a folder of frames")
-    return _video_source(path)
+    return _video_source(path, allow_short)
 
 
 def _folder_source(folder: Path) -> FrameSource:
@@ -116,19 +122,16 @@ def _check_size(path: Path, size: tuple[int, int], first: Path, expected: tuple[
                           "every frame of the INPUT folder must have the same size")
 
 
-def _video_source(path: Path) -> FrameSource:
-    frames = iter_video_frames(path)
+def _video_source(path: Path, allow_short: bool) -> FrameSource:
+    frames = iter_video_frames(path, allow_short)
     first = next(frames)  # raises the one-line errors for files OpenCV cannot open or decode
-    cap = cv2.VideoCapture(str(path))
-    fps, count = cap.get(cv2.CAP_PROP_FPS), cap.get(cv2.CAP_PROP_FRAME_COUNT)  # count: as the header says
-    cap.release()
+    fps, count = video_header(path)
 
     def chained() -> Iterator[np.ndarray]:
         yield first
         yield from frames
 
-    return FrameSource(chained(), first.shape[0], first.shape[1], fps if fps > 0 else None,
-                       int(count) if count > 0 else None)
+    return FrameSource(chained(), first.shape[0], first.shape[1], fps, count)
 
 
 # -------------------------------------------------------------------------------------------------- output
@@ -142,7 +145,16 @@ def output_kind(path: Path) -> str:
                       "name without an extension for PNG frames")
 
 
-def check_output(path: Path, kind: str, force: bool) -> None:
+def check_output(path: Path, kind: str, force: bool, input_path: Path | None = None) -> None:
+    """Refuse an OUTPUT that is, lies inside or contains the INPUT (after resolving symlinks: replacing it would
+    destroy the input), and an existing OUTPUT without ``force``."""
+    if input_path is not None:
+        src, dst = input_path.resolve(), path.resolve()
+        how = ("is the INPUT itself" if dst == src else "is inside the INPUT folder" if src in dst.parents
+               else "contains the INPUT" if dst in src.parents else None)
+        if how:
+            raise StdvsrError(f"OUTPUT {path} {how} ({src}); upscale never writes over, into or around its input: "
+                              "choose an OUTPUT outside the INPUT, e.g. a sibling folder")
     if not (path.exists() or path.is_symlink()):
         return
     if not force:
@@ -232,13 +244,11 @@ def blend_weights(starts: list[int], tile: int, size: int, scale: int) -> list[t
 
 
 # --------------------------------------------------------------------------------------------------- model
-def load_upscaler(path: Path) -> nn.Module:
+def load_upscaler(path: Path, arch: str | None = None) -> nn.Module:
+    """The network in ``path``: a stdvsr checkpoint, or with ``arch`` a raw / BasicSR state dict of that model."""
     from stdvsr.models import load_model
 
-    if not path.is_file():
-        raise StdvsrError(f"--model {path} does not exist; give a stdvsr checkpoint such as runs/distill/student.pth "
-                          "or stdvsr/weights/edvr_s_demo.pth")
-    return load_model(path)[0]
+    return load_model(path, arch=arch, flag="--model")[0]
 
 
 @torch.inference_mode()
@@ -323,15 +333,15 @@ def check_config(cfg: UpscaleConfig) -> None:
         raise StdvsrError(f"--fps {cfg.fps} must be positive")
 
 
-def run(cfg: UpscaleConfig) -> dict:
+def run(cfg: UpscaleConfig, show_progress: bool = True) -> dict:
     """Upscale ``cfg.input`` into ``cfg.output``; returns what was written and how long it took."""
     start = time.perf_counter()
     check_config(cfg)
-    source = open_input(Path(cfg.input).expanduser())
+    source = open_input(Path(cfg.input).expanduser(), cfg.allow_short)
     out = Path(cfg.output).expanduser()
     kind = output_kind(out)
-    check_output(out, kind, cfg.force)
-    model = load_upscaler(Path(cfg.model).expanduser())
+    check_output(out, kind, cfg.force, Path(cfg.input).expanduser())
+    model = load_upscaler(Path(cfg.model).expanduser(), cfg.arch)
     device = resolve_device(cfg.device)
     model.to(device)
     fps = cfg.fps or source.fps or DEFAULT_FPS
@@ -339,12 +349,12 @@ def run(cfg: UpscaleConfig) -> dict:
     height, width = s * source.height, s * source.width
     writer = video_writer(out, fps, width, height) if kind == "video" else frame_folder_writer(out)
     count = 0
-    with writer as write, progress_bar(transient=True) as bar:
-        task = bar.add_task("upscaling", total=source.count)
+    # on a terminal a bar; in logs a line such as "upscale: 40/120 frames  3.10 frames/s" every ~10 s (stderr)
+    with writer as write, work_progress(source.count, "upscale", "frames", enabled=show_progress) as bar:
         for frame in upscale_stream(model, source.frames, cfg.chunk_frames, cfg.tile, cfg.tile_overlap):
             write(frame)
             count += 1
-            bar.advance(task)
+            bar.advance()
     return {"output": str(out), "kind": kind, "frames": count, "width": width, "height": height,
             "input_width": source.width, "input_height": source.height, "fps": fps, "scale": s,
             "num_frame": model.num_frame, "device": str(device), "seconds": time.perf_counter() - start}

@@ -54,3 +54,33 @@ def write_clips(root: Path, clips: dict, videos: dict[str, list[np.ndarray]]) ->
         for i in range(count):
             write_image(root / name / f"{i:08d}.png", videos[video][first + i][top:top + h, left:left + w])
     return root
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
+    """RGB frames into an mp4v ``.mp4`` with OpenCV."""
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def corrupt_mid_stream(path: Path, nbytes: int = 6000) -> Path:
+    """Zero ``nbytes`` at a third of a video file: its container still states every frame, but decoding stops early
+    (what a damaged download or disk does; OpenCV reports no error, it just ends)."""
+    blob = bytearray(path.read_bytes())
+    start = len(blob) // 3
+    blob[start:start + nbytes] = bytes(nbytes)
+    path.write_bytes(bytes(blob))
+    return path
+
+
+def count_decodable(video: Path) -> int:
+    """Frames OpenCV decodes from a video before it stops."""
+    cap = cv2.VideoCapture(str(video))
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    cap.release()
+    return count

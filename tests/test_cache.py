@@ -553,6 +553,32 @@ def test_other_settings_are_refused_naming_the_field(tmp_path, built, teacher, d
         build(tmp_path / "half.zarr", teacher, data_root, rank=1, world_size=2, dtype="int8")
 
 
+def test_dataset_paths_are_stored_resolved_and_compared_by_content(tmp_path, teacher, data_root, monkeypatch):
+    """Issue #16 item 9: ``folder:frames`` typed in one directory and ``folder:/abs/frames`` are one dataset, and a
+    cache built from a relative spec still finds its frames from another directory."""
+    link = tmp_path / "moved"
+    link.symlink_to(data_root, target_is_directory=True)  # the same frames under another name: a moved dataset
+    out = tmp_path / "rel.zarr"
+
+    def half(data: str, rank: int) -> dict:
+        cfg = CacheConfig(weights=str(teacher.path), data=data, out=str(out), format="zarr", rank=rank, world_size=2)
+        with one_thread():
+            return cache.run(cfg, show_progress=False)
+
+    monkeypatch.chdir(data_root.parent)
+    assert not half(f"folder:{data_root.name}", 0)["complete"]  # before: stored as typed, "folder:frames0"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["fingerprint"]["data"]["spec"] == f"folder:{data_root.resolve()}"
+    monkeypatch.chdir(tmp_path)
+    assert half(f"folder:{link}", 1)["complete"]  # before: "built with other settings: data.spec"
+    fp = manifest["fingerprint"]  # the kind of dataset still counts
+    with pytest.raises(StdvsrError, match=r"other settings: data\.spec is 'folder' there, 'vid4' now"):
+        cache_build.check_fingerprint(fp, {**fp, "data": {**fp["data"], "spec": f"vid4:{data_root}"}}, out)
+    reader = CacheReader(out)  # from another directory: before, "dataset root frames0 ... is not a folder"
+    assert [c.name for c in reader.dataset_clips()] == [c[0] for c in manifest["fingerprint"]["clips"]]
+    assert CacheReader(out, data=f"folder:{link.name}").data == f"folder:{data_root.resolve()}"
+
+
 # ----------------------------------------------------------------------------------------------- 7. verify
 def uncompressed(tmp_path, teacher, data_root, fmt) -> Path:
     out = tmp_path / f"raw.{fmt}"
@@ -575,7 +601,9 @@ def assert_problems(root: Path, clip: str, *fragments: str) -> None:
     for fragment in fragments:
         assert fragment in text, text
     result = CliRunner().invoke(cli, ["cache", "verify", str(root)])
-    assert_one_error_line(result, f"{len(problems)} problem(s) found")
+    # the advice is one that works: a complete cache is not resumed, so deleting records would change nothing
+    assert_one_error_line(result, f"{len(problems)} problem(s) found; delete {root} and run the same stdvsr "
+                                  "cache-teacher command again")
     assert re.search(rf"│ {clip} +│ ", result.stdout), result.stdout  # the table lists the clip
     json_result = CliRunner().invoke(cli, ["cache", "verify", "--json", str(root)])
     assert json_result.exit_code == 1
@@ -604,6 +632,22 @@ def test_verify_zarr(tmp_path, built, teacher, data_root):
     assert "unreadable" not in str(verify(raw))
 
 
+def test_verify_of_an_unfinished_cache_says_to_finish_it(tmp_path, teacher, data_root):
+    out = tmp_path / "half.zarr"
+    with one_thread():
+        build(out, teacher, data_root, rank=0, world_size=2)
+    assert {p["problem"] for p in verify(out)} == {"not written yet (run the same cache-teacher command again)"}
+    result = CliRunner().invoke(cli, ["cache", "verify", str(out)])
+    assert_one_error_line(result, "is incomplete: 2 clip(s) not written yet; run the same stdvsr cache-teacher")
+
+
+def test_disk_space_is_printed_in_units_that_show_it():
+    from stdvsr.io import size_text
+
+    assert [size_text(n) for n in (0, 512, 3 * 2**20 + 2**19, 12.25 * 2**30, 150 * 2**30, 2**40)] == \
+        ["0 B", "512 B", "3.50 MiB", "12.2 GiB", "150 GiB", "1.00 TiB"]  # before: "needs 0.0 GiB, 0.0 GiB free"
+
+
 def test_verify_hdf5(tmp_path, built, teacher, data_root):
     import h5py
 
@@ -621,15 +665,15 @@ def test_verify_hdf5(tmp_path, built, teacher, data_root):
         chunk = f["clips/2/feat_sr"].id.get_chunk_info(1)
     xor_bytes(damaged / parts["c"], chunk.byte_offset + chunk.size // 2)
     assert_problems(damaged, "c", "feat_sr")
-    # uncompressed: only the hash catches it
+    # uncompressed: the chunk's checksum catches it (the content hash would, too)
     raw = uncompressed(tmp_path, teacher, data_root, "hdf5")
     assert verify(raw) == []
     part = json.loads((raw / "manifest.json").read_text())["clips"][3]["part"]
     with h5py.File(raw / part, "r") as f:
         chunk = f["clips/3/trunk"].id.get_chunk_info(1)
     xor_bytes(raw / part, chunk.byte_offset + chunk.size // 2, count=2)
-    assert_problems(raw, "d", "trunk: content differs")
-    assert "unreadable" not in str(verify(raw))
+    # caches since #16 carry HDF5's fletcher32 checksum: the chunk fails to read (distill stops, naming the clip)
+    assert_problems(raw, "d", "trunk: unreadable", "filter returned failure")
 
 
 # ----------------------------------------------------------------------------------------------- 8. errors

@@ -12,7 +12,7 @@ from stdvsr.data import ClipDataset, Clip, dihedral, dihedral_inverse, gather_wi
 from stdvsr.degradations import bd_downsample
 from stdvsr.errors import StdvsrError
 from stdvsr.io import write_image
-from tests.helpers import make_vid4, make_vimeo
+from tests.helpers import corrupt_mid_stream, count_decodable, decode_frames, make_vid4, make_vimeo, write_video
 
 
 @pytest.fixture()
@@ -217,6 +217,31 @@ def test_video_file_is_decoded_once(tmp_path, stdvsr_home, carphone_frames):
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
     with pytest.raises(StdvsrError, match="bad.mp4"):
         data.load_clips(f"video:{tmp_path / 'bad.mp4'}")
+
+
+def test_corrupt_video_is_refused_unless_allow_short(tmp_path, stdvsr_home, demo_videos):
+    from click.testing import CliRunner
+
+    from stdvsr.cli import cli
+    from tests.test_cli import assert_user_error
+
+    video = corrupt_mid_stream(write_video(tmp_path / "cut.mp4", decode_frames(demo_videos["carphone"], 10)))
+    decoded = count_decodable(video)
+    assert 0 < decoded < 10
+    # before: "1 clip, 2 frames", exit 0; now refused, naming the file, both counts and the way to accept it
+    refused = CliRunner().invoke(cli, ["data", "prepare", f"video:{video}"])
+    assert_user_error(refused, f"video {video}: only {decoded} of the 10 frames", "--allow-short")
+    with pytest.raises(StdvsrError, match="--allow-short"):  # every command that reads video:FILE
+        data.load_clips(f"video:{video}")
+    assert not list(stdvsr_home.rglob("*.png"))
+    accepted = CliRunner().invoke(cli, ["data", "prepare", f"video:{video}", "--allow-short"])
+    assert accepted.exit_code == 0, accepted.output
+    assert f"Warning: video {video}: only {decoded} of the 10 frames" in accepted.stderr
+    assert f"1 clip, {decoded} frames" in accepted.stdout
+    (clip,) = data.load_clips(f"video:{video}")  # accepted once: the decoded frames are what every command reads
+    assert len(clip) == decoded
+    whole = write_video(tmp_path / "whole.mp4", decode_frames(demo_videos["carphone"], 10))
+    assert len(data.load_clips(f"video:{whole}")[0]) == 10
 
 
 # --------------------------------------------------------------------------------------------------- samples

@@ -207,3 +207,58 @@ def test_demo_set_works_offline(demo_home, tmp_path):
     (m,) = result["models"]
     assert m["clips"][0]["clip"] == "carphone" and m["frames_scored"] == 120 - 4
     assert 20 < m["average"]["psnr"] < 30
+
+
+# ------------------------------------------------------------------------------------------- issue #16 items
+@pytest.mark.parametrize("wrap", ["raw", "params_ema"])
+def test_raw_and_basicsr_state_dicts_are_scored_with_arch(vid4, student, tmp_path, wrap):
+    path, model = student
+    weights = tmp_path / "net_g_latest.pth"
+    torch.save(model.state_dict() if wrap == "raw" else {"params_ema": model.state_dict()}, weights)
+    args = ["evaluate", "--set", f"folder:{vid4 / 'GT'}", "--model", f"ckpt={path}", "--model", f"weights={weights}",
+            "--figures", str(tmp_path / "fig"), "--max-figures", "0", "--device", "cpu"]
+    refused = CliRunner().invoke(cli, args)
+    assert_one_error_line(refused, f"{weights} is not a stdvsr checkpoint", "--arch, one of edvr, ")
+    assert "--weights" not in refused.stderr  # the old hint named a flag evaluate does not have
+    result = CliRunner().invoke(cli, [*args, "--arch", "fastdvdnet-quarter", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    scores = by_name(json.loads((tmp_path / "r.json").read_text()))
+    assert scores["weights"]["average"] == scores["ckpt"]["average"]  # --arch is ignored for the stdvsr checkpoint
+
+
+def test_basicsr_edvr_checkpoint_is_scored_with_arch(vid4, tmp_path):
+    """BasicSR's EDVR key names are stdvsr's (tests/test_edvr.py): {'params': …} of an EDVR loads with --arch."""
+    torch.manual_seed(0)
+    teacher = build_model("edvr-s").eval()
+    weights = tmp_path / "EDVR_S_x4.pth"
+    torch.save({"params": teacher.state_dict()}, weights)
+    result = run(EvalConfig(set=f"folder:{vid4 / 'GT' / 'city'}", models=(str(weights),), arch="edvr-s",
+                            max_figures=0, device="cpu"), show_progress=False)
+    lq = bd_downsample(hr_frames(vid4 / "GT" / "city"))
+    expected = direct(windows_sr(teacher, lq), hr_frames(vid4 / "GT" / "city"), range(len(lq)))
+    assert result["models"][0]["average"]["psnr"] == pytest.approx(expected[0], abs=1e-6)
+
+
+@pytest.mark.parametrize("arg", ["plain=", "=runs/x.pth", " = "])
+def test_model_name_without_a_path_is_refused(vid4, arg):
+    result = CliRunner().invoke(cli, ["evaluate", "--set", f"folder:{vid4 / 'GT'}", "--model", arg])
+    assert_one_error_line(result, f"--model {arg!r}: NAME=PATH needs both a name and a path")
+
+
+def test_missing_model_names_the_model_flag(vid4, tmp_path):
+    result = CliRunner().invoke(cli, ["evaluate", "--set", f"folder:{vid4 / 'GT'}", "--model",
+                                      str(tmp_path / "missing.pth")])
+    assert_one_error_line(result, f"checkpoint {tmp_path / 'missing.pth'} does not exist", "--model")
+    assert "--weights" not in result.stderr and "--resume" not in result.stderr
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(vid4, student, tmp_path, monkeypatch):
+    for var in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(var, raising=False)
+    path, _ = student
+    result = CliRunner().invoke(cli, ["evaluate", "--set", f"folder:{vid4 / 'GT' / 'city'}", "--bicubic", "--model",
+                                      str(path), "--max-figures", "0", "--chunk-frames", "3", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("evaluate: ")]
+    # 6 frames × 2 rows in chunks of 3, counted in frames so one long clip shows progress too
+    assert [line.split("  ")[0] for line in lines] == [f"evaluate: {n}/12 frames" for n in (3, 6, 9, 12)]

@@ -160,3 +160,24 @@ def test_checkpoint_without_model_name_is_refused(tmp_path):
     torch.save(build_model("vdsr").state_dict(), path)
     result = run_cli("--model", str(path), "--format", "torchscript", "--lq-size", "16x24")
     assert result.exit_code == 1 and "not a stdvsr checkpoint" in result.stderr
+
+
+@pytest.mark.parametrize("name, multiple", [("fastdvdnet-quarter", 4), ("vespcn", 4), ("vdsr", 1), ("vsrnet", 1)])
+def test_dynamic_export_states_the_size_it_takes(tmp_path, name, multiple):
+    """Dynamic FastDVDnet / VESPCN files take LR sizes that are multiples of 4 only (the graph has no check: ONNX
+    Runtime fails at 37×45), and export says so; VDSR and VSRNet take any size."""
+    needs("onnx")
+    ckpt = save_checkpoint(tmp_path, name)
+    result = run_cli("--model", str(ckpt), "--lq-size", "16x24", "--dynamic")
+    assert result.exit_code == 0, result.output
+    reminder = "feed it LR heights and widths that are multiples of 4"
+    assert (reminder in result.stdout) == (multiple == 4)
+    model, _ = load_model(ckpt)
+    runner = exported_runner(tmp_path / f"{name}.onnx", "onnx")
+    odd = torch.rand(1, model.num_frame, 3, 37, 45)
+    if multiple == 1:
+        assert runner(odd).shape == (1, 3, 148, 180)
+    else:
+        with pytest.raises(Exception, match="broadcast"):
+            runner(odd)
+        assert runner(torch.rand(1, model.num_frame, 3, 36, 44)).shape == (1, 3, 144, 176)

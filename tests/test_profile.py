@@ -104,9 +104,13 @@ def test_profile_model_vdsr_with_timing():
 def test_profile_model_frames():
     row = profile_model("edvr", (16, 16), frames=3, timing=False)
     assert row["frames"] == 3 and "ms" not in row
-    # VDSR's window is fixed: frames=7 is ignored
-    row = profile_model("vdsr", (16, 16), frames=7, timing=False)
+    # VDSR's window is fixed at 1 frame: --frames 7 is refused, not silently ignored
+    with pytest.raises(StdvsrError, match=r"--frames 7: vdsr's window is fixed at 1 frame"):
+        profile_model("vdsr", (16, 16), frames=7, timing=False)
+    row = profile_model("vdsr", (16, 16), frames=1, timing=False)
     assert row["frames"] == 1 and row["macs"] == vdsr_macs(16, 16)
+    with pytest.raises(StdvsrError, match=r"--frames 4 must be odd"):
+        profile_model("edvr", (16, 16), frames=4, timing=False)
 
 
 def test_profile_model_errors():

@@ -127,9 +127,13 @@ def test_mismatches_and_bad_files_are_clear_errors(tmp_path):
         read_checkpoint(tmp_path / "text.pth")
     # a file that needs code execution to unpickle is refused, never run
     torch.save({"params": src.state_dict(), "evil": Exploit(tmp_path / "pwned")}, tmp_path / "pickle.pth")
-    with pytest.raises(StdvsrError, match="needs pickled code to run"):
+    with pytest.raises(StdvsrError, match="needs pickled code to run") as refused:
         load_weights(tiny(), tmp_path / "pickle.pth")
     assert not (tmp_path / "pwned").exists()
+    # the message says what was refused (before: cut off inside torch's first sentence, with colour codes)
+    message = str(refused.value)
+    assert "(Unsupported global: GLOBAL getattr); re-save" in message and "\x1b" not in message
+    assert message.endswith("from a trusted environment")
 
 
 class Exploit:
@@ -276,3 +280,45 @@ def test_ema_decay_warms_up():
     assert torch.allclose(ema.shadow["weight"], torch.full((1, 2), 0.1 * 1 + 0.9 * 3))
     ema.update(model, step=100_000)  # late in training the configured decay rules
     assert torch.allclose(ema.shadow["weight"], torch.full((1, 2), 0.999 * 2.8 + 0.001 * 3))
+
+
+def test_plain_training_lines_come_after_the_first_step_and_every_few_seconds(monkeypatch, capsys):
+    """Issue #16 item 14: in a log (stderr not a terminal) a slow teacher showed nothing until step log_every."""
+    from types import SimpleNamespace
+
+    import stdvsr.progress as progress
+
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    clock = iter([0.0, 4.0, 8.0, 15.0, 17.0, 30.0, 31.0])  # start, then one reading per step
+    monkeypatch.setattr(progress, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    with progress.training_progress(6, 0, log_every=20) as bar:  # pytest's stderr: not a terminal
+        for step in range(1, 7):
+            bar.update(step, loss=0.5, lr=1e-4)
+    steps = [line.split("  ")[0] for line in capsys.readouterr().err.splitlines()]
+    # step 1 (first), 3 (15 s ≥ 10 s after step 1's line), 5 (30 s), 6 (last); before: only step 6
+    assert steps == ["step 1/6", "step 3/6", "step 5/6", "step 6/6"]
+
+
+def test_resume_takes_the_same_dataset_spelled_another_way(tmp_path, monkeypatch):
+    """Issue #16 item 9: a run started with ``folder:frames`` from its parent resumes with the absolute spelling
+    (before: "--data is 'folder:/…/frames' but … was trained with 'folder:frames'"), and its config names the
+    frames absolutely, so it resumes from any directory."""
+    import dataclasses
+
+    from stdvsr.train_teacher import RESUMABLE_CHANGES, TeacherConfig
+    from stdvsr.training import resume_run, save_checkpoint
+
+    (tmp_path / "frames").mkdir()
+    monkeypatch.chdir(tmp_path)
+    typed = TeacherConfig(data="folder:frames", val_data="folder:frames", out=str(tmp_path / "run"), steps=10)
+    fresh, ckpt = resume_run(typed, None, None, RESUMABLE_CHANGES)
+    assert ckpt is None and fresh.data == fresh.val_data == f"folder:{tmp_path / 'frames'}"
+    stored = dataclasses.replace(typed)  # a checkpoint written before paths were resolved keeps the typed spelling
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000005.pth", {"config": dataclasses.asdict(stored),
+                                                                            "step": 5})
+    again = dataclasses.replace(typed, data=f"folder:{tmp_path / 'frames'}")
+    cfg, ckpt = resume_run(again, "auto", {"data"}, RESUMABLE_CHANGES)
+    assert ckpt["step"] == 5 and cfg.data == f"folder:{tmp_path / 'frames'}"
+    with pytest.raises(StdvsrError, match=r"--data is 'folder:.*other' but .* was trained with 'folder:.*frames'"):
+        (tmp_path / "other").mkdir()
+        resume_run(dataclasses.replace(typed, data="folder:other"), "auto", {"data"}, RESUMABLE_CHANGES)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import shutil
+from types import SimpleNamespace
+
 import cv2
 import numpy as np
 import pytest
@@ -14,9 +17,10 @@ from click.testing import CliRunner
 from stdvsr.cli import cli
 from stdvsr.data import list_frames, to_tensor
 from stdvsr.infer import upscale_frames
-from stdvsr.io import read_image, write_image
+from stdvsr.io import read_image, video_header, write_image
 from stdvsr.models import build_model, load_model
 from stdvsr.upscale import UpscaleConfig, run, tile_starts, upscale_stream
+from tests.helpers import corrupt_mid_stream, count_decodable, decode_frames, write_video
 from tests.test_cli import assert_user_error
 
 FPS = 10.0
@@ -206,3 +210,102 @@ def test_user_errors(student, frame_folder, clip, tmp_path):
     assert_user_error(invoke(frame_folder, out, "--model", student, "--tile", 50), "--tile 50", "multiple of 4")
     assert_user_error(invoke(frame_folder, out, "--model", student, "--tile", 16), "--tile-overlap 16")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.mp4", "empty", "mixed"]
+
+
+# ------------------------------------------------------------------------------------------- issue #16 items
+@pytest.fixture(scope="module")
+def corrupt_video(demo_videos, tmp_path_factory) -> tuple[Path, int]:
+    """A 10-frame carphone mp4 with 6,000 bytes zeroed at a third: the container states 10 frames, fewer decode."""
+    path = write_video(tmp_path_factory.mktemp("corrupt") / "carphone.mp4", decode_frames(demo_videos["carphone"], 10))
+    corrupt_mid_stream(path)
+    decoded = count_decodable(path)
+    assert 0 < decoded < 10 and video_header(path)[1] == 10
+    return path, decoded
+
+
+def test_corrupt_video_is_refused_unless_allow_short(student, corrupt_video, tmp_path):
+    path, decoded = corrupt_video
+    out = tmp_path / "sr.mp4"
+    # before: exit 0 and a 2-frame video; now an error naming the file and both counts, and no output
+    assert_user_error(invoke(path, out, "--model", student), f"video {path}: only {decoded} of the 10 frames",
+                      "--allow-short")
+    assert list(tmp_path.iterdir()) == []
+    result = invoke(path, out, "--model", student, "--allow-short")
+    assert result.exit_code == 0, result.output
+    assert f"Warning: video {path}: only {decoded} of the 10 frames" in result.stderr
+    assert result.stdout.startswith(f"{decoded} frames 176×144 → 704×576")
+    assert count_decodable(out) == decoded
+
+
+def test_video_without_a_stated_frame_count_is_not_checked(student, carphone_frames, tmp_path):
+    raw = tmp_path / "clip.mjpeg"  # a raw MJPEG stream: no container, so OpenCV knows no frame count
+    raw.write_bytes(b"".join(cv2.imencode(".jpg", cv2.cvtColor(f[40:104, 40:136], cv2.COLOR_RGB2BGR))[1].tobytes()
+                             for f in carphone_frames[:5]))
+    assert video_header(raw)[1] is None
+    result = invoke(raw, tmp_path / "sr", "--model", student)
+    assert result.exit_code == 0, result.output
+    assert read_folder(tmp_path / "sr").shape == (5, 256, 384, 3) and "Warning" not in result.stderr
+
+
+@pytest.mark.parametrize("case, fragment", [("equal", "is the INPUT itself"), ("spelled", "is the INPUT itself"),
+                                            ("symlink", "is the INPUT itself"), ("nested", "is inside the INPUT"),
+                                            ("parent", "contains the INPUT"), ("video", "is the INPUT itself")])
+def test_output_never_replaces_the_input(student, frame_folder, video, tmp_path, case, fragment):
+    inp = tmp_path / "in" / "frames"
+    shutil.copytree(frame_folder, inp)
+    if case == "video":
+        inp = tmp_path / "in" / "clip.mp4"
+        shutil.copy(video, inp)
+    out = {"equal": inp, "spelled": inp.parent / "." / ".." / "in" / inp.name, "symlink": tmp_path / "link",
+           "nested": inp / "sr", "parent": inp.parent, "video": inp}[case]
+    if case == "symlink":
+        out.symlink_to(inp, target_is_directory=True)
+    before = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in (tmp_path / "in").rglob("*") if p.is_file())
+    assert_user_error(invoke(inp, out, "--model", student, "--force"), f"OUTPUT {out} {fragment}")
+    after = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in (tmp_path / "in").rglob("*") if p.is_file())
+    assert after == before and not (inp.is_dir() and (inp / "sr").exists())
+
+
+@pytest.mark.parametrize("wrap", ["raw", "params_ema"])
+def test_raw_and_basicsr_state_dicts_run_with_arch(student, frame_folder, untiled, tmp_path, wrap):
+    state = load_model(student)[0].state_dict()
+    weights = tmp_path / "net_g.pth"
+    torch.save(state if wrap == "raw" else {"params_ema": state}, weights)
+    out = tmp_path / "sr"
+    assert_user_error(invoke(frame_folder, out, "--model", weights), "not a stdvsr checkpoint",
+                      "--arch, one of edvr, fastdvdnet")
+    assert_user_error(invoke(frame_folder, out, "--model", weights, "--arch", "fastdvdnet-x"),
+                      "--arch 'fastdvdnet-x' is not a model name")
+    assert_user_error(invoke(frame_folder, out, "--model", weights, "--arch", "vdsr"), "do not fit VDSR", "--arch")
+    result = invoke(frame_folder, out, "--model", weights, "--arch", "fastdvdnet-quarter")
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(read_folder(out), untiled)
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(student, frame_folder, tmp_path, monkeypatch):
+    for var in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(var, raising=False)
+    result = invoke(frame_folder, tmp_path / "sr", "--model", student, "--chunk-frames", 2)  # CliRunner: no tty
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("upscale: ")]
+    assert lines[-1].startswith("upscale: 6/6 frames") and "frames/s" in lines[-1]
+    assert "upscale:" not in result.stdout
+
+
+def test_plain_progress_lines_come_every_few_seconds_too(monkeypatch, capsys):
+    """A job whose count is unknown (a video container that does not state it) or slow still logs, by time."""
+    import stdvsr.progress as progress
+
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    clock = iter([0.0, 3.0, 11.0, 12.0, 25.0] + [30.0] * 6)
+    monkeypatch.setattr(progress, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    with progress.work_progress(None, "upscale", "frames", every_s=10) as bar:  # pytest's stderr: not a terminal
+        for _ in range(4):  # at 3, 11, 12, 25 s
+            bar.advance(10)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["upscale: 20 frames", "upscale: 40 frames"]
+    assert lines[0].endswith("1.82 frames/s")
+    with progress.work_progress(5, "upscale", "frames", enabled=False) as bar:  # show_progress=False: silent
+        for _ in range(5):
+            bar.advance()
+    assert capsys.readouterr().err == ""

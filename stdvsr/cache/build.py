@@ -22,6 +22,7 @@ written once every record exists.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -41,10 +42,10 @@ from stdvsr.cache.layout import (DEFAULT_TIERS, DTYPES, FEATURE_POINT, FORMAT_VE
                                  plan_clips, quantise, sources_sha256)
 from stdvsr.cache.stores import backend
 from stdvsr.demo import sha256_file
-from stdvsr.data import (DEGRADATIONS, PADDING_MODES, degrade, load_clips, read_hr, read_lq_from_disk, window_indices,
-                         with_views)
+from stdvsr.data import (DEGRADATIONS, PADDING_MODES, degrade, load_clips, parse_spec, read_hr, read_lq_from_disk,
+                         resolve_spec, window_indices, with_views)
 from stdvsr.errors import StdvsrError
-from stdvsr.io import atomic_path, write_text
+from stdvsr.io import atomic_path, folder_lock, size_text, write_text
 from stdvsr.progress import stderr, work_progress
 from stdvsr.training import end_process_group, resolve_device
 
@@ -131,7 +132,7 @@ def make_manifest(cfg: CacheConfig, teacher_info: dict, model, clips) -> dict:
         "stdvsr": __version__,
         "format": cfg.format,
         "teacher": {k: v for k, v in teacher_info.items() if k != "weights"},
-        "data": {"spec": cfg.data, "split": cfg.split, "max_clips": cfg.max_clips},
+        "data": {"spec": resolve_spec(cfg.data), "split": cfg.split, "max_clips": cfg.max_clips},
         "views": cfg.views,
         "degradation": cfg.degradation,
         "lq_from_disk": cfg.lq_from_disk,
@@ -164,8 +165,13 @@ def read_manifest(root: Path) -> dict | None:
 
 
 def check_fingerprint(old: dict, new: dict, root: Path) -> None:
-    """Refuse to add to a cache built with other settings, naming the first field that differs."""
+    """Refuse to add to a cache built with other settings, naming the first field that differs.
+
+    The dataset counts by content, not by spelling: ``folder:tiny`` and ``folder:/abs/tiny`` (or a dataset that
+    moved) are the same data when the kind and every clip's name, frame count and size (``clips``) agree.
+    """
     old = {"views": 1, **old}  # caches written before --views existed hold one view per clip
+    old, new = ({**fp, "data": {**fp["data"], "spec": parse_spec(fp["data"]["spec"])[0]}} for fp in (old, new))
     diff = first_difference(old, new)
     if diff:
         raise StdvsrError(f"cache {root} was built with other settings: {diff} is {lookup(old, diff)!r} there, "
@@ -231,11 +237,11 @@ def _free_bytes(path: Path) -> int:
 def _check_space(root: Path, need: int, check: bool, quiet: bool = False) -> None:
     free = _free_bytes(root)
     if not quiet:
-        stderr().print(f"estimated size: {need / 2**30:.2f} GiB uncompressed still to write; "
-                       f"{free / 2**30:.1f} GiB free at {root.resolve().parent}", highlight=False)
+        stderr().print(f"estimated size: {size_text(need)} uncompressed still to write; "
+                       f"{size_text(free)} free at {root.resolve().parent}", highlight=False)
     if check and need > free:
-        raise StdvsrError(f"not enough disk space for the cache {root}: it needs about {need / 2**30:.1f} GiB "
-                          f"(uncompressed estimate) and {free / 2**30:.1f} GiB are free; free some space, choose "
+        raise StdvsrError(f"not enough disk space for the cache {root}: it needs about {size_text(need)} "
+                          f"(uncompressed estimate) and {size_text(free)} are free; free some space, choose "
                           "another --out, store fewer tiers (--store trunk) or use --dtype int8")
 
 
@@ -414,16 +420,18 @@ def run(cfg: CacheConfig, show_progress: bool = True) -> dict:
     """Build (or finish) the cache; returns a summary dict (``path``, ``complete``, counts, bytes, timings). Under
     torchrun the process group is shut down at the end, success or not."""
     try:
-        return _run(cfg, show_progress)
+        with contextlib.ExitStack() as held:
+            return _run(cfg, show_progress, held)
     finally:
         end_process_group()
 
 
-def _run(cfg: CacheConfig, show_progress: bool = True) -> dict:
+def _run(cfg: CacheConfig, show_progress: bool, held: contextlib.ExitStack) -> dict:
     _validate(cfg)
     cfg = dataclasses.replace(cfg, store=parse_tiers(cfg.store))
     root = Path(cfg.out) if cfg.out else default_out(cfg)
     rank, world, pg = _distribution(cfg)
+    held.enter_context(folder_lock(root, "--out", rank))  # one writer per rank: the ranks share the folder
     device = resolve_device(cfg.device)
     if device.type == "cuda" and pg and cfg.device == "auto":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))

@@ -11,6 +11,7 @@ the head's output on the whole frame equals the head's output on the margin-padd
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -119,9 +120,13 @@ class CacheReader:
         self.scale: int = self.fingerprint["scale"]
         self.num_frame: int = self.fingerprint["num_frame"]
         self.views: int = self.fingerprint.get("views", 1)  # absent from caches written before --views existed
-        self.data = data or self.fingerprint["data"]["spec"]
+        from stdvsr.data import resolve_spec
+
+        self.data = resolve_spec(data) if data else self.fingerprint["data"]["spec"]
         self.store = backend(self.root, self.manifest)
         self._clip_objects = None
+        self._intact: set[int] = set()  # clips whose pieces were found on disk, by this process
+        self._pid = os.getpid()
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -148,11 +153,43 @@ class CacheReader:
         return self._clip_objects
 
     # --------------------------------------------------------------------------------------------------- read
+    def _damaged(self, clip: dict, what: str) -> StdvsrError:
+        return StdvsrError(f"cache {self.root}: clip {clip['name']} is damaged ({what}); `stdvsr cache verify "
+                           f"{self.root}` lists every damaged clip — rebuild the cache with stdvsr cache-teacher")
+
+    def _check_pieces(self, clip: dict) -> None:
+        """Refuse a clip with a shard or part file missing, once per clip and process: the stores read a missing
+        piece as the fill value (zeros), which would train on silence without a word."""
+        if self._pid != os.getpid():  # a DataLoader worker checks for itself
+            self._intact, self._pid = set(), os.getpid()
+        if clip["index"] in self._intact:
+            return
+        record = clip
+        if "part" not in clip and "hashes" not in clip:  # an incomplete cache: the clip's progress record
+            from stdvsr.cache.build import read_records
+
+            record = read_records(self.root).get(clip["index"])
+            if record is None:
+                raise StdvsrError(f"cache {self.root}: clip {clip['name']} is not written yet; run the same "
+                                  "stdvsr cache-teacher command again to finish it")
+        missing = self.store.missing(clip, record)
+        if missing:
+            raise self._damaged(clip, f"{len(missing)} piece(s) missing on disk, e.g. {missing[0]}")
+        self._intact.add(clip["index"])
+
     def _read(self, clip: dict, tier: str, frames: range, rows: slice, cols: slice) -> torch.Tensor:
-        data, scales = self.store.read(clip, tier, slice(frames.start, frames.stop), rows, cols)
+        self._check_pieces(clip)
+        try:
+            data, scales = self.store.read(clip, tier, slice(frames.start, frames.stop), rows, cols)
+        except Exception as e:  # a corrupted chunk fails to decode (or its checksum to match)
+            raise self._damaged(clip, f"{tier} does not decode: {type(e).__name__}") from None
         if scales is not None:
-            return dequantise(data, scales)
-        return torch.from_numpy(np.ascontiguousarray(data)).float()
+            out = dequantise(data, scales)
+        else:
+            out = torch.from_numpy(np.ascontiguousarray(data)).float()
+        if (scales is not None or data.dtype.kind == "f") and not torch.isfinite(out).all():
+            raise self._damaged(clip, f"{tier} holds NaN/inf")
+        return out
 
     def read(self, index: int, frames: Sequence[int] | range | None = None,
              box: tuple[int, int, int, int] | None = None, tiers: Sequence[str] | None = None,

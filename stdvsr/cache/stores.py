@@ -44,7 +44,8 @@ class ZarrBackend:
         import zarr
         from zarr.codecs import ZstdCodec
 
-        compressors = [ZstdCodec(level=1)] if self.manifest["layout"]["compress"] else None
+        # the frame checksum makes a corrupted chunk fail to decode instead of decoding into wrong numbers
+        compressors = [ZstdCodec(level=1, checksum=True)] if self.manifest["layout"]["compress"] else None
         root = zarr.open_group(self.root, mode="a", zarr_format=3)
         for key, a in self.layout.items():
             root.create_array(key, shape=a["shape"], dtype=a["dtype"], chunks=a["chunks"], shards=a["shards"],
@@ -182,7 +183,8 @@ class HDF5Backend:
             a = self.layout[f"{clip['group']}/{tier}"]
             shape = (clip["frames"], *a["shape"][1:])
             self._file.create_dataset(name, shape=shape, dtype=a["dtype"], chunks=tuple(a["chunks"]),
-                                      compression="lzf" if self.manifest["layout"]["compress"] else None)
+                                      compression="lzf" if self.manifest["layout"]["compress"] else None,
+                                      fletcher32=True)  # a corrupted chunk fails to read, not reads wrong
             if a["quantised"]:
                 self._file.create_dataset(_scale_key(name), shape=shape[:2], dtype="float32")
         self._file[name][start:start + len(data)] = data

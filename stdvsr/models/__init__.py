@@ -83,16 +83,17 @@ def build_model(name: str, **kwargs) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-def read_checkpoint(path: str | Path) -> dict:
-    """``torch.load(path, weights_only=True)`` with one-line errors for missing, truncated and unsafe files."""
+def read_checkpoint(path: str | Path, flag: str = "--weights/--resume") -> dict:
+    """``torch.load(path, weights_only=True)`` with one-line errors for missing, truncated and unsafe files;
+    ``flag`` is the option the path came from, named when the file does not exist."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise StdvsrError(f"checkpoint {path} does not exist; check the path given to --weights/--resume")
+        raise StdvsrError(f"checkpoint {path} does not exist; check the path given to {flag}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise StdvsrError(f"checkpoint {path} cannot be loaded safely: it needs pickled code to run "
-                          f"({str(e).splitlines()[0][:160]}); re-save it as a plain state dict "
+                          f"({_unpickler_reason(e)}); re-save it as a plain state dict "
                           "(torch.save(model.state_dict(), path)) from a trusted environment") from None
     except Exception as e:  # zip/pickle/storage errors of every kind: the file is not a complete checkpoint
         detail = (str(e).splitlines() or ["no message"])[0][:160]  # e.g. an empty file: EOFError()
@@ -101,6 +102,15 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(obj, dict):
         raise StdvsrError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def _unpickler_reason(error: Exception) -> str:
+    """The line of torch's long weights-only message that says what was refused (e.g. ``Unsupported global:
+    GLOBAL __main__.Net``), without its terminal colour codes."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
+    found = [line for line in lines if "Unsupported global" in line or "Unsupported operand" in line]
+    reason = found[0] if found else next((line for line in lines if line), "no message")
+    return reason.split("WeightsUnpickler error: ")[-1].split(" was not an allowed global")[0].split(". ")[0][:200]
 
 
 # Pre-2020 xinntao/EDVR (mmsr) names → BasicSR names, applied in order to each key.
@@ -162,15 +172,17 @@ def _state_dict_of(obj: dict, path: Path, key: str | None) -> tuple[dict, str]:
                       "expected a state dict, {'params': …} or {'params_ema': …}")
 
 
-def load_weights(model: nn.Module, path: str | Path, key: str | None = None) -> dict:
+def load_weights(model: nn.Module, path: str | Path, key: str | None = None,
+                 flag: str = "--weights/--resume") -> dict:
     """Load weights into ``model`` (strictly: every key, every shape) from any supported checkpoint format.
 
     ``key`` chooses the entry of a BasicSR/stdvsr checkpoint (``"params"`` or ``"params_ema"``); by default
     ``params_ema`` is used when present, else ``params``. Returns ``{"key": …, "renamed_legacy": bool}``. On a
-    mismatch, the error lists the first missing and unexpected keys and the shapes that differ.
+    mismatch, the error lists the first missing and unexpected keys and the shapes that differ. ``flag``: see
+    :func:`read_checkpoint`.
     """
     path = Path(path).expanduser()
-    state, used = _state_dict_of(read_checkpoint(path), path, key)
+    state, used = _state_dict_of(read_checkpoint(path, flag), path, key)
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     legacy = isinstance(model, EDVR) and _is_legacy_edvr(state)
     if legacy:
@@ -189,22 +201,33 @@ def load_weights(model: nn.Module, path: str | Path, key: str | None = None) -> 
         if shapes:
             parts.append(f"{len(shapes)} with other shapes (e.g. {'; '.join(shapes[:3])})")
         raise StdvsrError(f"weights in {path} ({used}) do not fit {type(model).__name__}: {'; '.join(parts)}; "
-                          "check the model/preset flags (e.g. --preset, num_feat, num_frame) match the checkpoint")
+                          "check the model flags (e.g. --arch, --preset, --num-feat, --num-frame) match the checkpoint")
     model.load_state_dict(state, strict=True)
     return {"key": used, "renamed_legacy": legacy}
 
 
-def load_model(path: str | Path, key: str | None = None) -> tuple[nn.Module, dict]:
-    """Build and load a network from a stdvsr checkpoint, which records its model name and arguments.
+def load_model(path: str | Path, key: str | None = None, arch: str | None = None,
+               flag: str = "--weights/--resume") -> tuple[nn.Module, dict]:
+    """Build and load a network from a stdvsr checkpoint, which records its model name and arguments, or with
+    ``arch`` (a :func:`build_model` name, e.g. ``edvr-m``) from weights that do not: a raw state dict, BasicSR's
+    ``{'params': …}`` / ``{'params_ema': …}``. A checkpoint that records its model is built as recorded whatever
+    ``arch`` says. ``flag``: the option ``path`` came from, named in the errors.
 
     Returns ``(model, checkpoint)``; the model is in eval mode on the CPU.
     """
     path = Path(path).expanduser()
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, flag)
     spec = ckpt.get("model")
-    if not (isinstance(spec, dict) and isinstance(spec.get("name"), str)):
-        raise StdvsrError(f"{path} is not a stdvsr checkpoint (no model name inside); build the model with its "
-                          "flags and load the weights with --weights instead")
-    model = build_model(spec["name"], **spec.get("kwargs", {}))
-    load_weights(model, path, key)
+    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        name, kwargs = spec["name"], spec.get("kwargs", {})
+    elif arch is not None:
+        if arch not in list_models():
+            raise StdvsrError(f"--arch {arch!r} is not a model name; use one of {', '.join(list_models())}")
+        name, kwargs = arch, {}
+    else:
+        raise StdvsrError(f"{path} is not a stdvsr checkpoint (no model name inside: a raw state dict or a BasicSR "
+                          f"checkpoint); name its architecture with --arch, one of {', '.join(list_models())} "
+                          "(e.g. --arch edvr-m for BasicSR's EDVR-M)")
+    model = build_model(name, **kwargs)
+    load_weights(model, path, key, flag)
     return model.eval(), ckpt
