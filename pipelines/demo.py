@@ -81,10 +81,10 @@ def main() -> None:
     times["cache"] = time.perf_counter() - t0
 
     console.rule(f"[bold]2/3 distill {args.student}: --kd none and --kd output, side by side")
-    configs = {name: DistillConfig(student=args.student, cache=args.cache, out=str(out / f"{args.student}-{name}"),
-                                   steps=args.steps, warmup_steps=400, lr=args.lr, batch_size=2, patch_size=64,
-                                   clip_frames=7, seed=args.seed, workers=1, val_data=VALIDATION, val_every=200,
-                                   val_stride=4, ckpt_every=200, **extra)
+    shared = dict(student=args.student, cache=args.cache, steps=args.steps, warmup_steps=400, lr=args.lr,
+                  batch_size=2, patch_size=64, clip_frames=7, seed=args.seed, workers=1, val_data=VALIDATION,
+                  val_every=200, val_stride=4, ckpt_every=200, log_first=20)  # = the study's BASE
+    configs = {name: DistillConfig(**{**shared, **extra}, out=str(out / f"{args.student}-{name}"))
                for name, extra in STUDENTS.items()}
     students = {}
 
