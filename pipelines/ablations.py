@@ -187,8 +187,9 @@ def run_in_processes(jobs: int, calls: dict, done) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", default="cache/demo-4clips-edvr.zarr", help="teacher cache (pipelines/demo.py builds "
-                                                                            "this one)")
+    ap.add_argument("--cache", default="cache/demo-4clips-edvr.zarr",
+                    help="teacher cache of the ablations (build it with: stdvsr cache-teacher --max-clips 4 "
+                         "--out cache/demo-4clips-edvr.zarr)")
     ap.add_argument("--student", default="fastdvdnet-quarter", help="student of tables 2-4")
     ap.add_argument("--tables", default="2,3,4,x,6", help="comma list of 2, 3, 4, 6, x")
     ap.add_argument("--seeds", default="0,1,2")
