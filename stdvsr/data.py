@@ -36,7 +36,7 @@ Conventions (the rest of stdvsr relies on them):
   to the scale (HR crop ``patch_size``, LR crop ``patch_size/scale``), optionally with one of the 8 dihedral
   transforms, applied to the HR frames *before* the degradation (BD's phase-0 sampling does not commute with
   flips, so transforming an LR/HR pair afterwards would misalign it by ``scale − 1`` HR pixels). Augmentation is
-  off by default: a flipped teacher target is not the teacher's output on the flipped input (see DESIGN.md). Each sample's randomness derives from ``(seed, epoch, index)`` only, so it does not
+  off by default: a flipped teacher target is not the teacher's output on the flipped input (see docs/ARCHITECTURE.md). Each sample's randomness derives from ``(seed, epoch, index)`` only, so it does not
   depend on the number of DataLoader workers.
 """
 
@@ -186,7 +186,7 @@ def video_clips(path: Path, allow_short: bool = False) -> list[Clip]:
     ``allow_short`` (``stdvsr data prepare video:FILE --allow-short``), is what every later use of the file reads,
     each time with the warning.
     """
-    from stdvsr.demo import sha256_file, stdvsr_home
+    from stdvsr.io import sha256_file, stdvsr_home
 
     path = Path(path).expanduser()
     if not path.is_file():

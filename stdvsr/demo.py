@@ -19,7 +19,6 @@ manifest whose source checksums and format version match means the set is comple
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -34,7 +33,7 @@ import numpy as np
 
 from stdvsr import __version__
 from stdvsr.errors import StdvsrError
-from stdvsr.io import iter_video_frames, write_image, write_text
+from stdvsr.io import iter_video_frames, sha256_file, stdvsr_home, write_image, write_text
 
 DEMO_FORMAT = 1  # bump whenever the preparation below changes what ends up on disk
 
@@ -59,17 +58,6 @@ SOURCES = (
 # score 50-85 while fast pans peak near 21 (median 4), so the rule has a wide margin either way.
 CUT_FLOOR = 30.0
 CUT_MEDIAN_FACTOR = 6.0
-
-
-def stdvsr_home() -> Path:
-    """Root of stdvsr's per-user cache: ``$STDVSR_HOME`` or ``~/.cache/stdvsr``."""
-    home = Path(os.environ.get("STDVSR_HOME") or Path.home() / ".cache" / "stdvsr").expanduser()
-    if home.exists() and not home.is_dir():
-        from stdvsr.errors import StdvsrError
-
-        raise StdvsrError(f"STDVSR_HOME {home} is a file, not a folder; point STDVSR_HOME at a folder "
-                          "(default ~/.cache/stdvsr)")
-    return home
 
 
 def demo_root() -> Path:
@@ -107,14 +95,6 @@ def scene_cuts(frames: list[np.ndarray]) -> list[int]:
     diffs = np.array([np.abs(small[i] - small[i - 1]).mean() for i in range(1, len(small))])
     threshold = max(CUT_FLOOR, CUT_MEDIAN_FACTOR * float(np.median(diffs)))
     return [int(i) + 1 for i in np.flatnonzero(diffs > threshold)]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_manifest(root: Path | None = None) -> dict | None:

@@ -545,7 +545,7 @@ def _mean_across_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str,
 # ----------------------------------------------------------------------------------------------------- run
 def load_online_teacher(cfg: DistillConfig, reader: CacheReader, device) -> nn.Module:
     """The teacher the cache was built from (weights checked against the cache's sha256)."""
-    from stdvsr.demo import sha256_file
+    from stdvsr.io import sha256_file
     from stdvsr.models import load_weights
 
     fp = reader.fingerprint["teacher"]

@@ -1,6 +1,6 @@
 """``stdvsr evaluate``: PSNR/SSIM of several models side by side on a benchmark set, under a stated protocol.
 
-Protocol (DESIGN.md "Evaluate"; every part an option, all of it printed in the table title and written to JSON):
+Protocol (README "Evaluation"; every part an option, all of it printed in the table title and written to JSON):
 outputs clamped to [0, 1] and rounded to uint8; PSNR/SSIM on Y = 16 + 65.481R + 128.553G + 24.966B (``color="y"``)
 or RGB; ``crop_border`` pixels removed per side before the conversion; per-frame values averaged per clip, then
 clips averaged with equal weight. Frames: all, or all but the first and last two (``skip-border-2``); Vimeo90K-T

@@ -7,6 +7,7 @@ Convention everywhere in stdvsr: a frame in memory is an ``H×W×3`` ``uint8`` n
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import struct
 import tempfile
@@ -84,6 +85,25 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
             fsync_paths([path.parent])
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------- home, hashes
+def stdvsr_home() -> Path:
+    """Root of stdvsr's per-user cache: ``$STDVSR_HOME`` or ``~/.cache/stdvsr``."""
+    home = Path(os.environ.get("STDVSR_HOME") or Path.home() / ".cache" / "stdvsr").expanduser()
+    if home.exists() and not home.is_dir():
+        raise StdvsrError(f"STDVSR_HOME {home} is a file, not a folder; point STDVSR_HOME at a folder "
+                          "(default ~/.cache/stdvsr)")
+    return home
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoints, videos, cache sources)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def size_text(nbytes: float) -> str:

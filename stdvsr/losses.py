@@ -13,13 +13,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stdvsr.training import charbonnier
-
 __all__ = ["charbonnier", "attention_map", "sd_loss", "ConvLSTM", "td_loss", "kd_mse", "mean2_map", "kd_mean2",
            "output_kd", "MAPPINGS", "SD_NORMS"]
 
 MAPPINGS = ("sum2", "sum", "max2")
 SD_NORMS = ("none", "l2")
+
+
+def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Charbonnier loss ``mean(sqrt((pred − target)² + ε²))`` (L_rec of the paper, ε = 1e-6).
+
+    BasicSR writes the same loss as ``sqrt(d² + eps)`` with ``eps = 1e-12`` = ε².
+    """
+    return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
 
 
 def attention_map(feat: torch.Tensor, mapping: str = "sum2") -> torch.Tensor:

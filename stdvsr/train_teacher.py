@@ -30,7 +30,8 @@ from stdvsr.io import folder_lock, write_text
 from stdvsr.metrics import VideoMetrics
 from stdvsr.progress import stderr, training_progress
 from stdvsr.models import build_model, load_weights, model_spec
-from stdvsr.training import (EMA, StepBatches, charbonnier, check_schedule, learning_rate, loader_worker_init,
+from stdvsr.losses import charbonnier
+from stdvsr.training import (EMA, StepBatches, check_schedule, learning_rate, loader_worker_init,
                              open_metrics, resolve_device, resume_run, rng_state, save_checkpoint, seed_everything,
                              set_rng_state)
 

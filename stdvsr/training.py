@@ -1,5 +1,6 @@
-"""Pieces every training stage shares: the reconstruction loss, learning-rate schedules, EMA, the step-indexed
-batch order that makes resumption exact, atomic checkpoints, and the device choice."""
+"""Pieces every training stage shares: learning-rate schedules, EMA, the step-indexed batch order that makes
+resumption exact, resuming (config checks, metrics.jsonl), atomic checkpoints, and the device choice. The losses
+(L_rec's Charbonnier included) are in :mod:`stdvsr.losses`."""
 
 from __future__ import annotations
 
@@ -15,14 +16,6 @@ from torch import nn
 
 from stdvsr.errors import StdvsrError
 from stdvsr.io import atomic_path
-
-
-def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Charbonnier loss ``mean(sqrt((pred − target)² + ε²))`` (L_rec of the paper, ε = 1e-6).
-
-    BasicSR writes the same loss as ``sqrt(d² + eps)`` with ``eps = 1e-12`` = ε².
-    """
-    return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
 
 
 def check_schedule(cfg) -> None:

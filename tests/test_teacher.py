@@ -171,7 +171,7 @@ def losses(out) -> dict[int, float]:
 
 def test_training_lowers_the_loss_and_writes_a_loadable_teacher(tiny_frames, tmp_path):
     from stdvsr.data import ClipDataset, load_clips
-    from stdvsr.training import charbonnier
+    from stdvsr.losses import charbonnier
 
     cfg = tiny_config(tiny_frames, tmp_path / "run", steps=40, val_every=40, ckpt_every=20, augment=False)
     batch = [ClipDataset(load_clips(cfg.data), 3, patch_size=None)[i] for i in (0, 4)]

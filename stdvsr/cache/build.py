@@ -10,7 +10,7 @@ Views (``views`` > 1): every clip is also cached through the dihedral transforms
 (:func:`stdvsr.data.with_views`), each a clip of its own named ``<clip>@t<v>``. A view's HR frames are transformed
 first and then degraded, and the teacher runs on that LR input, so a flipped or rotated sample in stage two has
 the teacher's exact targets (a transformed cached target would not be the teacher's output on the transformed
-input; DESIGN.md). Each view costs one more teacher pass and as many bytes as the clip itself.
+input; docs/ARCHITECTURE.md). Each view costs one more teacher pass and as many bytes as the clip itself.
 
 Crash safety: a clip is done when its progress record exists, and the record is written (fsynced) only after the
 clip's data is durable. A killed run re-run with the same command removes the unfinished clips' pieces and
@@ -41,11 +41,10 @@ from stdvsr.cache.layout import (DEFAULT_TIERS, DTYPES, FEATURE_POINT, FORMAT_VE
                                  PROGRESS, array_layout, estimate_bytes, first_difference, lookup, parse_tiers,
                                  plan_clips, quantise, sources_sha256)
 from stdvsr.cache.stores import backend
-from stdvsr.demo import sha256_file
 from stdvsr.data import (DEGRADATIONS, PADDING_MODES, degrade, load_clips, parse_spec, read_hr, read_lq_from_disk,
                          resolve_spec, window_indices, with_views)
 from stdvsr.errors import StdvsrError
-from stdvsr.io import atomic_path, folder_lock, size_text, write_text
+from stdvsr.io import atomic_path, folder_lock, sha256_file, size_text, write_text
 from stdvsr.progress import stderr, work_progress
 from stdvsr.training import end_process_group, resolve_device
 

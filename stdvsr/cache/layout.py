@@ -21,9 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from stdvsr.demo import sha256_file
 from stdvsr.errors import StdvsrError
-from stdvsr.io import image_size
+from stdvsr.io import image_size, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

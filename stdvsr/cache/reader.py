@@ -273,7 +273,7 @@ class CacheDataset(torch.utils.data.Dataset):
     Item ``(epoch, i)`` (or ``i``) draws its crop from ``(seed, epoch, i)`` only, so the samples do not depend on
     the number of workers. ``gt=False`` skips decoding the HR frames (timing the cache alone). No flips or
     rotations are drawn here: a transformed cached target is not the teacher's output on the transformed input
-    (DESIGN.md); flipped and rotated samples come from views cached as clips of their own (``cache-teacher
+    (docs/ARCHITECTURE.md, "The teacher cache"); flipped and rotated samples come from views cached as clips of their own (``cache-teacher
     --views``), whose targets are exact.
     """
 

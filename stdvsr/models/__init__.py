@@ -1,6 +1,6 @@
 """The networks: an explicit name → class dict, presets, and checkpoint loading that users' weights survive.
 
-Every network follows one contract (DESIGN.md): ``forward(lq) -> sr`` for deployment, and
+Every network follows one contract (docs/ARCHITECTURE.md): ``forward(lq) -> sr`` for deployment, and
 ``forward_features(lq) -> Features(sr, feat_sr, feat_lr)`` for training; it carries ``scale`` and ``num_frame``.
 
 Checkpoints (:func:`load_weights`) may be a raw state dict, BasicSR's ``{'params': …}`` / ``{'params_ema': …}``,

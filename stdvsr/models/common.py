@@ -9,7 +9,7 @@ from torch import nn
 
 
 class Features(NamedTuple):
-    """What ``forward_features(lq)`` returns (the model contract, DESIGN.md).
+    """What ``forward_features(lq)`` returns (the model contract, docs/ARCHITECTURE.md).
 
     ``sr``: the output frame ``(B, 3, s·h, s·w)``; ``feat_sr``: F^SR, the HR feature map that enters the last conv
     (``conv_last``) — the input of the spatial and temporal distillation losses; ``feat_lr``: the trunk output
