@@ -33,7 +33,6 @@ import datetime
 import json
 import os
 import time
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -642,12 +641,10 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
 
     validator = None
     if rank == 0 and cfg.val_every and cfg.val_data is not None:
-        from stdvsr.train_teacher import Validator, _val_clips
+        from stdvsr.evaluate import Validator, validation_clips
 
-        vcfg = types.SimpleNamespace(val_data=cfg.val_data, data=reader.data, val_clips=cfg.val_clips,
-                                     degradation=reader.fingerprint["degradation"],
-                                     padding=reader.fingerprint["padding"], val_stride=cfg.val_stride)
-        validator = Validator(_val_clips(vcfg), vcfg)
+        validator = Validator(validation_clips(cfg.val_data, reader.data, cfg.val_clips),
+                              reader.fingerprint["degradation"], reader.fingerprint["padding"], cfg.val_stride)
         if not validator.items:
             validator = None
 

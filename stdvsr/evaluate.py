@@ -122,6 +122,54 @@ def read_clip(clip: Clip, degradation: str) -> tuple[torch.Tensor, torch.Tensor]
     return read_frames(clip, range(len(clip)), 4, degradation, mod_crop=True)
 
 
+# ------------------------------------------------------------------------------------- validation in training
+def validation_clips(val_data: str | None, data: str, max_clips: int = 0) -> list[Clip]:
+    """The held-out clips a training run validates on: none for ``val_data=None``; for ``"auto"`` the held-out
+    split of ``data`` when it has one (demo, vimeo90k), else none; otherwise the clips of ``val_data`` (its
+    held-out split where it has one). More than ``max_clips`` (> 0) are thinned evenly (Vimeo90K-T has 7,824)."""
+    if val_data is None:
+        return []
+    if val_data == "auto":
+        if data.partition(":")[0] not in ("demo", "vimeo90k"):
+            return []  # no held-out split to take: validation only when --val-data names one
+        clips = load_clips(data, "test")
+    else:
+        clips = load_clips(val_data, "test")  # demo / vimeo90k: the held-out split; others: every clip
+    if max_clips and len(clips) > max_clips:
+        step = len(clips) / max_clips
+        clips = [clips[int(i * step)] for i in range(max_clips)]
+    return clips
+
+
+class Validator:
+    """Y-PSNR of a model on held-out clips (every ``stride``-th frame) during training, and of bicubic once."""
+
+    def __init__(self, clips, degradation: str, padding: str, stride: int):
+        self.items = []
+        for clip in clips:
+            lq, gt = read_frames(clip, range(len(clip)), 4, degradation)
+            frames = list(range(0, len(clip), stride))
+            self.items.append((clip.name, lq, gt, frames))
+        self.padding = padding
+        self.bicubic = self._score(lambda lq, frames: F.interpolate(lq[frames], scale_factor=4, mode="bicubic",
+                                                                      align_corners=False).clamp(0, 1))
+
+    def _score(self, upscale) -> float:
+        metrics = VideoMetrics(metrics=("psnr",))
+        for name, lq, gt, frames in self.items:
+            for f, sr in zip(frames, upscale(lq, frames)):
+                metrics.add(name, f, sr, gt[f])
+        return metrics.summary()["psnr"]
+
+    def __call__(self, model) -> float:
+        was_training = model.training
+        model.eval()
+        try:
+            return self._score(lambda lq, frames: upscale_frames(model, lq, frames, self.padding))
+        finally:
+            model.train(was_training)
+
+
 # ---------------------------------------------------------------------------------------------- the models
 def model_label(arg: str) -> tuple[str, Path]:
     """``NAME=PATH`` or ``PATH``; the label of a bare path is its stem, or its folder for generic stems."""

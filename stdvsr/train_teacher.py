@@ -20,14 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 from stdvsr import __version__
-from stdvsr.data import ClipDataset, load_clips, read_frames
+from stdvsr.data import ClipDataset, load_clips
 from stdvsr.errors import StdvsrError
-from stdvsr.infer import upscale_frames
+from stdvsr.evaluate import Validator, validation_clips
 from stdvsr.io import folder_lock, write_text
-from stdvsr.metrics import VideoMetrics
 from stdvsr.progress import stderr, training_progress
 from stdvsr.models import build_model, load_weights, model_spec
 from stdvsr.losses import charbonnier
@@ -74,48 +72,6 @@ RESUMABLE_CHANGES = {"steps", "workers", "device", "out", "log_every", "val_ever
                      "keep_checkpoints", "init_weights"}
 
 
-def _val_clips(cfg: TeacherConfig):
-    if cfg.val_data is None:
-        return []
-    if cfg.val_data == "auto":
-        if cfg.data.partition(":")[0] not in ("demo", "vimeo90k"):
-            return []  # no held-out split to take: validation only when --val-data names one
-        clips = load_clips(cfg.data, "test")
-    else:
-        clips = load_clips(cfg.val_data, "test")  # demo / vimeo90k: the held-out split; others: every clip
-    if cfg.val_clips and len(clips) > cfg.val_clips:  # e.g. Vimeo90K-T has 7,824 clips: validate on a sample
-        step = len(clips) / cfg.val_clips
-        clips = [clips[int(i * step)] for i in range(cfg.val_clips)]
-    return clips
-
-
-class Validator:
-    """Y-PSNR of the model on the held-out clips (every ``stride``-th frame), and of bicubic once."""
-
-    def __init__(self, clips, cfg: TeacherConfig):
-        self.items = []
-        for clip in clips:
-            lq, gt = read_frames(clip, range(len(clip)), 4, cfg.degradation)
-            frames = list(range(0, len(clip), cfg.val_stride))
-            self.items.append((clip.name, lq, gt, frames))
-        self.padding = cfg.padding
-        self.bicubic = self._score(lambda lq, frames: F.interpolate(lq[frames], scale_factor=4, mode="bicubic",
-                                                                      align_corners=False).clamp(0, 1))
-
-    def _score(self, upscale) -> float:
-        metrics = VideoMetrics(metrics=("psnr",))
-        for name, lq, gt, frames in self.items:
-            for f, sr in zip(frames, upscale(lq, frames)):
-                metrics.add(name, f, sr, gt[f])
-        return metrics.summary()["psnr"]
-
-    def __call__(self, model) -> float:
-        was_training = model.training
-        model.eval()
-        try:
-            return self._score(lambda lq, frames: upscale_frames(model, lq, frames, self.padding))
-        finally:
-            model.train(was_training)
 
 
 def run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | None = None,
@@ -165,7 +121,8 @@ def _run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | Non
         dataset, batch_sampler=StepBatches(len(dataset), cfg.batch_size, cfg.seed, start_step),
         num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
         generator=torch.Generator().manual_seed(cfg.seed), worker_init_fn=loader_worker_init)
-    validator = Validator(_val_clips(cfg), cfg)
+    validator = Validator(validation_clips(cfg.val_data, cfg.data, cfg.val_clips), cfg.degradation, cfg.padding,
+                          cfg.val_stride)
     has_val = bool(validator.items)
 
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)

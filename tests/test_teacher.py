@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from stdvsr import train_teacher
 from stdvsr.cli import cli
 from stdvsr.errors import StdvsrError
+from stdvsr.evaluate import validation_clips
 from stdvsr.io import write_image
 from stdvsr.models import build_model, load_model, load_weights, read_checkpoint
 
@@ -185,8 +186,8 @@ def test_training_lowers_the_loss_and_writes_a_loadable_teacher(tiny_frames, tmp
     assert ckpt["model"]["name"] == "edvr-s" and ckpt["model"]["kwargs"]["num_feat"] == 8
     assert result["val_psnr"] is not None and result["bicubic_psnr"] is not None
     # validation samples at most val_clips held-out clips, evenly spaced
-    assert [c.name for c in train_teacher._val_clips(cfg)] == ["a", "b"]
-    assert [c.name for c in train_teacher._val_clips(tiny_config(tiny_frames, tmp_path, val_clips=1))] == ["a"]
+    assert [c.name for c in validation_clips(cfg.val_data, cfg.data, cfg.val_clips)] == ["a", "b"]
+    assert [c.name for c in validation_clips(cfg.val_data, cfg.data, 1)] == ["a"]
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["steps"] == 40 and config["model"]["kwargs"]["num_frame"] == 3
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
