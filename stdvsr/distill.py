@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +51,7 @@ from stdvsr.models import STUDENTS, build_model, model_spec, read_checkpoint
 from stdvsr.progress import stderr, training_progress
 from stdvsr.training import (StepBatches, check_schedule, end_process_group, latest_checkpoint, learning_rate,
                              loader_worker_init, open_metrics, resolve_device, resolved_specs, resume_run, rng_state,
-                             save_checkpoint, seed_everything, set_rng_state)
+                             save_checkpoint, seed_everything, set_rng_state, torchrun_group)
 
 KD_MODES = ("std", "sd", "td", "none", "mse", "mean2", "output")
 FEATURES = ("sr", "lr")
@@ -505,19 +503,6 @@ def student_channels(student: nn.Module, feature: str, lq_size: int = 16) -> tup
 
 
 # ---------------------------------------------------------------------------------------------- distributed
-def _distribution() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from torchrun's environment; starts the process group if needed."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def weights_digest(module: nn.Module) -> str:
     """A blake2b digest of every parameter and buffer's bytes (identical replicas ⇔ identical digests)."""
     import hashlib
@@ -565,7 +550,7 @@ def run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | None
     validate_config(cfg)
     try:
         # one writer per run folder (rank 0 writes for all ranks)
-        with folder_lock(cfg.out) if _distribution()[0] == 0 else contextlib.nullcontext():
+        with folder_lock(cfg.out) if torchrun_group()[0] == 0 else contextlib.nullcontext():
             return _run(cfg, resume, explicit, show_progress)
     finally:
         end_process_group()
@@ -581,7 +566,7 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
     validate_config(cfg)
     cfg, ckpt = resume_run(cfg, resume, explicit, RESUMABLE_CHANGES, kind="distill")
     out = Path(cfg.out)
-    rank, world, local_rank = _distribution()
+    rank, world, local_rank = torchrun_group()
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)

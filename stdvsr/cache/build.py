@@ -46,7 +46,7 @@ from stdvsr.data import (DEGRADATIONS, PADDING_MODES, degrade, load_clips, parse
 from stdvsr.errors import StdvsrError
 from stdvsr.io import atomic_path, folder_lock, sha256_file, size_text, write_text
 from stdvsr.progress import stderr, work_progress
-from stdvsr.training import end_process_group, resolve_device
+from stdvsr.training import end_process_group, resolve_device, torchrun_group
 
 FP16_MAX = 65504.0
 
@@ -200,14 +200,9 @@ def _distribution(cfg: CacheConfig) -> tuple[int, int, bool]:
         if not 0 <= rank < world:
             raise StdvsrError(f"--rank {rank} must be in [0, --world-size {world})")
         return rank, world, False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            # gloo only carries barriers here; the work itself needs no communication
-            dist.init_process_group("gloo", timeout=datetime.timedelta(days=2))
-        return dist.get_rank(), dist.get_world_size(), True
-    return 0, 1, False
+    # gloo only carries barriers here (the work needs no communication), and ranks may wait days for each other
+    rank, world, _ = torchrun_group("gloo", timeout_minutes=2 * 24 * 60)
+    return rank, world, world > 1
 
 
 def _barrier(pg: bool) -> None:
