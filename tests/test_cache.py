@@ -706,7 +706,7 @@ def test_cli_user_errors(tmp_path, teacher, data_root):
     assert_one_error_line(result, "is not a teacher cache (no manifest.json)")
     result = runner.invoke(cli, ["cache", "verify", str(tmp_path / "missing")])
     assert_one_error_line(result, "is not a teacher cache")
-    with pytest.raises(StdvsrError, match=r"is not a teacher cache \(manifest.json is missing\)"):
+    with pytest.raises(StdvsrError, match=r"is not a teacher cache \(no manifest.json\)"):
         CacheReader(tmp_path / "missing")
 
 

@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from stdvsr import __version__
 from stdvsr.cache.layout import (DEFAULT_TIERS, DTYPES, FEATURE_POINT, FORMAT_VERSION, FORMATS, HEAD, MANIFEST,
                                  PROGRESS, array_layout, estimate_bytes, first_difference, lookup, parse_tiers,
-                                 plan_clips, quantise, sources_sha256)
+                                 plan_clips, quantise, read_manifest, sources_sha256)
 from stdvsr.cache.stores import backend
 from stdvsr.data import (DEGRADATIONS, PADDING_MODES, degrade, load_clips, parse_spec, read_hr, read_lq_from_disk,
                          resolve_spec, window_indices, with_views)
@@ -150,17 +150,6 @@ def make_manifest(cfg: CacheConfig, teacher_info: dict, model, clips) -> dict:
             "layout": {"arrays": layout, "compress": cfg.compress, "part_mb": cfg.part_mb,
                        "head_margin": 2, "teacher_weights": teacher_info["weights"]},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
-def read_manifest(root: Path) -> dict | None:
-    path = Path(root) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StdvsrError(f"{path} is not valid JSON ({e}); the cache is damaged — delete {root} and rebuild "
-                          "it") from None
 
 
 def check_fingerprint(old: dict, new: dict, root: Path) -> None:

@@ -7,23 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from stdvsr.cache.build import read_manifest, read_records
+from stdvsr.cache.build import read_records
+from stdvsr.cache.layout import read_manifest
 from stdvsr.cache.layout import HEAD, estimate_bytes, sources_sha256
 from stdvsr.cache.stores import backend
-from stdvsr.errors import StdvsrError
-
-
-def _manifest(path: Path) -> dict:
-    manifest = read_manifest(path)
-    if manifest is None:
-        raise StdvsrError(f"{path} is not a teacher cache (no manifest.json); build one with stdvsr cache-teacher")
-    return manifest
 
 
 def info(path: str | Path) -> dict:
     """The manifest's settings, completion, and raw (uncompressed) vs stored bytes per tier."""
     root = Path(path)
-    manifest = _manifest(root)
+    manifest = read_manifest(root, required=True)
     fp = manifest["fingerprint"]
     records = read_records(root)
     done = len(manifest["clips"]) if manifest.get("complete") else len(records)
@@ -55,7 +48,7 @@ def verify(path: str | Path, sources: bool = False, data: str | None = None, pro
     import torch
 
     root = Path(path)
-    manifest = _manifest(root)
+    manifest = read_manifest(root, required=True)
     fp = manifest["fingerprint"]
     records = read_records(root)
     store = backend(root, manifest)

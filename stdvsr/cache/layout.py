@@ -14,6 +14,7 @@ axis 0 (Vimeo90K: one group of 452,284 frames). A clip's frames are a contiguous
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -201,3 +202,19 @@ def dequantise(q: np.ndarray, s: np.ndarray) -> torch.Tensor:
     """Inverse of :func:`quantise` for ``q`` ``(T, C, h, w)`` and scales ``(T, C)``."""
     scales = torch.from_numpy(np.ascontiguousarray(s))[:, :, None, None]
     return torch.from_numpy(np.ascontiguousarray(q)).float() * scales
+
+
+def read_manifest(root: str | Path, required: bool = False) -> dict | None:
+    """The cache's ``manifest.json`` — the one reader of it (build, reader, info/verify). None when ``root`` holds no
+    manifest, or with ``required`` an error saying ``root`` is not a cache; a manifest that does not parse is damage."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        if required:
+            raise StdvsrError(f"{root} is not a teacher cache (no {MANIFEST}); build one with stdvsr cache-teacher")
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StdvsrError(f"{path} is not valid JSON ({e}); the cache is damaged — delete {root} and rebuild "
+                          "it") from None

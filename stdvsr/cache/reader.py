@@ -10,7 +10,6 @@ the head's output on the whole frame equals the head's output on the margin-padd
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stdvsr.cache.layout import HEAD, HEAD_MARGIN, MANIFEST, PROGRESS, dequantise
+from stdvsr.cache.layout import HEAD, HEAD_MARGIN, PROGRESS, dequantise, read_manifest
 from stdvsr.cache.stores import backend
 from stdvsr.errors import StdvsrError
 
@@ -101,14 +100,7 @@ class CacheReader:
 
     def __init__(self, path: str | Path, data: str | None = None, require_complete: bool = True):
         self.root = Path(path)
-        manifest_path = self.root / MANIFEST
-        if not manifest_path.is_file():
-            raise StdvsrError(f"{self.root} is not a teacher cache ({MANIFEST} is missing); build one with "
-                              "stdvsr cache-teacher")
-        try:
-            self.manifest = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise StdvsrError(f"{manifest_path} is not valid JSON ({e}); rebuild the cache") from None
+        self.manifest = read_manifest(self.root, required=True)
         if require_complete and not self.manifest.get("complete"):
             done = len(list((self.root / PROGRESS).glob("*.json")))
             raise StdvsrError(f"cache {self.root} is incomplete ({done} of {len(self.manifest['clips'])} clips "
