@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from stdvsr.data import Clip, load_clips, read_frames
 from stdvsr.errors import StdvsrError
-from stdvsr.infer import upscale_frames
+from stdvsr.infer import padded_size, upscale_frames
 from stdvsr.io import write_image, write_text
 from stdvsr.metrics import VideoMetrics, tensor_to_uint8
 from stdvsr.training import resolve_device
@@ -208,7 +208,7 @@ def bicubic(lq: torch.Tensor, frames: list[int]) -> torch.Tensor:
 def complexity(model: torch.nn.Module, lr_size: tuple[int, int]) -> dict:
     from stdvsr.profile import count_macs
 
-    h, w = (s + (-s % 4) for s in lr_size)
+    h, w = padded_size(*lr_size)
     device = next(model.parameters()).device
     lq = torch.zeros(1, model.num_frame, 3, h, w, device=device)
     return {"params": sum(p.numel() for p in model.parameters()), "gmacs": count_macs(model, lq) / 1e9,

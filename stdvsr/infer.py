@@ -12,9 +12,28 @@ from torch.nn import functional as F
 from stdvsr.data import window_indices
 
 
+#: What every student's LR height and width are padded to (FastDVDnet halves twice, VESPCN's flow works at ¼).
+MULTIPLE = 4
+
+
+def padded_size(h: int, w: int, multiple: int = MULTIPLE) -> tuple[int, int]:
+    """``(h, w)`` rounded up to multiples of ``multiple`` — the LR size a network is run at."""
+    return h + (-h) % multiple, w + (-w) % multiple
+
+
+def pad_bottom_right(lq: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``lq`` ``(..., 3, h0, w0)`` replicate-padded on the bottom and right to ``(..., 3, h, w)``; the network's output
+    is cropped back to ``s·h0 × s·w0``. The one padding rule of inference (evaluate, upscale, export, quantize)."""
+    h0, w0 = lq.shape[-2:]
+    if (h0, w0) == (h, w):
+        return lq
+    flat = F.pad(lq.reshape(-1, *lq.shape[-3:]), (0, w - w0, 0, h - h0), mode="replicate")
+    return flat.reshape(*lq.shape[:-2], h, w)
+
+
 @torch.no_grad()
 def upscale_frames(model: nn.Module, lq: torch.Tensor, frames: Sequence[int] | None = None,
-                   padding: str = "replicate", batch_size: int = 4, multiple: int = 4) -> torch.Tensor:
+                   padding: str = "replicate", batch_size: int = 4, multiple: int = MULTIPLE) -> torch.Tensor:
     """SR of frames ``frames`` (default: all) of one clip ``lq`` ``(T, 3, h, w)`` → ``(len(frames), 3, s·h, s·w)``.
 
     Each output frame t comes from the ``model.num_frame`` window centred on t (``padding`` beyond the clip's ends).
@@ -24,9 +43,7 @@ def upscale_frames(model: nn.Module, lq: torch.Tensor, frames: Sequence[int] | N
     device = next(model.parameters()).device
     t, _, h, w = lq.shape
     frames = list(range(t)) if frames is None else list(frames)
-    ph, pw = -h % multiple, -w % multiple
-    if ph or pw:
-        lq = F.pad(lq, (0, pw, 0, ph), mode="replicate")
+    lq = pad_bottom_right(lq, *padded_size(h, w, multiple))
     scale = model.scale
     out = []
     for i in range(0, len(frames), batch_size):

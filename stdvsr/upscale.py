@@ -39,10 +39,10 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from stdvsr.data import list_frames, to_tensor, window_indices
 from stdvsr.errors import StdvsrError
+from stdvsr.infer import MULTIPLE, pad_bottom_right, padded_size
 from stdvsr.io import (IMAGE_SUFFIXES, atomic_path, image_size, is_image, iter_video_frames, read_image,
                        video_header, write_image)
 from stdvsr.metrics import tensor_to_uint8
@@ -52,7 +52,6 @@ from stdvsr.training import resolve_device
 #: Output video containers by suffix and the OpenCV FourCC written into them.
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
 DEFAULT_FPS = 25.0
-MULTIPLE = 4  # LR sizes (frames, tiles, tile positions) the networks accept: EDVR's pyramid, FastDVDnet's U-Net
 
 
 @dataclass
@@ -263,7 +262,7 @@ def upscale_stream(model: nn.Module, frames: Iterator[np.ndarray], chunk_frames:
     scale, half = model.scale, model.num_frame // 2
     buffer: list[torch.Tensor] = []  # LR frames buffer_start, buffer_start + 1, … (float32, padded to MULTIPLE)
     buffer_start, done, ended = 0, 0, False
-    grid, size, ph, pw = None, None, 0, 0  # tiles, LR frame size and its padding to MULTIPLE, from the first frame
+    grid, size, padded = None, None, None  # tiles, LR frame size and its size padded to MULTIPLE, from the first frame
     while True:
         while not ended and buffer_start + len(buffer) < done + chunk_frames + half:
             frame = next(frames, None)
@@ -272,9 +271,9 @@ def upscale_stream(model: nn.Module, frames: Iterator[np.ndarray], chunk_frames:
                 break
             if size is None:
                 size = frame.shape[:2]
-                ph, pw = -size[0] % MULTIPLE, -size[1] % MULTIPLE
-                grid = _tile_grid(size[0] + ph, size[1] + pw, tile, tile_overlap, scale)
-            buffer.append(F.pad(to_tensor([frame]), (0, pw, 0, ph), mode="replicate")[0])
+                padded = padded_size(*size)
+                grid = _tile_grid(*padded, tile, tile_overlap, scale)
+            buffer.append(pad_bottom_right(to_tensor([frame]), *padded)[0])
         available = buffer_start + len(buffer)  # frames read so far (the clip's length once ended)
         last = available if ended else available - half  # frames whose whole window has been read
         todo = range(done, min(done + chunk_frames, last))
