@@ -38,7 +38,7 @@ from stdvsr.cache import CacheConfig
 from stdvsr.cache import run as build_cache
 from stdvsr.distill import DistillConfig, run_or_reuse
 from stdvsr.errors import StdvsrError
-from stdvsr.evaluate import EvalConfig, protocol_title
+from stdvsr.evaluate import EvalConfig, print_evaluation, protocol_title
 from stdvsr.evaluate import run as evaluate
 from stdvsr.io import write_text
 from stdvsr.models import DEMO_TEACHER
@@ -108,8 +108,6 @@ def main() -> None:
                                  models=(f"teacher={DEMO_TEACHER}", *(f"student_{n}={students[n]}" for n in STUDENTS)),
                                  figures=str(out / "figures"), json=str(out / "evaluation.json")))
     times["evaluate"] = time.perf_counter() - t0
-
-    from stdvsr.cli import print_evaluation
 
     print_evaluation(result)
     psnr = {m["name"]: round(m["average"]["psnr"], 4) for m in result["models"]}

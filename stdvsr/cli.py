@@ -647,8 +647,8 @@ def cache_verify(path: str, sources: bool, data: str | None, as_json: bool) -> N
     Example:
       stdvsr cache verify cache/demo-edvr.zarr
     """
-    from stdvsr.cache.build import read_manifest
     from stdvsr.cache.check import verify
+    from stdvsr.cache.layout import read_manifest
 
     manifest = read_manifest(Path(path))
     total = len(manifest["clips"]) if manifest else 0
@@ -727,47 +727,10 @@ def evaluate(set_, json_path, csv_path, **opts) -> None:
       stdvsr evaluate --set vimeo90k-test --root /data/vimeo_septuplet --model runs/std/student.pth --device cuda
       stdvsr evaluate --set vid4 --root /data/Vid4 --model EDVR_M_x4_SR_REDS_official.pth --arch edvr-m
     """
-    from stdvsr.evaluate import EvalConfig, run
+    from stdvsr.evaluate import EvalConfig, print_evaluation, run
 
     cfg = EvalConfig(set=set_, json=json_path, csv=csv_path, models=tuple(opts.pop("models")), **opts)
-    result = run(cfg)
-    print_evaluation(result)
-
-
-def print_evaluation(result: dict) -> None:
-    """The score table (clips + Average, PSNR/SSIM per model) and the cost table, on stdout."""
-    from stdvsr.evaluate import protocol_title
-
-    out = stdout()
-    models = result["models"]
-    table = Table(title=protocol_title(result["protocol"]))
-    table.add_column("clip", justify="left")
-    for m in models:
-        table.add_column(f"{m['name']}\nPSNR", justify="right")
-        table.add_column("SSIM", justify="right")
-    clips = [c["clip"] for c in models[0]["clips"]]
-    if len(clips) <= 40:
-        for i, clip in enumerate(clips):
-            table.add_row(clip, *[v for m in models for v in (f"{m['clips'][i]['psnr']:.2f}",
-                                                               f"{m['clips'][i]['ssim']:.4f}")])
-    else:
-        table.caption = f"{len(clips)} clips: per-clip rows are in --json / --csv"
-    table.add_row("Average", *[v for m in models for v in (f"{m['average']['psnr']:.2f}",
-                                                            f"{m['average']['ssim']:.4f}")], style="bold")
-    out.print(table)
-    costed = [m for m in models if "params" in m]
-    if costed:
-        h, w = costed[0]["lr_size"]
-        cost = Table(title=f"Cost per output frame (MACs at LR {h}×{w}; time measured here on {costed[0]['device']})")
-        for col in ("model", "params (M)", "GMACs", "ms / frame"):
-            cost.add_column(col, justify="left" if col == "model" else "right")
-        for m in costed:
-            cost.add_row(m["name"], f"{m['params'] / 1e6:.3f}", f"{m['gmacs']:.2f}", f"{m['ms_per_frame']:.1f}")
-        out.print(cost)
-    for path in result["pictures"][:6]:
-        stderr().print(f"wrote {path}", highlight=False)
-    if len(result["pictures"]) > 6:
-        stderr().print(f"… and {len(result['pictures']) - 6} more pictures", highlight=False)
+    print_evaluation(run(cfg))
 
 
 # ------------------------------------------------------------------------------------------------ distill
@@ -910,8 +873,22 @@ def distill(ctx: click.Context, **opts) -> None:
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Output file. Default: next to --model, <stem>.onnx or <stem>.torchscript.pt.")
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(11, 20), help="ONNX opset.")
-@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
-def export(model: str, fmt: str, lq_size: str, dynamic: bool, out: str | None, opset: int, force: bool) -> None:
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists (with --quantize also <stem>.int8.onnx and "
+                                              "<stem>.quant.json).")
+@click.option("--quantize", type=click.Choice(["int8"]),
+              help="Also write <stem>.int8.onnx: ONNX Runtime static quantisation (QDQ, int8 per-channel weights, "
+                   "8-bit activations), then score PyTorch / ONNX fp32 / ONNX int8 on --check-set.")
+@click.option("--calibrate", metavar="CACHE_DIR|SPEC",
+              help="int8 calibration data: a teacher cache (its LR frames) or a dataset spec (demo, folder:PATH, "
+                   "...; LR = BD x4 of its training split).")
+@click.option("--calib-windows", default=32, show_default=True, type=click.IntRange(1, 1024),
+              help="LR windows drawn for calibration.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the calibration draw and check inputs.")
+@click.option("--check-set", default="demo:carphone", show_default=True,
+              help="Held-out set the int8 check scores: an evaluate set (demo, demo:CLIP, folder:PATH) or "
+                   "vid4:ROOT, vimeo90k-test:ROOT.")
+def export(model: str, fmt: str, lq_size: str, dynamic: bool, out: str | None, opset: int, force: bool,
+           quantize: str | None, calibrate: str | None, calib_windows: int, seed: int, check_set: str) -> None:
     """Export a distilled student's forward(lq) -> sr to ONNX or TorchScript, checked against PyTorch.
 
     lq is (B, frames, 3, h, w) in [0, 1], sr is (B, 3, 4h, 4w). The written file is loaded back (ONNX Runtime or
@@ -923,17 +900,34 @@ def export(model: str, fmt: str, lq_size: str, dynamic: bool, out: str | None, o
     check: ONNX Runtime fails at e.g. 37×45). Pad each LR frame bottom/right by replicating its edge to the next
     multiple of 4 and crop the output back to 4h×4w, as stdvsr upscale does. VDSR and VSRNet take any size.
 
+    --quantize int8 also writes <stem>.int8.onnx (ONNX Runtime static quantisation, QDQ) calibrated on
+    --calib-windows LR windows drawn with --seed from --calibrate, then scores PyTorch fp32, ONNX fp32 and ONNX int8
+    on --check-set (Y-PSNR, SSIM, ms per frame in ONNX Runtime on this CPU) and writes <stem>.quant.json.
+
     \b
     Examples:
       stdvsr export --model runs/distill/student.pth                     # runs/distill/student.onnx, 120x180
       stdvsr export --model runs/distill/student.pth --dynamic --force   # any batch and size
       stdvsr export --model runs/vdsr/student.pth --format torchscript --out vdsr.pt
+      stdvsr export --model runs/distill/student.pth --quantize int8 --calibrate cache/demo-edvr.zarr
+      stdvsr export --model runs/distill/student.pth --quantize int8 --calibrate demo --lq-size 36x44 --force
     """
     from stdvsr.export import ExportConfig, run
 
-    cfg = ExportConfig(model=model, format=fmt, lq_size=lq_size, dynamic=dynamic, out=out, opset=opset, force=force)
+    if quantize:
+        if fmt != "onnx":
+            raise StdvsrError(f"--quantize {quantize} writes ONNX; drop --format {fmt}")
+        return _export_int8(model, lq_size, dynamic, out, opset, force, calibrate, calib_windows, seed, check_set)
+    if calibrate:
+        raise StdvsrError("--calibrate is only used with --quantize int8; add --quantize int8 or drop it")
+    cfg = ExportConfig(model=model, format=fmt, lq_size=lq_size, dynamic=dynamic, out=out, opset=opset, force=force,
+                       seed=seed)
     with stderr().status(f"exporting {model} to {fmt}"):
         result = run(cfg)
+    _print_export(result)
+
+
+def _print_export(result: dict) -> None:
     table = Table(title=f"{result['model']} → {result['format']}: check")
     for col in ("batch", "LR (H×W)", "max |exported − PyTorch|"):
         table.add_column(col, justify="right")
@@ -951,6 +945,32 @@ def export(model: str, fmt: str, lq_size: str, dynamic: bool, out: str | None, o
         out.print(f"feed it LR heights and widths that are multiples of {m} (pad the frames by replicating their "
                   f"bottom/right edge, then crop the output ×4, as stdvsr upscale does); other sizes fail",
                   soft_wrap=True, highlight=False)
+
+
+def _export_int8(model, lq_size, dynamic, out, opset, force, calibrate, calib_windows, seed, check_set) -> None:
+    from stdvsr.quantize import QuantizeConfig, run
+
+    cfg = QuantizeConfig(model=model, calibrate=calibrate, calib_windows=calib_windows, seed=seed, lq_size=lq_size,
+                         dynamic=dynamic, out=out, opset=opset, force=force, check_set=check_set)
+    with stderr().status(f"exporting {model} to ONNX, quantising to int8 and scoring on {check_set}"):
+        result = run(cfg)
+    _print_export(result["export"])
+    check = result["check"]
+    sizes = ", ".join(f"{h}×{w}" for h, w in check["run_lq_size"])
+    table = Table(title=f"{check['set']}, {check['rows'][0]['frames']} frames: Y-PSNR/SSIM (BD ×4), ms per frame "
+                        f"in ONNX Runtime at LR {sizes}, {check['threads']} thread(s)")
+    for col in ("", "Y-PSNR (dB)", "SSIM", "ms/frame", "max |Δ| vs PyTorch (levels)"):
+        table.add_column(col, justify="right")
+    for r in check["rows"]:
+        ms = "(not timed)" if r["ms_per_frame"] is None else f"{r['ms_per_frame']:.1f}"
+        table.add_row(r["name"], f"{r['psnr']:.3f}", f"{r['ssim']:.4f}", ms, str(r["max_levels"]))
+    o = stdout()
+    o.print(table)
+    o.print(f"int8 − PyTorch fp32: {-check['int8_psnr_drop']:+.3f} dB Y-PSNR; ONNX int8 runs "
+            f"{check['int8_speedup']:.2f}× as fast as ONNX fp32 here", soft_wrap=True, highlight=False)
+    o.print(f"wrote {result['int8']['path']} ({_mb(result['int8']['bytes'])} MB, QDQ int8, calibrated on "
+            f"{result['int8']['calibration']['windows']} windows of {calibrate}, seed {seed}) and {result['json']}",
+            soft_wrap=True, highlight=False)
 
 
 # ------------------------------------------------------------------------------------------------- upscale

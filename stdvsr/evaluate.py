@@ -358,3 +358,42 @@ def to_csv(result: dict) -> str:
         writer.writerow([m["name"], "Average", m["frames_scored"], f"{m['average']['psnr']:.4f}",
                          f"{m['average']['ssim']:.6f}"])
     return buf.getvalue()
+
+
+def print_evaluation(result: dict) -> None:
+    """The score table (clips + Average, PSNR/SSIM per model) and the cost table of :func:`run`'s result on
+    stdout, the pictures written on stderr (``stdvsr evaluate`` and ``pipelines/demo.py`` print this)."""
+    from rich.table import Table
+
+    from stdvsr.progress import stderr, stdout
+
+    out = stdout()
+    models = result["models"]
+    table = Table(title=protocol_title(result["protocol"]))
+    table.add_column("clip", justify="left")
+    for m in models:
+        table.add_column(f"{m['name']}\nPSNR", justify="right")
+        table.add_column("SSIM", justify="right")
+    clips = [c["clip"] for c in models[0]["clips"]]
+    if len(clips) <= 40:
+        for i, clip in enumerate(clips):
+            table.add_row(clip, *[v for m in models for v in (f"{m['clips'][i]['psnr']:.2f}",
+                                                               f"{m['clips'][i]['ssim']:.4f}")])
+    else:
+        table.caption = f"{len(clips)} clips: per-clip rows are in --json / --csv"
+    table.add_row("Average", *[v for m in models for v in (f"{m['average']['psnr']:.2f}",
+                                                            f"{m['average']['ssim']:.4f}")], style="bold")
+    out.print(table)
+    costed = [m for m in models if "params" in m]
+    if costed:
+        h, w = costed[0]["lr_size"]
+        cost = Table(title=f"Cost per output frame (MACs at LR {h}×{w}; time measured here on {costed[0]['device']})")
+        for col in ("model", "params (M)", "GMACs", "ms / frame"):
+            cost.add_column(col, justify="left" if col == "model" else "right")
+        for m in costed:
+            cost.add_row(m["name"], f"{m['params'] / 1e6:.3f}", f"{m['gmacs']:.2f}", f"{m['ms_per_frame']:.1f}")
+        out.print(cost)
+    for path in result["pictures"][:6]:
+        stderr().print(f"wrote {path}", highlight=False)
+    if len(result["pictures"]) > 6:
+        stderr().print(f"… and {len(result['pictures']) - 6} more pictures", highlight=False)

@@ -1,6 +1,6 @@
 """``stdvsr export``: a distilled student as an ONNX or TorchScript file, checked against PyTorch.
 
-What is exported is the deployable path ``forward(lq) -> sr`` (DESIGN.md): ``lq`` is ``(B, num_frame, 3, h, w)`` in
+What is exported is the deployable path ``forward(lq) -> sr`` (docs/ARCHITECTURE.md, "The model contract"): ``lq`` is ``(B, num_frame, 3, h, w)`` in
 [0, 1], ``sr`` is ``(B, 3, 4h, 4w)``. ONNX files name the input ``lq`` and the output ``sr``; with ``dynamic``
 their batch, height and width are symbolic. TorchScript files are ``torch.jit.trace`` graphs, which keep the shape
 arithmetic of the students, so they run at other sizes too; ``dynamic`` makes that checked. "Other sizes" means LR
@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from stdvsr.errors import StdvsrError
+from stdvsr.infer import MULTIPLE, padded_size
 from stdvsr.io import atomic_path
 from stdvsr.models import STUDENTS, load_model, model_spec, read_checkpoint
 from stdvsr.profile import parse_size
@@ -85,6 +86,15 @@ def load_student(path: str | Path) -> tuple[nn.Module, str, str]:
     return model, spec["name"], arch
 
 
+def parse_lq_size(text: str) -> tuple[int, int]:
+    """``--lq-size HxW`` of an exported graph: LR height and width, multiples of :data:`stdvsr.infer.MULTIPLE`."""
+    h, w = parse_size(text)
+    if h % MULTIPLE or w % MULTIPLE:
+        raise StdvsrError(f"--lq-size {text}: height and width must be multiples of {MULTIPLE} (the students "
+                          "downsample by 4), e.g. {}x{}".format(*padded_size(h, w)))
+    return h, w
+
+
 def run(cfg: ExportConfig) -> dict:
     """Export ``cfg.model`` to ``cfg.format``, check the file against PyTorch, and keep it only if it matches.
 
@@ -94,12 +104,9 @@ def run(cfg: ExportConfig) -> dict:
     """
     if cfg.format not in FORMATS:
         raise StdvsrError(f"--format {cfg.format!r} is not one of {', '.join(FORMATS)}")
-    h, w = parse_size(cfg.lq_size)
-    if h % 4 or w % 4:
-        raise StdvsrError(f"--lq-size {cfg.lq_size}: height and width must be multiples of 4 (the students "
-                          f"downsample by 4), e.g. {h + (-h) % 4}x{w + (-w) % 4}")
+    h, w = parse_lq_size(cfg.lq_size)
     if cfg.format == "onnx":
-        _require_onnx()
+        require_onnx()
         if not MIN_OPSET <= cfg.opset <= MAX_OPSET:
             raise StdvsrError(f"--opset {cfg.opset} is outside {MIN_OPSET}..{MAX_OPSET}; use the default 17")
     if not Path(cfg.model).expanduser().is_file():
@@ -143,12 +150,14 @@ def run(cfg: ExportConfig) -> dict:
             "max_abs_diff": max(c["max_abs_diff"] for c in checks), "size_multiple": SIZE_MULTIPLE.get(arch, 1)}
 
 
-def _require_onnx() -> None:
+def require_onnx(flag: str = "--format onnx") -> None:
+    """onnx and onnxruntime (with its quantisation tools) importable, else one line naming ``flag`` and the extra."""
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
+        import onnxruntime.quantization  # noqa: F401
     except ImportError as e:
-        raise StdvsrError(f"--format onnx needs the onnx and onnxruntime packages ({e}); "
+        raise StdvsrError(f"{flag} needs the onnx and onnxruntime packages ({e}); "
                           "pip install 'stdvsr[export]'") from None
 
 

@@ -1,0 +1,401 @@
+"""``stdvsr export --quantize int8``: a student's ONNX graph with int8 weights and activations, calibrated on real
+LR windows, and scored against the fp32 graph and PyTorch on held-out video.
+
+Post-training static quantisation with ONNX Runtime (``onnxruntime.quantization.quantize_static``):
+
+* **QDQ format** — QuantizeLinear/DequantizeLinear pairs around every quantised op, which ONNX Runtime's CPU
+  provider fuses into int8 kernels and which mobile runtimes (NNAPI, XNNPACK, QNN, Core ML) import as int8 ops;
+* **weights** int8, symmetric, one scale per output channel (``per_channel=True``);
+* **activations** 8 bits, per tensor, asymmetric (:data:`ACTIVATIONS`), their ranges the min/max over
+  ``calib_windows`` LR windows (MinMax calibration) drawn with a seeded RNG from a teacher cache (the ``lq`` frames
+  the student is trained on) or from a dataset (LR = BD ×4 of its frames, as everywhere in stdvsr). The input
+  ``lq`` and the output ``sr`` get the range [0, 1] (step 1/255) whatever the windows hold: 8-bit frames go in
+  exactly, and the output lands on the grid it is rounded to anyway, clamped as every consumer clamps it
+  (calibrated on one corner of a clip, the output's own range clipped bright pixels of another: 24 dB vs fp32).
+  Calibration is deterministic: the same seed and data give the same file, byte for byte.
+
+Every node is quantised, the last one (which writes ``sr``) too: keeping it in float gained 0.0005 dB on the demo
+student (README "Deploying a student"), not worth a float node in a graph meant for int8 accelerators.
+
+The check (:func:`score`) runs PyTorch fp32, the fp32 ONNX graph and the int8 graph on the same padded LR windows
+of a held-out set (default ``demo:carphone``, BD ×4) and reports Y-PSNR/SSIM under ``stdvsr evaluate``'s protocol
+(all frames, replicate window padding, crop 0), and the milliseconds per frame of the two ONNX graphs, whose
+sessions are built with the same options and thread count and timed interleaved (frame by frame, alternating
+which goes first) after untimed warm-up runs. PyTorch is the quality reference only and is not timed. A fixed-size
+graph takes frames padded (replicate, bottom/right) to its size; frames larger than it are refused up front.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from stdvsr.data import SPEC_KINDS, degrade, load_clips, read_hr, window_indices
+from stdvsr.errors import StdvsrError
+from stdvsr.export import SIZE_MULTIPLE, ExportConfig, default_out, load_student, parse_lq_size, require_onnx
+from stdvsr.export import run as export_fp32
+from stdvsr.infer import pad_bottom_right, padded_size
+from stdvsr.io import atomic_path, image_size, write_text
+from stdvsr.metrics import VideoMetrics, tensor_to_uint8
+
+MIN_OPSET = 13               # per-channel DequantizeLinear (its ``axis`` attribute) is opset 13
+ACTIVATIONS = "quint8"       # or qint8: uint8 ran 1.15× faster at equal PSNR (README "Deploying a student")
+MAX_CALIB_WINDOWS = 1024
+WARMUP = 2                   # untimed runs of each runner before the check's timing
+
+
+@dataclass
+class QuantizeConfig:
+    model: str                         # a stdvsr student checkpoint, e.g. runs/distill/student.pth
+    calibrate: str | None = None       # a teacher cache folder or a dataset spec (demo, folder:PATH, ...)
+    calib_windows: int = 32            # LR windows the activation ranges come from
+    seed: int = 0                      # of the calibration draw (and of export's check inputs)
+    lq_size: str = "120x180"           # LR H×W of the graph (multiples of 4)
+    dynamic: bool = False              # symbolic batch, H and W
+    out: str | None = None             # the fp32 .onnx; default next to the checkpoint; int8 beside it
+    opset: int = 17
+    force: bool = False                # overwrite the fp32, int8 and JSON files
+    check_set: str = "demo:carphone"   # held-out set scored by the check (any evaluate set; vid4:ROOT etc.)
+    activations: str = ACTIVATIONS     # quint8 | qint8
+    threads: int | None = None         # ONNX Runtime threads in the check (default: torch's)
+
+
+def int8_path(fp32: str | Path) -> Path:
+    """``runs/distill/student.onnx`` → ``runs/distill/student.int8.onnx``."""
+    fp32 = Path(fp32)
+    return fp32.with_name(fp32.stem + ".int8.onnx")
+
+
+def report_path(fp32: str | Path) -> Path:
+    """``runs/distill/student.onnx`` → ``runs/distill/student.quant.json``."""
+    fp32 = Path(fp32)
+    return fp32.with_name(fp32.stem + ".quant.json")
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+@dataclass
+class _Source:
+    """Clips to draw LR windows from: ``lengths[i]`` frames of LR size ``sizes[i]``; ``read(i, frames)`` gives
+    the LR frames ``(len(frames), 3, h, w)`` of clip i."""
+    kind: str
+    lengths: list[int]
+    sizes: list[tuple[int, int]]
+    read: Callable[[int, list[int]], torch.Tensor]
+
+
+def open_source(source: str) -> _Source:
+    """A teacher cache folder (its stored ``lq`` frames) or a dataset spec (BD ×4 of its training split)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        from stdvsr.cache.layout import MANIFEST
+        from stdvsr.cache.reader import CacheReader
+
+        if not (path / MANIFEST).is_file():
+            raise StdvsrError(f"--calibrate {source} is a folder but not a teacher cache (no {MANIFEST}); give a "
+                              f"cache built by stdvsr cache-teacher, or its frames as a dataset spec: "
+                              f"folder:{source}")
+        reader = CacheReader(path)
+        clips = reader.clips
+
+        def read_cache(i: int, frames: list[int]) -> torch.Tensor:
+            lo, hi = min(frames), max(frames) + 1
+            lq = reader.read_lq(clips[i]["index"], range(lo, hi))
+            return lq[[f - lo for f in frames]]
+
+        return _Source("cache", [c["frames"] for c in clips],
+                       [tuple(reader.groups[c["group"]]["lr_size"]) for c in clips], read_cache)
+    if source.partition(":")[0] not in SPEC_KINDS:
+        raise StdvsrError(f"--calibrate {source} is neither a teacher cache folder nor a dataset spec; give a cache "
+                          "built by stdvsr cache-teacher (e.g. cache/demo.zarr) or a spec such as demo or "
+                          "folder:PATH")
+    clips = load_clips(source, "train")
+    sizes = []
+    for clip in clips:
+        h, w = image_size(clip.frames[0]) if len(clip) else (0, 0)
+        sizes.append((h // 4, w // 4))
+
+    def read_spec(i: int, frames: list[int]) -> torch.Tensor:
+        return degrade(read_hr(clips[i], frames, 4, mod_crop=True), "bd", 4)
+
+    return _Source("dataset", [len(c) for c in clips], sizes, read_spec)
+
+
+def _checked(src: _Source, source: str) -> _Source:
+    if not sum(src.lengths):
+        raise StdvsrError(f"--calibrate {source}: the {src.kind} holds no frames to calibrate on; give a teacher "
+                          "cache with clips or a dataset spec with frames, e.g. demo")
+    return src
+
+
+def calibration_windows(source: _Source | str, num_frame: int, size: tuple[int, int], count: int,
+                        seed: int = 0) -> list[np.ndarray]:
+    """``count`` LR windows ``(1, num_frame, 3, h, w)`` float32 drawn with ``numpy.random.default_rng(seed)``:
+    a (clip, centre frame) pair without replacement over all frames, the window around it with replicate padding at
+    the clip's ends, an LR crop of ``size`` at a random position (replicate-padded bottom/right where the frame is
+    smaller). Fewer than ``count`` if the source has fewer frames."""
+    src = _checked(open_source(source), source) if isinstance(source, str) else source
+    items = [(i, t) for i, n in enumerate(src.lengths) for t in range(n)]
+    rng = np.random.default_rng(seed)
+    h, w = size
+    windows = []
+    for k in rng.choice(len(items), size=min(count, len(items)), replace=False):
+        i, t = items[int(k)]
+        lh, lw = src.sizes[i]
+        frames = window_indices(t, src.lengths[i], num_frame, "replicate")
+        ch, cw = min(h, lh), min(w, lw)
+        top, left = int(rng.integers(0, lh - ch + 1)), int(rng.integers(0, lw - cw + 1))
+        lq = src.read(i, frames)[..., top:top + ch, left:left + cw]
+        windows.append(pad_bottom_right(lq, h, w)[None].numpy().astype(np.float32))
+    return windows
+
+
+# --------------------------------------------------------------------------------------------- quantisation
+@contextlib.contextmanager
+def _quiet_ort() -> Iterator[None]:
+    """ONNX Runtime's quantiser logs advice (pre-processing, opset) through the root logger and its C++ core
+    warns about initialisers; neither is the user's to act on."""
+    import onnxruntime as ort
+
+    logging.disable(logging.WARNING)
+    ort.set_default_logger_severity(3)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def quantize_int8(fp32: Path, out: Path, windows: list[np.ndarray], activations: str = ACTIVATIONS) -> dict:
+    """Write the QDQ int8 graph of the fp32 ONNX file ``fp32`` to ``out``; returns what was done."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    act = {"quint8": QuantType.QUInt8, "qint8": QuantType.QInt8}[activations]
+
+    class Windows(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(windows)
+
+        def get_next(self):
+            lq = next(self.it, None)
+            return None if lq is None else {"lq": lq}
+
+    with tempfile.TemporaryDirectory(prefix="stdvsr-quant-") as tmp, _quiet_ort():
+        pre = Path(tmp) / "pre.onnx"
+        # ONNX shape inference and graph fusions, what quantisation works on (ORT's symbolic shape inference, made for
+        # transformers, fails on VESPCN's flow reshapes)
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre), str(out), Windows(), quant_format=QuantFormat.QDQ, per_channel=True,
+            weight_type=QuantType.QInt8, activation_type=act, calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"TensorQuantOverrides": {t: [{"rmin": np.float32(0.0), "rmax": np.float32(1.0)}]
+                                                    for t in ("lq", "sr")}})
+    model = onnx.load(str(out))
+    ops = [n.op_type for n in model.graph.node]
+    return {"format": "QDQ", "weights": "int8, symmetric, per output channel",
+            "activations": f"{'uint8' if activations == 'quint8' else 'int8'}, per tensor, MinMax over the windows",
+            "lq_sr_range": [0.0, 1.0], "quantize_linear": ops.count("QuantizeLinear"),
+            "windows": len(windows)}
+
+
+# ------------------------------------------------------------------------------------------------- checking
+def ort_session(path: str | Path, threads: int):
+    """An ONNX Runtime CPU session; every session of the check is built with these same options."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_runner(path: str | Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    session = ort_session(path, threads)
+    return lambda lq: torch.from_numpy(session.run(["sr"], {"lq": lq.numpy()})[0])
+
+
+def check_clips(check_set: str):
+    """``(clips, set name, centre_only)`` of ``--check-set``: an evaluate set (``demo``, ``demo:CLIP``,
+    ``folder:PATH``) or one with its root after a colon (``vid4:/data/Vid4``, ``vimeo90k-test:/data/vimeo``)."""
+    from stdvsr.evaluate import SETS, EvalConfig, resolve_set
+
+    name, _, root = check_set.partition(":")
+    if name in ("demo", "folder") and (root or name == "demo"):
+        return resolve_set(EvalConfig(set=check_set))
+    if name in SETS and root:
+        return resolve_set(EvalConfig(set=name, root=root))
+    raise StdvsrError(f"--check-set {check_set} is not a set; use demo:carphone (the default), demo, folder:PATH, "
+                      "vid4:ROOT or vimeo90k-test:ROOT (also -fast, -medium, -slow)")
+
+
+def run_size(lr: tuple[int, int], lq_size: tuple[int, int], dynamic: bool, multiple: int) -> tuple[int, int]:
+    """The LR size frames of size ``lr`` are padded to: the graph's fixed size, or the next multiple."""
+    return padded_size(*lr, multiple) if dynamic else lq_size
+
+
+@torch.no_grad()
+def score(model: nn.Module, runners: dict[str, Callable[[torch.Tensor], torch.Tensor]], check_set: str,
+          lq_size: tuple[int, int], dynamic: bool, multiple: int = 4, reference: str = "pytorch-fp32") -> dict:
+    """Y-PSNR/SSIM of PyTorch (``model``, row ``reference``) and of each runner (``name → lq → sr``, timed) on the
+    check set, and the runners' ms per frame.
+
+    Every network gets the same window, padded to the graph's size, and its output is cropped back, clamped and
+    rounded as ``stdvsr evaluate`` does; ``max_levels`` is the largest difference to PyTorch's frames in grey levels
+    (0-255, RGB). Timing: :data:`WARMUP` untimed runs each, then frame by frame, alternating which runner goes
+    first; the median per runner.
+    """
+    from stdvsr.evaluate import read_clip, scored_frames
+
+    clips, set_name, centre_only = check_clips(check_set)
+    names = [reference, *runners]
+    metrics = {n: VideoMetrics(0, True) for n in names}
+    times: dict[str, list[float]] = {n: [] for n in runners}
+    levels = {n: 0 for n in names}
+    sizes = set()
+    warm = False
+    for clip in clips:
+        lq, gt = read_clip(clip, "bd")
+        t, _, h, w = lq.shape
+        rh, rw = run_size((h, w), lq_size, dynamic, multiple)
+        sizes.add((rh, rw))
+        padded = pad_bottom_right(lq, rh, rw)
+        for k, f in enumerate(scored_frames(t, "all", centre_only)):
+            x = padded[window_indices(f, t, model.num_frame, "replicate")][None]
+            if not warm:
+                for run_ in runners.values():
+                    for _ in range(WARMUP):
+                        run_(x)
+                warm = True
+            outs = {reference: model(x)}
+            order = list(runners) if k % 2 == 0 else list(runners)[::-1]
+            for n in order:
+                t0 = time.perf_counter()
+                outs[n] = runners[n](x)
+                times[n].append(time.perf_counter() - t0)
+            ref = None
+            for n in names:
+                img = tensor_to_uint8(outs[n][0, :, :4 * h, :4 * w].clamp(0, 1))
+                metrics[n].add(clip.name, f, img, tensor_to_uint8(gt[f]))
+                ref = img.astype(np.int16) if ref is None else ref
+                levels[n] = max(levels[n], int(np.abs(img.astype(np.int16) - ref).max()))
+    if not len(metrics[reference]):
+        raise StdvsrError(f"--check-set {check_set} has no frame to score; give a set with frames, e.g. "
+                          "demo:carphone")
+    rows = []
+    for n in names:
+        s = metrics[n].summary()
+        ms = 1e3 * statistics.median(times[n]) if n in times else None
+        rows.append({"name": n, "psnr": s["psnr"], "ssim": s["ssim"], "frames": s["frames"], "ms_per_frame": ms,
+                     "max_levels": levels[n]})
+    return {"set": set_name, "protocol": "Y-PSNR/SSIM ×4, crop 0, all frames, LR BD (13×13 Gaussian σ 1.6), "
+                                         "replicate window padding, outputs rounded to uint8",
+            "run_lq_size": sorted(sizes), "rows": rows}
+
+
+# ----------------------------------------------------------------------------------------------------- run
+def run(cfg: QuantizeConfig) -> dict:
+    """fp32 ONNX export (checked against PyTorch, as ``stdvsr export``), int8 QDQ graph, and the check.
+
+    Returns ``{"export": <export.run's result>, "int8": {path, bytes, ...}, "check": <score()>, "json": path}``
+    and writes the same as JSON next to the fp32 file (:func:`report_path`).
+    """
+    require_onnx("--quantize int8")
+    if not MIN_OPSET <= cfg.opset:
+        raise StdvsrError(f"--opset {cfg.opset}: --quantize int8 needs opset {MIN_OPSET} or newer (per-channel "
+                          "int8 weights); use the default 17")
+    if cfg.activations not in ("quint8", "qint8"):
+        raise StdvsrError(f"activations {cfg.activations!r} is not quint8 or qint8")
+    if not cfg.calibrate:
+        raise StdvsrError("--quantize int8 needs calibration data: --calibrate CACHE_DIR (a teacher cache) or a "
+                          "dataset spec, e.g. --calibrate demo")
+    if not 1 <= cfg.calib_windows <= MAX_CALIB_WINDOWS:
+        raise StdvsrError(f"--calib-windows {cfg.calib_windows} is outside 1..{MAX_CALIB_WINDOWS}; the default 32 "
+                          "is enough for MinMax ranges")
+    h, w = parse_lq_size(cfg.lq_size)
+    if not Path(cfg.model).expanduser().is_file():
+        raise StdvsrError(f"--model {cfg.model} does not exist; give a student checkpoint, e.g. "
+                          "runs/distill/student.pth")
+    fp32 = Path(cfg.out).expanduser() if cfg.out else default_out(cfg.model, "onnx")
+    if fp32.suffix != ".onnx":
+        raise StdvsrError(f"--out {fp32}: with --quantize int8 the fp32 file must end in .onnx (the int8 file is "
+                          f"written beside it as <stem>.int8.onnx)")
+    int8, report = int8_path(fp32), report_path(fp32)
+    for path in (fp32, int8, report):
+        if path.exists() and not cfg.force:
+            raise StdvsrError(f"{path} already exists; pass --force to overwrite it or choose another --out")
+
+    # everything that can be refused is refused before a file is written
+    model, name, arch = load_student(cfg.model)
+    multiple = SIZE_MULTIPLE.get(arch, 1)
+    source = _checked(open_source(cfg.calibrate), cfg.calibrate)
+    clips, set_name, _ = check_clips(cfg.check_set)
+    for clip in clips:
+        if not len(clip):
+            continue
+        ch, cw = (v // 4 for v in image_size(clip.frames[0]))
+        if not cfg.dynamic and (ch > h or cw > w):
+            raise StdvsrError(f"--check-set {cfg.check_set}: clip {clip.name} has LR frames {ch}×{cw} (H×W), larger "
+                              f"than the graph's --lq-size {h}x{w}; export at --lq-size "
+                              "{}x{} or larger, or with --dynamic".format(*padded_size(ch, cw)))
+    windows = calibration_windows(source, model.num_frame, (h, w), cfg.calib_windows, cfg.seed)
+
+    exported = export_fp32(ExportConfig(model=cfg.model, format="onnx", lq_size=cfg.lq_size, dynamic=cfg.dynamic,
+                                        out=str(fp32), opset=cfg.opset, force=cfg.force, seed=cfg.seed))
+    threads = cfg.threads or torch.get_num_threads()
+    with atomic_path(int8) as tmp:
+        info = quantize_int8(fp32, tmp, windows, cfg.activations)
+        runner = ort_runner(tmp, threads)
+        cases = [(1, h, w)] + ([(2, h + 4, w + 8)] if cfg.dynamic else [])
+        for b, ch, cw in cases:  # the int8 graph runs at the export's sizes (dynamic: another size and batch too)
+            lq = torch.rand(b, model.num_frame, 3, ch, cw, generator=torch.Generator().manual_seed(cfg.seed))
+            try:
+                got = runner(lq)
+            except Exception as e:  # ONNX Runtime errors of every kind
+                detail = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                hint = "; export without --dynamic" if b == 2 else ""
+                raise StdvsrError(f"the int8 graph of {arch} fails on input {tuple(lq.shape)} ({detail}); nothing "
+                                  f"was written to {int8}{hint}") from None
+            if got.shape != (b, 3, 4 * ch, 4 * cw) or not torch.isfinite(got).all():
+                raise StdvsrError(f"the int8 graph of {arch} returned shape {tuple(got.shape)} or non-finite values "
+                                  f"for input {tuple(lq.shape)}; nothing was written to {int8}; rerun with --debug "
+                                  "and report it")
+        size = tmp.stat().st_size
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the untimed reference: no idle OpenMP workers spinning while ONNX Runtime is timed
+    try:
+        check = score(model, {"onnx-fp32": ort_runner(fp32, threads), "onnx-int8": ort_runner(int8, threads)},
+                      cfg.check_set, (h, w), cfg.dynamic, multiple)
+    finally:
+        torch.set_num_threads(torch_threads)
+    check["threads"] = threads
+    rows = {r["name"]: r for r in check["rows"]}
+    check["int8_psnr_drop"] = rows["pytorch-fp32"]["psnr"] - rows["onnx-int8"]["psnr"]
+    check["int8_speedup"] = rows["onnx-fp32"]["ms_per_frame"] / rows["onnx-int8"]["ms_per_frame"]
+
+    import onnxruntime as ort
+
+    result = {"model": name, "arch": arch, "checkpoint": str(cfg.model), "lq_size": [h, w], "dynamic": cfg.dynamic,
+              "opset": cfg.opset, "size_multiple": multiple, "export": exported,
+              "int8": {"path": str(int8), "bytes": size, **info, "onnxruntime": ort.__version__,
+                       "calibration": {"source": cfg.calibrate, "windows": len(windows), "seed": cfg.seed,
+                                       "method": "MinMax",
+                                       "lr": {"cache": "the cache's lq frames",
+                                              "dataset": "BD ×4 of its training split"}[source.kind]}},
+              "check": check, "json": str(report)}
+    write_text(report, json.dumps(result, indent=1))
+    return result
