@@ -49,9 +49,9 @@ from stdvsr.losses import (MAPPINGS, SD_NORMS, ConvLSTM, charbonnier, kd_mean2, 
                            td_loss)
 from stdvsr.models import STUDENTS, build_model, model_spec, read_checkpoint
 from stdvsr.progress import stderr, training_progress
-from stdvsr.training import (StepBatches, check_schedule, end_process_group, latest_checkpoint, learning_rate,
-                             loader_worker_init, open_metrics, resolve_device, resolved_specs, resume_run, rng_state,
-                             save_checkpoint, seed_everything, set_rng_state, torchrun_group)
+from stdvsr.training import (StepBatches, StepTimes, check_schedule, end_process_group, latest_checkpoint,
+                             learning_rate, loader_worker_init, open_metrics, resolve_device, resolved_specs,
+                             resume_run, rng_state, save_checkpoint, seed_everything, set_rng_state, torchrun_group)
 
 KD_MODES = ("std", "sd", "td", "none", "mse", "mean2", "output")
 FEATURES = ("sr", "lr")
@@ -666,8 +666,7 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
     if ckpt is not None and show_progress and rank == 0:
         stderr().print(f"resuming {out} from step {start_step} of {cfg.steps}", highlight=False, soft_wrap=True)
     start_time = time.perf_counter()
-    window = {"data": 0.0, "teacher": 0.0, "step": 0.0, "n": 0}
-    totals = {"data": 0.0, "teacher": 0.0, "step": 0.0}
+    times = StepTimes()
     distiller.train()
     completed, saved, in_update = start_step, start_step, False
     try:
@@ -729,24 +728,14 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
                 in_update = False
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                t3 = time.perf_counter()
-                for k, v in (("data", t1 - t0), ("teacher", t2 - t1), ("step", t3 - t0)):
-                    window[k] += v
-                    totals[k] += v
-                window["n"] += 1
+                times.add(t1 - t0, t2 - t1, time.perf_counter() - t0)
                 smoothed = values["total"] if smoothed is None else 0.95 * smoothed + 0.05 * values["total"]
                 shown = {k: v for k, v in values.items() if k != "total"}
                 progress.update(done, loss=smoothed, lr=lr, psnr=val_psnr, **shown,
-                                wait=window["data"] / max(window["step"], 1e-9))
+                                wait=times.wait_frac())
                 if done % cfg.log_every == 0 or done == cfg.steps or probe:
-                    n = window["n"]
                     record(step=done, **{f"loss_{k}": v for k, v in values.items()}, lr=lr, distil=distil,
-                           kd_scale=scale,
-                           data_wait_s=round(window["data"] / n, 5), teacher_s=round(window["teacher"] / n, 5),
-                           step_s=round(window["step"] / n, 5),
-                           data_wait_frac=round(window["data"] / max(window["step"], 1e-9), 4),
-                           elapsed=round(time.perf_counter() - start_time, 2))
-                    window = {"data": 0.0, "teacher": 0.0, "step": 0.0, "n": 0}
+                           kd_scale=scale, **times.row(), elapsed=round(time.perf_counter() - start_time, 2))
                 if validator is not None and (done % cfg.val_every == 0 or done == cfg.steps):
                     val_psnr = validator(student)
                     record(step=done, val_psnr=val_psnr, bicubic_psnr=validator.bicubic)
@@ -778,12 +767,10 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
         save_checkpoint(path, {"model": {"name": cfg.student, "kwargs": kwargs}, "params": student.state_dict(),
                                "config": config, "step": cfg.steps, "kd": cfg.kd, "feature": feature,
                                "cache_fingerprint": reader.fingerprint, "stdvsr": __version__})
-    steps_run = max(1, cfg.steps - start_step)
     return {"student": str(path), "steps": cfg.steps, "resumed_from": start_step, "val_psnr": val_psnr,
             "bicubic_psnr": validator.bicubic if validator is not None else None,
             "seconds": time.perf_counter() - start_time, "td_frozen_at": frozen_at, "tiers_read": tiers,
-            "step_s": totals["step"] / steps_run, "data_wait_frac": totals["data"] / max(totals["step"], 1e-9),
-            "teacher_s": totals["teacher"] / steps_run, "rank": rank, "world_size": world}
+            **times.summary(), "rank": rank, "world_size": world}
 
 
 def run_or_reuse(cfg: DistillConfig, show_progress: bool = True) -> tuple[dict | None, str]:

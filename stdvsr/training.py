@@ -230,6 +230,46 @@ def open_metrics(path: Path, resumed_at: int | None):
     return open(path, "a")
 
 
+class StepTimes:
+    """Where a training step's seconds go — ``data`` (waiting for the batch), ``teacher`` (targets), ``step`` (all of
+    it) — over the window since the last log row and over the whole run."""
+
+    PHASES = ("data", "teacher", "step")
+
+    def __init__(self):
+        self.totals = dict.fromkeys(self.PHASES, 0.0)
+        self.steps = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.window, self.n = dict.fromkeys(self.PHASES, 0.0), 0
+
+    def add(self, data: float, teacher: float, step: float) -> None:
+        for k, v in zip(self.PHASES, (data, teacher, step)):
+            self.window[k] += v
+            self.totals[k] += v
+        self.n += 1
+        self.steps += 1
+
+    def wait_frac(self) -> float:
+        """The window's share of step time spent waiting for data (the progress line's ``wait``)."""
+        return self.window["data"] / max(self.window["step"], 1e-9)
+
+    def row(self) -> dict:
+        """The window's means for a metrics.jsonl row; starts a new window."""
+        n = max(self.n, 1)
+        out = {"data_wait_s": round(self.window["data"] / n, 5), "teacher_s": round(self.window["teacher"] / n, 5),
+               "step_s": round(self.window["step"] / n, 5), "data_wait_frac": round(self.wait_frac(), 4)}
+        self._reset()
+        return out
+
+    def summary(self) -> dict:
+        """The run's means per step: ``step_s``, ``teacher_s`` and ``data_wait_frac``."""
+        n = max(self.steps, 1)
+        return {"step_s": self.totals["step"] / n, "teacher_s": self.totals["teacher"] / n,
+                "data_wait_frac": self.totals["data"] / max(self.totals["step"], 1e-9)}
+
+
 def torchrun_group(backend: str | None = None, timeout_minutes: float = 30) -> tuple[int, int, int]:
     """``(rank, world_size, local_rank)`` from torchrun's environment, starting the process group on first use
     (``backend`` None: NCCL with CUDA, else gloo); ``(0, 1, 0)`` outside torchrun. The one place that joins a group:

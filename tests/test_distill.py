@@ -662,3 +662,16 @@ def test_lever_flags_are_validated(caches, tmp_path):
                       (dict(kd_ramp=-1), "--kd-ramp and --log-first")):
         with pytest.raises(StdvsrError, match=match):
             run(config(caches["trunk"], tmp_path / "bad", **kw), show_progress=False)
+
+
+def test_step_times_report_windows_and_run_means():
+    from stdvsr.training import StepTimes
+
+    times = StepTimes()
+    times.add(0.1, 0.2, 1.0)
+    times.add(0.3, 0.0, 1.0)
+    assert times.wait_frac() == pytest.approx(0.2)
+    assert times.row() == {"data_wait_s": 0.2, "teacher_s": 0.1, "step_s": 1.0, "data_wait_frac": 0.2}
+    times.add(0.0, 0.0, 2.0)  # a new window after each row
+    assert times.row()["step_s"] == 2.0 and times.wait_frac() == 0.0
+    assert times.summary() == pytest.approx({"step_s": 4 / 3, "teacher_s": 0.2 / 3, "data_wait_frac": 0.1})
