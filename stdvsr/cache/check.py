@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from stdvsr.cache.build import read_records
-from stdvsr.cache.layout import read_manifest
-from stdvsr.cache.layout import HEAD, estimate_bytes, sources_sha256
+from stdvsr.cache.layout import HEAD, estimate_bytes, read_manifest, sources_sha256
 from stdvsr.cache.stores import backend
 
 
