@@ -50,8 +50,9 @@ from stdvsr.losses import (MAPPINGS, SD_NORMS, ConvLSTM, charbonnier, kd_mean2, 
 from stdvsr.models import STUDENTS, build_model, model_spec, read_checkpoint
 from stdvsr.progress import stderr, training_progress
 from stdvsr.training import (StepBatches, StepTimes, check_schedule, end_process_group, latest_checkpoint,
-                             learning_rate, loader_worker_init, open_metrics, resolve_device, resolved_specs,
-                             resume_run, rng_state, save_checkpoint, seed_everything, set_rng_state, torchrun_group)
+                             learning_rate, loader_batches, loader_worker_init, open_metrics, resolve_device,
+                             resolved_specs, resume_run, rng_state, save_checkpoint, seed_everything, set_rng_state,
+                             torchrun_group)
 
 KD_MODES = ("std", "sd", "td", "none", "mse", "mean2", "output")
 FEATURES = ("sr", "lr")
@@ -671,8 +672,7 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
     completed, saved, in_update = start_step, start_step, False
     try:
         with training_progress(cfg.steps, start_step, enabled=show_progress and rank == 0,
-                               log_every=cfg.log_every) as progress:
-            batches = iter(loader)
+                               log_every=cfg.log_every) as progress, loader_batches(loader) as batches:
             for step in range(start_step, cfg.steps):
                 t0 = time.perf_counter()
                 batch = next(batches)

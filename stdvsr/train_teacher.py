@@ -29,7 +29,7 @@ from stdvsr.io import folder_lock, write_text
 from stdvsr.progress import stderr, training_progress
 from stdvsr.models import build_model, load_weights, model_spec
 from stdvsr.losses import charbonnier
-from stdvsr.training import (EMA, StepBatches, check_schedule, learning_rate, loader_worker_init,
+from stdvsr.training import (EMA, StepBatches, check_schedule, learning_rate, loader_batches, loader_worker_init,
                              open_metrics, resolve_device, resume_run, rng_state, save_checkpoint, seed_everything,
                              set_rng_state)
 
@@ -154,8 +154,8 @@ def _run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | Non
     model.train()
     completed, saved, in_update = start_step, start_step, False
     try:
-        with training_progress(cfg.steps, start_step, enabled=show_progress, log_every=cfg.log_every) as progress:
-            batches = iter(loader)
+        with training_progress(cfg.steps, start_step, enabled=show_progress, log_every=cfg.log_every) as progress, \
+                loader_batches(loader) as batches:
             for step in range(start_step, cfg.steps):
                 t0 = time.perf_counter()
                 batch = next(batches)

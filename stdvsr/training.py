@@ -4,6 +4,7 @@ resumption exact, resuming (config checks, metrics.jsonl), atomic checkpoints, a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -110,6 +111,21 @@ def loader_worker_init(worker_id: int) -> None:
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def loader_batches(loader: torch.utils.data.DataLoader) -> Iterator:
+    """``iter(loader)`` whose worker processes are ended on leaving the block, however it is left. Needed because
+    the workers ignore SIGTERM (:func:`loader_worker_init`): an error's traceback keeps the iterator, and with it
+    the workers, alive until interpreter exit, where multiprocessing's ``terminate()`` (a SIGTERM) cannot end them
+    and its ``join()`` would wait for ever: the command printed its error and never exited."""
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # the single-process iterator has none
+        if shutdown is not None:
+            shutdown()
 
 
 def seed_everything(seed: int) -> None:
