@@ -15,8 +15,10 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from stdvsr import __version__
+from stdvsr import __version__, options
+from stdvsr.configs import CacheConfig, DistillConfig, TeacherConfig
 from stdvsr.errors import StdvsrError, Terminated, message, os_error
+from stdvsr.options import click_options, config_file_option, from_cli
 from stdvsr.progress import progress_bar, stderr, stdout
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -244,67 +246,6 @@ def _print_clip_table(clips, scale: int, title: str, decode: bool = False, mod_c
 
 
 # ------------------------------------------------------------------------------------------------ training
-def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """``--config FILE`` (TOML): its keys become the defaults of the command's options; flags still win."""
-    if value:
-        import tomllib
-
-        try:
-            data = tomllib.loads(Path(value).read_text())
-        except FileNotFoundError:
-            raise click.BadParameter(f"{value} does not exist", ctx, param) from None
-        except tomllib.TOMLDecodeError as e:
-            raise click.BadParameter(f"{value} is not valid TOML: {e}", ctx, param) from None
-        # a key is a parameter name (`fmt`) or an option's long name (`format`, `no-compress`, `no-space-check`)
-        params = {p.name: p for p in ctx.command.params}
-        negated: set[str] = set()  # names whose true value sets the parameter to False
-        for p in ctx.command.params:
-            for opt in [o for o in getattr(p, "opts", []) if o.startswith("--")]:
-                key = opt[2:].replace("-", "_")
-                if key not in params:
-                    params[key] = p
-                    if getattr(p, "is_flag", False) and p.flag_value is False:
-                        negated.add(key)
-            for opt in [o for o in getattr(p, "secondary_opts", []) if o.startswith("--")]:
-                params.setdefault(opt[2:].replace("-", "_"), p)
-                negated.add(opt[2:].replace("-", "_"))
-        unknown = sorted(k for k in data if k.replace("-", "_") not in params)
-        if unknown:
-            raise click.BadParameter(f"{value} sets unknown option(s) {', '.join(unknown)}", ctx, param)
-        defaults = {}
-        for k, v in data.items():
-            key = k.replace("-", "_")
-            kind = _toml_kind(params[key])
-            if kind is not None and not _is_kind(v, kind):
-                raise click.BadParameter(f"{value}: {k} = {v!r} must be {kind}", ctx, param)
-            defaults[params[key].name] = (not v) if key in negated and isinstance(v, bool) else v
-        ctx.default_map = {**(ctx.default_map or {}), **defaults}
-    return value
-
-
-def _toml_kind(param: click.Parameter) -> str | None:
-    """What a TOML value for ``param`` must be (click would silently turn ``steps = 2.7`` into 2)."""
-    if getattr(param, "is_flag", False):
-        return "true or false"
-    kind = {click.INT: "an integer", click.FLOAT: "a number", click.STRING: "a string"}.get(param.type)
-    if kind is None:
-        kind = ("an integer" if isinstance(param.type, click.IntRange) else
-                "a number" if isinstance(param.type, click.FloatRange) else
-                "a string" if isinstance(param.type, (click.Choice, click.Path)) else None)
-    if kind is not None and getattr(param, "multiple", False):
-        return f"a list of {kind.split(' ', 1)[1]}s"
-    return kind
-
-
-def _is_kind(value, kind: str) -> bool:
-    if kind.startswith("a list of "):
-        return isinstance(value, list) and all(_is_kind(v, "a " + kind[10:-1]) for v in value)
-    return {"true or false": lambda v: isinstance(v, bool),
-            "an integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-            "a number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-            "a string": lambda v: isinstance(v, str)}[kind](value)
-
-
 def _add_curves(table: Table, run: Path) -> None:
     """Draw ``run/curves.png`` (loss terms, lr, validation PSNR) at the end of a training command and list it; the
     weights are saved by then, so a picture that cannot be written is a warning, not a failed run."""
@@ -319,59 +260,17 @@ def _add_curves(table: Table, run: Path) -> None:
         table.add_row("curves", str(path))
 
 
-def _explicit(ctx: click.Context, names) -> set[str]:
-    """The options the user set (flag, environment or --config), as opposed to built-in defaults."""
-    default = click.core.ParameterSource.DEFAULT
-    return {n for n in names if ctx.get_parameter_source(n) not in (default, None)}
-
-
 MODEL_ARG_FLAGS = ("num_feat", "num_frame", "deformable_groups", "num_extract_block", "num_reconstruct_block")
 
 
 @cli.command("train-teacher", context_settings=CONTEXT)
-@click.option("--config", type=click.Path(dir_okay=False), callback=_load_config_file, is_eager=True,
-              expose_value=False, help="TOML file whose keys fill the options below (flags win).")
-@click.option("--teacher", default="edvr", show_default=True, type=click.Choice(["edvr"]), help="Teacher network.")
-@click.option("--preset", default="edvr-s", show_default=True, type=click.Choice(["edvr-s", "edvr-m", "edvr-l"]),
-              help="Size preset: edvr-s trains on a CPU; edvr-m / edvr-l are BasicSR's EDVR-M / EDVR-L.")
+@config_file_option("TOML file whose keys fill the options below (flags win).")
+@click_options(TeacherConfig)
 @click.option("--num-feat", type=int, help="Override the preset's channel count.")
 @click.option("--num-frame", type=int, help="Override the preset's window length 2k+1 (the paper: 7).")
 @click.option("--deformable-groups", type=int, help="Override the preset's DCN groups.")
 @click.option("--num-extract-block", type=int, help="Override the preset's feature-extraction blocks.")
 @click.option("--num-reconstruct-block", type=int, help="Override the preset's reconstruction blocks.")
-@click.option("--weights", "init_weights", type=click.Path(dir_okay=False),
-              help="Start from these weights (BasicSR, xinntao/EDVR or stdvsr checkpoint) instead of random.")
-@click.option("--data", default="demo", show_default=True, help="Training dataset spec (see `stdvsr data`).")
-@click.option("--val-data", default="auto", show_default=True,
-              help="Validation dataset spec; auto = the held-out split of demo/vimeo90k; 'none' disables.")
-@click.option("--degradation", default="bd", show_default=True, type=click.Choice(["bd", "bi"]))
-@click.option("--padding", default="replicate", show_default=True,
-              type=click.Choice(["replicate", "reflection", "reflection_circle", "circle"]),
-              help="Frame padding of validation windows at clip ends.")
-@click.option("--steps", default=3000, show_default=True, type=click.IntRange(1), help="Training iterations.")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1))
-@click.option("--patch-size", default=128, show_default=True, type=click.IntRange(4), help="HR crop size (÷4 at LR).")
-@click.option("--lr", default=4e-4, show_default=True, type=float, help="Peak Adam learning rate.")
-@click.option("--min-lr", default=1e-6, show_default=True, type=float, help="Final learning rate (cosine).")
-@click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step"]))
-@click.option("--lr-step", default=200_000, show_default=True, type=click.IntRange(1),
-              help="step schedule: multiply the lr by --lr-gamma every this many steps.")
-@click.option("--lr-gamma", default=0.5, show_default=True, type=float)
-@click.option("--ema", default=0.999, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-              help="EMA decay of the weights (0 disables); validation and teacher.pth use the EMA weights.")
-@click.option("--augment/--no-augment", default=True, show_default=True, help="Random flips and rotations.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="DataLoader workers.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--out", default="runs/teacher", show_default=True, type=click.Path(file_okay=False),
-              help="Output folder: checkpoints, metrics.jsonl, teacher.pth.")
-@click.option("--log-every", default=20, show_default=True, type=click.IntRange(1))
-@click.option("--val-every", default=500, show_default=True, type=click.IntRange(1))
-@click.option("--val-stride", default=4, show_default=True, type=click.IntRange(1),
-              help="Validate every N-th frame of the held-out clips.")
-@click.option("--val-clips", default=8, show_default=True, type=click.IntRange(0),
-              help="Validate on at most this many held-out clips, evenly spaced (0: all).")
-@click.option("--ckpt-every", default=500, show_default=True, type=click.IntRange(1))
 @click.option("--resume", help="auto (newest checkpoint in --out, if any) or a checkpoint path.")
 @click.pass_context
 def train_teacher(ctx: click.Context, **opts) -> None:
@@ -388,17 +287,15 @@ def train_teacher(ctx: click.Context, **opts) -> None:
       stdvsr train-teacher --preset edvr-l --data vimeo90k:/data/vimeo_septuplet \\
           --batch-size 8 --patch-size 256 --schedule step --lr 4e-4 --steps 600000 --device cuda
     """
-    from stdvsr.train_teacher import TeacherConfig, run
+    from stdvsr.train_teacher import run
 
     model_args = {k: opts.pop(k) for k in MODEL_ARG_FLAGS if opts.get(k) is not None}
     for k in MODEL_ARG_FLAGS:
         opts.pop(k, None)
-    resume = opts.pop("resume")
-    if opts["val_data"] == "none":
-        opts["val_data"] = None
-    cfg = TeacherConfig(model_args=model_args, **opts)
-    explicit = _explicit(ctx, opts) | ({"model_args"} if model_args else set())
-    result = run(cfg, resume=resume, explicit=explicit)
+    names = set(opts)
+    cfg = from_cli(TeacherConfig, opts, model_args=model_args)
+    explicit = options.explicit(ctx, names - set(opts)) | ({"model_args"} if model_args else set())
+    result = run(cfg, resume=opts["resume"], explicit=explicit)
     out = stdout()
     table = Table(title=f"Teacher ({cfg.preset}) after {result['steps']} steps")
     table.add_column("", justify="left")
@@ -476,49 +373,9 @@ def _mb(n: int | None) -> str:
 
 
 @cli.command("cache-teacher", context_settings=CONTEXT)
-@click.option("--config", type=click.Path(dir_okay=False), callback=_load_config_file, is_eager=True,
-              expose_value=False, help="TOML file whose keys fill the options below (flags win).")
-@click.option("--teacher", default="edvr", show_default=True, type=click.Choice(["edvr"]), help="Teacher network.")
-@click.option("--weights", type=click.Path(dir_okay=False),
-              help="Teacher weights (stdvsr or BasicSR checkpoint). Default: the shipped demo teacher (edvr-s).")
-@click.option("--preset", type=click.Choice(["edvr-s", "edvr-m", "edvr-l"]),
-              help="Architecture of --weights that are not a stdvsr checkpoint (e.g. BasicSR's EDVR-L).")
-@click.option("--data", default="demo", show_default=True, help="Dataset spec (see `stdvsr data`).")
-@click.option("--split", default="train", show_default=True, help="Dataset split to cache.")
-@click.option("--max-clips", type=click.IntRange(1), help="Only the first N clips of the dataset (smoke runs).")
-@click.option("--views", default=1, show_default=True, type=int,
-              help="Cache each clip through the first N of the 8 dihedral transforms (1: as it is, 2: + horizontal "
-                   "flip, 4: every flip, 8: + transposes) with the teacher run on each; a view costs one more "
-                   "teacher pass and the bytes of the clip.")
-@click.option("--out", type=click.Path(file_okay=False),
-              help="Cache folder. Default: cache/<data>-<teacher>.<format>.")
-@click.option("--format", "fmt", default="zarr", show_default=True, type=click.Choice(["zarr", "hdf5"]),
-              help="Zarr v3 with sharding, or HDF5 part files joined by a virtual dataset.")
-@click.option("--store", default="trunk", show_default=True,
-              help="Comma list of tiers besides the LR input: trunk (F^LR + the head, serves SD and TD), attention "
-                   "(M^T, HR), feat_sr (F^SR, HR, 16× trunk at 64 ch), sr (teacher output).")
-@click.option("--dtype", default="fp16", show_default=True, type=click.Choice(["fp16", "int8"]),
-              help="Storage of trunk / feat_sr; int8 has one scale per frame and channel (half the size).")
-@click.option("--degradation", default="bd", show_default=True, type=click.Choice(["bd", "bi"]))
-@click.option("--lq-from-disk", is_flag=True, help="Use the dataset's own LR frames (Vid4 BDx4/BIx4).")
-@click.option("--mod-crop", is_flag=True, help="Crop frames to a multiple of the scale instead of refusing them.")
-@click.option("--padding", default="replicate", show_default=True,
-              type=click.Choice(["replicate", "reflection", "reflection_circle", "circle"]),
-              help="Frame padding of windows at clip ends (the paper: replicate).")
-@click.option("--chunk", default=64, show_default=True, type=click.IntRange(4),
-              help="Inner chunk tile in LR pixels (×4 for HR tiers); a shard is one frame.")
-@click.option("--compress/--no-compress", default=True, show_default=True,
-              help="zstd level 1 (Zarr) or lzf (HDF5) on every chunk.")
-@click.option("--hdf5-part-mb", "part_mb", default=1024, show_default=True, type=click.IntRange(0),
-              help="HDF5: start a new part file after this many MB (the unit of resume).")
-@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1),
-              help="Windows per teacher forward (1 was fastest on a CPU; try 4-8 on a GPU).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--rank", type=click.IntRange(0), help="This process's rank when not started by torchrun.")
-@click.option("--world-size", type=click.IntRange(1), help="Number of processes when not started by torchrun.")
-@click.option("--no-space-check", "check_space", is_flag=True, flag_value=False, default=True,
-              help="Start even if the uncompressed estimate exceeds the free disk space.")
-def cache_teacher(fmt: str, **opts) -> None:
+@config_file_option("TOML file whose keys fill the options below (flags win).")
+@click_options(CacheConfig)
+def cache_teacher(**opts) -> None:
     """Stage one: run the teacher once over a dataset and store its targets for every frame.
 
     For each clip and frame t the teacher sees the 2k+1 window around t; each frame's features are extracted
@@ -541,10 +398,9 @@ def cache_teacher(fmt: str, **opts) -> None:
           --data vimeo90k:/data/vimeo_septuplet --dtype int8 --device cuda --batch-size 7
       torchrun --nproc_per_node 4 -m stdvsr cache-teacher --data vimeo90k:/data/vimeo_septuplet ...
     """
-    from stdvsr.cache.build import CacheConfig, run
+    from stdvsr.cache.build import run
 
-    cfg = CacheConfig(format=fmt, store=opts.pop("store"), **opts)
-    result = run(cfg)
+    result = run(from_cli(CacheConfig, opts))
     if result["rank"] != 0:
         return
     _print_cache_summary(result)
@@ -735,84 +591,9 @@ def evaluate(set_, json_path, csv_path, **opts) -> None:
 
 # ------------------------------------------------------------------------------------------------ distill
 @cli.command("distill", context_settings=CONTEXT)
-@click.option("--config", type=click.Path(dir_okay=False), callback=_load_config_file, is_eager=True,
-              expose_value=False, help="TOML file whose keys fill the options below (flags win), e.g. "
-                                       "pipelines/paper.toml for the paper's settings.")
-@click.option("--student", default="fastdvdnet", show_default=True,
-              type=click.Choice(["fastdvdnet", "fastdvdnet-half", "fastdvdnet-quarter", "fastdvdnet-quarter-h64",
-                                 "vsrnet", "vespcn", "vdsr"]),
-              help="Student network (the -half / -quarter widths are Table 6's; -h64 keeps a 64-channel head).")
-@click.option("--cache", default="cache/demo-edvr.zarr", show_default=True, type=click.Path(file_okay=False),
-              help="Teacher cache written by `stdvsr cache-teacher`.")
-@click.option("--data", help="Where the cache's dataset lives now, if it moved (default: as recorded).")
-@click.option("--out", default="runs/distill", show_default=True, type=click.Path(file_okay=False),
-              help="Run folder: checkpoints/, metrics.jsonl, config.json, student.pth.")
-@click.option("--kd", default="std", show_default=True, type=click.Choice(["std", "sd", "td", "none", "mse", "mean2",
-                                                                         "output"]),
-              help="Distillation: std = SD + TD (the paper), sd / td alone, none (plain student), mse (KD-MSE on "
-                   "features), mean2 (Gao et al.'s KD-M²_mean), output (teacher's SR frames).")
-@click.option("--feature", type=click.Choice(["sr", "lr"]),
-              help="Feature to distil: F^SR (the paper) or F^LR (Table 4). Default: lr for mean2, sr otherwise.")
-@click.option("--lambda-sd", default=1.0, show_default=True, type=float,
-              help="λ1, weight of L_SD (and of the mse / mean2 / output term).")
-@click.option("--lambda-td", default=100.0, show_default=True, type=float, help="λ2, weight of L_TD.")
-@click.option("--attention", default="sum2", show_default=True, type=click.Choice(["sum2", "sum", "max2"]),
-              help="SD mapping: Σ|F|² (Eq. 2, the paper), Σ|F| (Eq. 1), max|F|² (Eq. 3).")
-@click.option("--sd-norm", default="none", show_default=True, type=click.Choice(["none", "l2"]),
-              help="Normalise attention maps by their L2 norm (attention transfer); the paper does not.")
-@click.option("--td-hidden", default=16, show_default=True, type=click.IntRange(1),
-              help="ConvLSTM hidden channels (TD).")
-@click.option("--td-freeze", default=1e-8, show_default=True, type=float,
-              help="Freeze the ConvLSTM once L_TD falls below this (the paper's collapse guard).")
-@click.option("--td-forget-bias", type=float,
-              help="Initial forget-gate bias of the ConvLSTM (default: PyTorch's init; 1 keeps early frames in C).")
-@click.option("--adapter", default="default", show_default=True, type=click.Choice(["default", "fit"]),
-              help="1×1 adapter from the student's to the teacher's channels: default (PyTorch init, with bias) or "
-                   "fit (no bias, least squares on the first distillation batch: no switch-on shock).")
-@click.option("--kd-ramp", default=0, show_default=True, type=click.IntRange(0),
-              help="Ramp the distillation terms' weights linearly from 0 over this many steps after warm-up.")
-@click.option("--lambda-out", default=0.0, show_default=True, type=float,
-              help="Weight of an output-KD term (Charbonnier to the teacher's SR) added to --kd's terms.")
-@click.option("--log-first", default=0, show_default=True, type=click.IntRange(0),
-              help="Log each of the first N distillation steps to metrics.jsonl with every term's gradient norm, "
-                   "its cosine with L_rec's and where it lands (single process).")
-@click.option("--clip-frames", default=7, show_default=True, type=click.IntRange(1),
-              help="Frames per training sample, 2k+1 (the TD sequence).")
-@click.option("--warmup-steps", default=200, show_default=True, type=click.IntRange(0),
-              help="Steps with L_rec only before distillation starts (the paper: 20000).")
-@click.option("--steps", default=2000, show_default=True, type=click.IntRange(1), help="Training iterations.")
-@click.option("--batch-size", default=2, show_default=True, type=click.IntRange(1), help="Clips per step, per rank.")
-@click.option("--patch-size", default=64, show_default=True, type=click.IntRange(16),
-              help="HR crop size, a multiple of 16 (the paper: 256).")
-@click.option("--lr", default=2e-4, show_default=True, type=float, help="Peak Adam learning rate (the paper: 1e-4).")
-@click.option("--min-lr", default=1e-6, show_default=True, type=float, help="Final learning rate (cosine).")
-@click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step"]),
-              help="cosine, or step: ×--lr-gamma every --lr-step steps (the paper).")
-@click.option("--lr-step", default=200_000, show_default=True, type=click.IntRange(1))
-@click.option("--lr-gamma", default=0.5, show_default=True, type=float)
-@click.option("--augment", default="none", show_default=True, type=click.Choice(["none", "approx"]),
-              help="none: exact cached targets; approx: the same flip/rotation of inputs and targets "
-                   "(a transformed target is not the teacher's output on the transformed input).")
-@click.option("--online-teacher", is_flag=True,
-              help="Run the teacher every step instead of reading the cache (same losses; to check and time it).")
-@click.option("--teacher-weights", type=click.Path(dir_okay=False),
-              help="Weights for --online-teacher (default: those the cache was built from; sha256 checked).")
-@click.option("--degradation", type=click.Choice(["bd", "bi"]), help="Refuse a cache built with another one.")
-@click.option("--padding", type=click.Choice(["replicate", "reflection", "reflection_circle", "circle"]),
-              help="Refuse a cache built with another padding mode.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="DataLoader workers.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--log-every", default=20, show_default=True, type=click.IntRange(1))
-@click.option("--val-data", default="auto", show_default=True,
-              help="Held-out clips for validation: auto = the held-out split of demo/vimeo90k; 'none' disables.")
-@click.option("--val-every", default=500, show_default=True, type=click.IntRange(0),
-              help="Held-out Y-PSNR every N steps (0: never).")
-@click.option("--val-stride", default=4, show_default=True, type=click.IntRange(1),
-              help="Validate every N-th frame of each held-out clip.")
-@click.option("--val-clips", default=8, show_default=True, type=click.IntRange(0),
-              help="Validate on at most this many held-out clips (0: all).")
-@click.option("--ckpt-every", default=500, show_default=True, type=click.IntRange(1))
+@config_file_option("TOML file whose keys fill the options below (flags win), e.g. pipelines/paper.toml for the "
+                    "paper's settings.")
+@click_options(DistillConfig)
 @click.option("--resume", help="auto (newest checkpoint in --out, if any) or a checkpoint path.")
 @click.pass_context
 def distill(ctx: click.Context, **opts) -> None:
@@ -832,13 +613,11 @@ def distill(ctx: click.Context, **opts) -> None:
       stdvsr distill --config pipelines/paper.toml --cache cache/vimeo90k-edvr.zarr --device cuda
       torchrun --nproc_per_node 4 -m stdvsr distill --config pipelines/paper.toml --cache ...
     """
-    from stdvsr.distill import DistillConfig, run
+    from stdvsr.distill import run
 
-    resume = opts.pop("resume")
-    if opts["val_data"] == "none":
-        opts["val_data"] = None
-    cfg = DistillConfig(**opts)
-    result = run(cfg, resume=resume, explicit=_explicit(ctx, opts))
+    names = set(opts)
+    cfg = from_cli(DistillConfig, opts)
+    result = run(cfg, resume=opts["resume"], explicit=options.explicit(ctx, names - set(opts)))
     if result["rank"] != 0:
         return
     title = (f"{cfg.student} trained without distillation (--kd none)" if cfg.kd == "none" else

@@ -53,11 +53,10 @@ import torch
 
 from stdvsr.degradations import bd_downsample, bi_downsample
 from stdvsr.errors import StdvsrError
+from stdvsr.names import DEGRADATIONS, PADDING_MODES
 from stdvsr.io import (check_frame_count, image_size, is_image, iter_video_frames, read_image, video_header,
                        write_image, write_text)
 
-PADDING_MODES = ("replicate", "reflection", "reflection_circle", "circle")
-DEGRADATIONS = ("bd", "bi")
 SPEC_KINDS = ("demo", "vimeo90k", "vid4", "folder", "video")
 SPEC_HELP = "demo, vimeo90k:ROOT, vid4:ROOT, folder:ROOT, video:FILE or demo:CLIP[,CLIP]"
 VIMEO_SPLITS = ("train", "test", "fast", "medium", "slow")

@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,74 +41,24 @@ from stdvsr import __version__
 from stdvsr.cache.build import pad4
 from stdvsr.cache.layout import FEATURE_POINT, HEAD_MARGIN, first_difference, lookup
 from stdvsr.cache.reader import CacheReader, draw_crop
+from stdvsr.configs import DistillConfig
 from stdvsr.data import dihedral, window_indices
 from stdvsr.errors import StdvsrError
 from stdvsr.io import folder_lock, write_text
-from stdvsr.losses import (MAPPINGS, SD_NORMS, ConvLSTM, charbonnier, kd_mean2, kd_mse, output_kd, sd_loss,
+from stdvsr.losses import (ConvLSTM, charbonnier, kd_mean2, kd_mse, output_kd, sd_loss,
                            td_loss)
-from stdvsr.models import STUDENTS, build_model, model_spec, read_checkpoint
+from stdvsr.models import build_model, model_spec, read_checkpoint
+from stdvsr.options import check_fields, resumable
 from stdvsr.progress import stderr, training_progress
 from stdvsr.training import (StepBatches, StepTimes, check_schedule, end_process_group, latest_checkpoint,
                              learning_rate, loader_batches, loader_worker_init, open_metrics, resolve_device,
                              resolved_specs, resume_run, rng_state, save_checkpoint, seed_everything, set_rng_state,
                              torchrun_group)
 
-KD_MODES = ("std", "sd", "td", "none", "mse", "mean2", "output")
-FEATURES = ("sr", "lr")
-AUGMENTS = ("none", "approx")
-ADAPTERS = ("default", "fit")
-
-
-@dataclass
-class DistillConfig:
-    student: str = "fastdvdnet"      # a student architecture or preset (fastdvdnet-half, fastdvdnet-quarter)
-    cache: str = "cache/demo-edvr.zarr"
-    data: str | None = None          # the dataset's new location if it moved since the cache was built
-    out: str = "runs/distill"
-    kd: str = "std"
-    feature: str | None = None       # sr | lr; None: lr for mean2 (Gao et al.), sr otherwise
-    lambda_sd: float = 1.0           # λ1: weight of L_SD (and of the mse / mean2 / output baselines' term)
-    lambda_td: float = 100.0         # λ2: weight of L_TD
-    attention: str = "sum2"          # SD mapping: sum2 (Eq. 2, the paper), sum (Eq. 1), max2 (Eq. 3)
-    sd_norm: str = "none"            # none (the paper) | l2 (attention transfer's normalisation)
-    td_hidden: int = 16              # ConvLSTM hidden/cell channels
-    td_freeze: float = 1e-8          # freeze the ConvLSTM once L_TD falls below this
-    td_forget_bias: float | None = None  # initial forget-gate bias of the ConvLSTM (None: PyTorch's default init)
-    adapter: str = "default"         # 1×1 adapter: default (PyTorch init, with bias) | fit (no bias, least squares
-                                     # on the first distillation batch, so distillation starts where the student is)
-    kd_ramp: int = 0                 # ramp every distillation weight linearly from 0 over this many steps after warm-up
-    lambda_out: float = 0.0          # weight of an output-KD term (Charbonnier to the teacher's SR) added to --kd's
-    log_first: int = 0               # log every one of the first N distillation steps, with each term's gradient
-    clip_frames: int = 7             # 2k+1 frames per sample (k = 3)
-    warmup_steps: int = 200          # L_rec only for these steps (the paper: 20K)
-    steps: int = 2000
-    batch_size: int = 2              # per rank
-    patch_size: int = 64             # HR crop (÷4 at LR)
-    lr: float = 2e-4
-    min_lr: float = 1e-6
-    schedule: str = "cosine"         # cosine | step (the paper: ×0.5 every 200K)
-    lr_step: int = 200_000
-    lr_gamma: float = 0.5
-    augment: str = "none"            # none: exact targets; approx: flips/rotations of inputs and targets alike
-    online_teacher: bool = False     # run the teacher every step instead of reading its targets from the cache
-    teacher_weights: str | None = None  # online teacher weights (default: the file the cache was built from)
-    degradation: str | None = None   # expected cache settings: a mismatch is refused (None: whatever it holds)
-    padding: str | None = None
-    val_data: str | None = "auto"   # held-out clips: auto = the held-out split of demo / vimeo90k; None: none
-    seed: int = 0
-    workers: int = 2
-    device: str = "auto"
-    log_every: int = 20
-    val_every: int = 500
-    val_stride: int = 4
-    val_clips: int = 8
-    ckpt_every: int = 500
-    keep_checkpoints: int = 3
 
 
 # Fields a resumed run may change; anything else must match the checkpoint.
-RESUMABLE_CHANGES = {"steps", "workers", "device", "out", "log_every", "log_first", "val_every", "val_stride",
-                     "val_clips", "val_data", "ckpt_every", "keep_checkpoints", "data", "cache", "teacher_weights"}
+RESUMABLE_CHANGES = resumable(DistillConfig)
 
 
 # --------------------------------------------------------------------------------------------------- planning
@@ -193,17 +142,8 @@ def check_cache(cfg: DistillConfig, reader: CacheReader, student: nn.Module) -> 
 
 
 def validate_config(cfg: DistillConfig) -> None:
-    choices = {"kd": KD_MODES, "attention": MAPPINGS, "sd_norm": SD_NORMS, "augment": AUGMENTS,
-               "schedule": ("cosine", "step"), "adapter": ADAPTERS}
-    for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            raise StdvsrError(f"--{name.replace('_', '-')} {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")
-    if cfg.feature not in (None, *FEATURES):
-        raise StdvsrError(f"--feature {cfg.feature!r} is not one of {', '.join(FEATURES)}")
-    arch, _ = model_spec(cfg.student)
-    if arch not in STUDENTS:
-        raise StdvsrError(f"--student {cfg.student} is not a student; choose one of {', '.join(STUDENTS)} or a "
-                          "student preset (fastdvdnet-half, fastdvdnet-quarter)")
+    """Refuse settings that cannot train as labelled; types, choices and ranges come from the fields' options."""
+    check_fields(cfg)
     if cfg.patch_size % 16:
         raise StdvsrError(f"--patch-size {cfg.patch_size} must be a multiple of 16 (4 for the scale × 4 for the "
                           "students' LR downsampling)")
@@ -211,8 +151,6 @@ def validate_config(cfg: DistillConfig) -> None:
         raise StdvsrError(f"--clip-frames {cfg.clip_frames} must be odd, 2k+1: a centre frame with k on each side")
     if "td" in uses(cfg) and cfg.clip_frames < 3:
         raise StdvsrError("--kd std/td needs --clip-frames ≥ 3 (TD encodes a sequence)")
-    if cfg.warmup_steps < 0 or cfg.steps < 1:
-        raise StdvsrError("--steps must be ≥ 1 and --warmup-steps ≥ 0")
     if cfg.kd != "none" and cfg.warmup_steps >= cfg.steps:
         raise StdvsrError(f"--warmup-steps {cfg.warmup_steps} ≥ --steps {cfg.steps}: no step would distil with --kd "
                           f"{cfg.kd}; lower --warmup-steps, raise --steps, or train the plain student with --kd none")
@@ -221,8 +159,6 @@ def validate_config(cfg: DistillConfig) -> None:
         if not np.isfinite(value) or value < 0:
             raise StdvsrError(f"--{name.replace('_', '-')} {value} must be a finite number ≥ 0")
     check_schedule(cfg)
-    if cfg.kd_ramp < 0 or cfg.log_first < 0:
-        raise StdvsrError("--kd-ramp and --log-first must be ≥ 0")
     if cfg.lambda_out > 0 and cfg.kd in ("none", "output"):
         raise StdvsrError(f"--lambda-out adds output KD to a distillation loss; with --kd {cfg.kd} use --kd output "
                           "(its weight is --lambda-sd)")

@@ -13,11 +13,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from stdvsr.names import MAPPINGS, SD_NORMS
+
 __all__ = ["charbonnier", "attention_map", "sd_loss", "ConvLSTM", "td_loss", "kd_mse", "mean2_map", "kd_mean2",
            "output_kd", "MAPPINGS", "SD_NORMS"]
-
-MAPPINGS = ("sum2", "sum", "max2")
-SD_NORMS = ("none", "l2")
 
 
 def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

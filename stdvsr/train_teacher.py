@@ -16,62 +16,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from stdvsr import __version__
+from stdvsr.configs import TeacherConfig
 from stdvsr.data import ClipDataset, load_clips
 from stdvsr.errors import StdvsrError
 from stdvsr.evaluate import Validator, validation_clips
 from stdvsr.io import folder_lock, write_text
 from stdvsr.progress import stderr, training_progress
 from stdvsr.models import build_model, load_weights, model_spec
+from stdvsr.options import check_fields, resumable
 from stdvsr.losses import charbonnier
 from stdvsr.training import (EMA, StepBatches, check_schedule, learning_rate, loader_batches, loader_worker_init,
                              open_metrics, resolve_device, resume_run, rng_state, save_checkpoint, seed_everything,
                              set_rng_state)
 
 
-@dataclass
-class TeacherConfig:
-    teacher: str = "edvr"
-    preset: str = "edvr-s"           # edvr-s (CPU), edvr-m, edvr-l; model_args override single values
-    model_args: dict = dataclasses.field(default_factory=dict)
-    init_weights: str | None = None  # start from these weights (fine-tuning), any load_weights format
-    data: str = "demo"
-    val_data: str | None = "auto"    # "auto": the held-out split of demo / vimeo90k; None: no validation
-    degradation: str = "bd"
-    padding: str = "replicate"
-    steps: int = 3000
-    batch_size: int = 4
-    patch_size: int = 128            # HR crop; the LR crop is patch_size / 4
-    lr: float = 4e-4
-    min_lr: float = 1e-6
-    schedule: str = "cosine"
-    lr_step: int = 200_000           # step schedule: multiply by lr_gamma every lr_step steps
-    lr_gamma: float = 0.5
-    ema: float = 0.999               # 0 disables the EMA copy
-    augment: bool = True
-    seed: int = 0
-    workers: int = 2
-    device: str = "auto"
-    out: str = "runs/teacher"
-    log_every: int = 20
-    val_every: int = 500
-    val_stride: int = 4              # validate every val_stride-th frame of each held-out clip
-    val_clips: int = 8               # at most this many held-out clips, evenly spaced (0: all)
-    ckpt_every: int = 500
-    keep_checkpoints: int = 3
-
-
 # Fields a resumed run may change; anything else must match the checkpoint.
-RESUMABLE_CHANGES = {"steps", "workers", "device", "out", "log_every", "val_every", "val_stride", "val_clips",
-                     "ckpt_every",
-                     "keep_checkpoints", "init_weights"}
-
-
+RESUMABLE_CHANGES = resumable(TeacherConfig)
 
 
 def run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | None = None,
@@ -89,6 +54,7 @@ def _run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | Non
     resuming, the checkpoint's config is used; of the fields named in ``explicit`` (default: all of ``cfg``), those
     in ``RESUMABLE_CHANGES`` (e.g. ``steps``) override it and any other that differs is an error naming the flag.
     """
+    check_fields(cfg)
     check_schedule(cfg)
     cfg, ckpt = resume_run(cfg, resume, explicit, RESUMABLE_CHANGES)
     out = Path(cfg.out)

@@ -17,13 +17,13 @@ def test_option_names_parameter_names_and_negative_flags(tmp_path):
     cfg.write_text('format = "hdf5"\nno-compress = true\nno_space_check = true\nhdf5-part-mb = 64\n'
                    'batch-size = 3\n')
     params = parse(["cache-teacher", "--config", str(cfg)])
-    assert (params["fmt"], params["compress"], params["check_space"], params["part_mb"], params["batch_size"]) == \
+    assert (params["format"], params["compress"], params["check_space"], params["part_mb"], params["batch_size"]) == \
         ("hdf5", False, False, 64, 3)
     params = parse(["cache-teacher", "--config", str(cfg), "--format", "zarr", "--compress", "--batch-size", "5"])
-    assert (params["fmt"], params["compress"], params["batch_size"]) == ("zarr", True, 5)  # flags win
-    cfg.write_text("fmt = \"hdf5\"\ncompress = false\n")  # the parameter names work too
+    assert (params["format"], params["compress"], params["batch_size"]) == ("zarr", True, 5)  # flags win
+    cfg.write_text("fmt = \"hdf5\"\ncompress = false\npart_mb = 8\n")  # field names, and fmt (the former name)
     params = parse(["cache-teacher", "--config", str(cfg)])
-    assert (params["fmt"], params["compress"]) == ("hdf5", False)
+    assert (params["format"], params["compress"], params["part_mb"]) == ("hdf5", False, 8)
 
 
 def test_unknown_and_ill_typed_keys_are_refused(tmp_path):

@@ -403,7 +403,7 @@ def test_bad_caches_and_flags_are_refused(caches, tmp_path, teacher, data_root):
     refused("has no LR feature map", student="vdsr", feature="lr")
     refused("--clip-frames 9 is longer than every clip", clip_frames=9)
     refused("multiple of 16", patch_size=40)
-    refused("is not a student", student="edvr")
+    refused("--student 'edvr' is not one of fastdvdnet, fastdvdnet-half", student="edvr")
     other = make_teacher(tmp_path / "other.pth", seed=1)
     refused("sha256 differs", online_teacher=True, teacher_weights=str(other.path))
 
@@ -664,7 +664,8 @@ def test_lever_flags_are_validated(caches, tmp_path):
                       (dict(kd="output", lambda_out=1.0), "with --kd output use --kd output"),
                       (dict(lambda_out=-1.0), "--lambda-out -1.0 must be"),
                       (dict(adapter="zero"), "--adapter 'zero' is not one of default, fit"),
-                      (dict(kd_ramp=-1), "--kd-ramp and --log-first")):
+                      (dict(kd_ramp=-1), "--kd-ramp -1 must be ≥ 0"),
+                      (dict(log_first=-2), "--log-first -2 must be ≥ 0")):
         with pytest.raises(StdvsrError, match=match):
             run(config(caches["trunk"], tmp_path / "bad", **kw), show_progress=False)
 

@@ -5,7 +5,8 @@ virtual dataset), ``check`` implements ``stdvsr cache info`` and ``stdvsr cache 
 """
 
 from stdvsr.cache.build import CacheConfig, run
-from stdvsr.cache.layout import DEFAULT_TIERS, HEAD_MARGIN, TIERS
+from stdvsr.cache.layout import HEAD_MARGIN
+from stdvsr.names import DEFAULT_TIERS, TIERS
 from stdvsr.cache.reader import CacheDataset, CacheReader, TeacherHead
 
 __all__ = ["CacheConfig", "run", "CacheReader", "CacheDataset", "TeacherHead", "TIERS", "DEFAULT_TIERS",

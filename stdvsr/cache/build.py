@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,45 +36,20 @@ import torch
 from torch.nn import functional as F
 
 from stdvsr import __version__
-from stdvsr.cache.layout import (DEFAULT_TIERS, DTYPES, FEATURE_POINT, FORMAT_VERSION, FORMATS, HEAD, MANIFEST,
+from stdvsr.configs import CacheConfig
+from stdvsr.cache.layout import (FEATURE_POINT, FORMAT_VERSION, HEAD, MANIFEST,
                                  PROGRESS, array_layout, estimate_bytes, first_difference, lookup, parse_tiers,
                                  plan_clips, quantise, read_manifest, sources_sha256)
 from stdvsr.cache.stores import backend
-from stdvsr.data import (DEGRADATIONS, PADDING_MODES, degrade, load_clips, parse_spec, read_hr, read_lq_from_disk,
+from stdvsr.data import (degrade, load_clips, parse_spec, read_hr, read_lq_from_disk,
                          resolve_spec, window_indices, with_views)
 from stdvsr.errors import StdvsrError
 from stdvsr.io import atomic_path, folder_lock, sha256_file, size_text, write_text
+from stdvsr.options import check_fields
 from stdvsr.progress import stderr, work_progress
 from stdvsr.training import end_process_group, resolve_device, torchrun_group
 
 FP16_MAX = 65504.0
-
-
-@dataclass
-class CacheConfig:
-    teacher: str = "edvr"
-    weights: str | None = None        # None: the shipped demo teacher (stdvsr.models.DEMO_TEACHER)
-    preset: str | None = None         # architecture of --weights that are not a stdvsr checkpoint (BasicSR's)
-    data: str = "demo"
-    split: str = "train"
-    max_clips: int | None = None      # the first N clips of the dataset's order
-    views: int = 1                    # dihedral transforms 0..views-1 of every clip (1: the clips as they are)
-    out: str | None = None            # default: cache/<data>-<teacher>.<format>
-    format: str = "zarr"
-    store: tuple = DEFAULT_TIERS      # optional tiers besides lq: trunk, attention, feat_sr, sr
-    dtype: str = "fp16"               # trunk / feat_sr storage: fp16 or int8 with per-frame-and-channel scales
-    degradation: str = "bd"
-    lq_from_disk: bool = False
-    mod_crop: bool = False
-    padding: str = "replicate"
-    chunk: int = 64                   # inner chunk tile, LR pixels (×4 for HR tiers)
-    compress: bool = True             # zstd level 1 (Zarr) / lzf (HDF5)
-    part_mb: int = 1024               # HDF5: close a part file after this many MB
-    batch_size: int = 1               # windows per teacher forward (1 was fastest on a CPU)
-    device: str = "auto"
-    rank: int | None = None           # explicit rank / world size (without torchrun)
-    world_size: int | None = None
-    check_space: bool = True
 
 
 def default_out(cfg: CacheConfig) -> Path:
@@ -377,20 +351,7 @@ def finalise(root: Path, manifest: dict, records: dict[int, dict]) -> dict:
 
 # ------------------------------------------------------------------------------------------------------ run
 def _validate(cfg: CacheConfig) -> None:
-    if cfg.format not in FORMATS:
-        raise StdvsrError(f"--format {cfg.format!r}: use zarr or hdf5")
-    if cfg.dtype not in DTYPES:
-        raise StdvsrError(f"--dtype {cfg.dtype!r}: use fp16 or int8")
-    if cfg.degradation not in DEGRADATIONS:
-        raise StdvsrError(f"--degradation {cfg.degradation!r}: use one of {', '.join(DEGRADATIONS)}")
-    if cfg.padding not in PADDING_MODES:
-        raise StdvsrError(f"--padding {cfg.padding!r}: use one of {', '.join(PADDING_MODES)}")
-    if cfg.chunk < 4:
-        raise StdvsrError(f"--chunk {cfg.chunk} is too small; use at least 4 LR pixels (default 64)")
-    if cfg.batch_size < 1:
-        raise StdvsrError("--batch-size must be at least 1")
-    if cfg.max_clips is not None and cfg.max_clips < 1:
-        raise StdvsrError("--max-clips must be at least 1")
+    check_fields(cfg)
     if not 1 <= cfg.views <= 8:
         raise StdvsrError(f"--views {cfg.views} is not in 1..8; use 1 (the clips as they are), 2 (+ horizontal "
                           "flip), 4 (every flip) or 8 (flips and transposes)")

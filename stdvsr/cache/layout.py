@@ -23,17 +23,13 @@ import numpy as np
 import torch
 
 from stdvsr.errors import StdvsrError
+from stdvsr.names import TIERS
 from stdvsr.io import image_size, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 HEAD = "head.pth"
 PROGRESS = "progress"
-FORMATS = ("zarr", "hdf5")
-DTYPES = ("fp16", "int8")
-#: Optional tiers ``--store`` chooses from; ``lq`` (the teacher's float32 input frames) is always stored.
-TIERS = ("trunk", "attention", "feat_sr", "sr")
-DEFAULT_TIERS = ("trunk",)
 #: LR pixels of trunk around a crop that make the rebuilt F^SR exact: upconv1 (3×3 at LR) needs 1 LR pixel,
 #: upconv2 (3×3 at 2×) half of one, conv_hr (3×3 at 4×) a quarter; 1.75 rounds up to 2.
 HEAD_MARGIN = 2

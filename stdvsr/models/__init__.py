@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from stdvsr.errors import StdvsrError
+from stdvsr.names import PRESETS, STUDENTS  # the registry's names live in stdvsr.names (torch-free)
 from stdvsr.models.common import Features
 from stdvsr.models.edvr import EDVR
 from stdvsr.models.fastdvdnet import FastDVDnet
@@ -38,23 +39,6 @@ MODELS: dict[str, type[nn.Module]] = {
     "vsrnet": VSRNet,
     "vespcn": VESPCN,
     "vdsr": VDSR,
-}
-
-#: The students of the paper (everything in MODELS but the teacher).
-STUDENTS = ("fastdvdnet", "vsrnet", "vespcn", "vdsr")
-
-# name → (architecture, constructor arguments, what it is). Arguments given to build_model override these.
-PRESETS: dict[str, tuple[str, dict, str]] = {
-    "edvr-m": ("edvr", dict(num_feat=64, num_frame=5, deformable_groups=8, num_extract_block=5,
-                            num_reconstruct_block=10), "BasicSR's EDVR-M, 5 frames, 3.3M parameters"),
-    "edvr-l": ("edvr", dict(num_feat=128, num_frame=7, deformable_groups=8, num_extract_block=5,
-                            num_reconstruct_block=40), "EDVR-L with 7 frames (the paper's teacher), 20.7M"),
-    "edvr-s": ("edvr", dict(num_feat=32, num_frame=7, deformable_groups=4, num_extract_block=2,
-                            num_reconstruct_block=4), "small EDVR, 7 frames, trains on a CPU (the demo teacher)"),
-    "fastdvdnet-half": ("fastdvdnet", dict(width=0.5), "FastDVDnet-VSR at width 1/2 (F^SR 32 channels, Table 6)"),
-    "fastdvdnet-quarter": ("fastdvdnet", dict(width=0.25), "FastDVDnet-VSR at width 1/4 (F^SR 16 channels)"),
-    "fastdvdnet-quarter-h64": ("fastdvdnet", dict(width=0.25, head_feat=64),
-                               "FastDVDnet-VSR at width 1/4 in front of a 64-channel head (F^SR as the teacher's)"),
 }
 
 

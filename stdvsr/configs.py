@@ -1,0 +1,170 @@
+"""Every stage's settings, declared once and torch-free: the fields of these dataclasses carry their options' help,
+types and choices (see :mod:`stdvsr.options`), from which the command line, ``--config`` TOML files, the checks of
+settings made in Python and the sets a resumed run may change are all derived. The stages re-export them
+(``stdvsr.distill.DistillConfig`` is :class:`DistillConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import click
+
+from stdvsr.names import (ADAPTERS, AUGMENTS, DEFAULT_TIERS, DEGRADATIONS, DTYPES, FEATURES, FORMATS, KD_MODES,
+                          MAPPINGS, PADDING_MODES, SCHEDULES, SD_NORMS, student_names, teacher_presets)
+from stdvsr.options import option, redeclare
+
+
+@dataclass
+class TrainingConfig:
+    """The settings both training stages share (``train-teacher``, ``distill``), declared once. Each stage's
+    dataclass adds its own and re-declares, with :func:`redeclare`, the few whose default differs."""
+    out: str = option("runs/train", "Run folder.", type=click.Path(file_okay=False), resumable=True)
+    steps: int = option(2000, "Training iterations.", type=click.IntRange(1), resumable=True)
+    batch_size: int = option(2, type=click.IntRange(1))
+    patch_size: int = option(64, "HR crop size (÷4 at LR).", type=click.IntRange(4))
+    lr: float = option(2e-4, "Peak Adam learning rate.")
+    min_lr: float = option(1e-6, "Final learning rate (cosine).")
+    schedule: str = option("cosine", "cosine, or step: ×--lr-gamma every --lr-step steps.",
+                           type=click.Choice(SCHEDULES))
+    lr_step: int = option(200_000, "step schedule: multiply the lr by --lr-gamma every this many steps.",
+                          type=click.IntRange(1))
+    lr_gamma: float = option(0.5)
+    seed: int = option(0)
+    workers: int = option(2, "DataLoader workers.", type=click.IntRange(0), resumable=True)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.", resumable=True)
+    log_every: int = option(20, type=click.IntRange(1), resumable=True)
+    val_data: str | None = option("auto", "Held-out clips for validation: auto = the held-out split of "
+                                  "demo/vimeo90k; 'none' disables.", none="none", resumable=True)
+    val_every: int = option(500, "Held-out Y-PSNR every N steps.", type=click.IntRange(1), resumable=True)
+    val_stride: int = option(4, "Validate every N-th frame of each held-out clip.", type=click.IntRange(1),
+                             resumable=True)
+    val_clips: int = option(8, "Validate on at most this many held-out clips, evenly spaced (0: all).",
+                            type=click.IntRange(0), resumable=True)
+    ckpt_every: int = option(500, type=click.IntRange(1), resumable=True)
+    keep_checkpoints: int = option(3, "Checkpoints kept in --out/checkpoints (the newest).", type=click.IntRange(1),
+                                   resumable=True, cli=False)
+
+
+@dataclass
+class TeacherConfig(TrainingConfig):
+    teacher: str = option("edvr", "Teacher network.", type=click.Choice(["edvr"]))
+    preset: str = option("edvr-s", "Size preset: edvr-s trains on a CPU; edvr-m / edvr-l are BasicSR's EDVR-M / "
+                         "EDVR-L.", type=click.Choice(teacher_presets()))
+    model_args: dict = field(default_factory=dict)  # overrides of the preset (--num-feat, ...)
+    init_weights: str | None = option(None, "Start from these weights (BasicSR, xinntao/EDVR or stdvsr checkpoint) "
+                                      "instead of random.", type=click.Path(dir_okay=False), flag="--weights",
+                                      resumable=True)
+    data: str = option("demo", "Training dataset spec (see `stdvsr data`).")
+    val_data: str | None = redeclare(TrainingConfig, "val_data", "auto", resumable=False)
+    degradation: str = option("bd", type=click.Choice(DEGRADATIONS))
+    padding: str = option("replicate", "Frame padding of validation windows at clip ends.",
+                          type=click.Choice(PADDING_MODES))
+    steps: int = redeclare(TrainingConfig, "steps", 3000)
+    batch_size: int = redeclare(TrainingConfig, "batch_size", 4)
+    patch_size: int = redeclare(TrainingConfig, "patch_size", 128)
+    lr: float = redeclare(TrainingConfig, "lr", 4e-4)
+    ema: float = option(0.999, "EMA decay of the weights (0 disables); validation and teacher.pth use the EMA "
+                        "weights.", type=click.FloatRange(0, 1, max_open=True))
+    augment: bool = option(True, "Random flips and rotations.", negatable=True)
+    out: str = redeclare(TrainingConfig, "out", "runs/teacher",
+                         help="Output folder: checkpoints, metrics.jsonl, teacher.pth.")
+
+
+@dataclass
+class DistillConfig(TrainingConfig):
+    student: str = option("fastdvdnet", "Student network (the -half / -quarter widths are Table 6's; -h64 keeps a "
+                          "64-channel head).", type=click.Choice(student_names()))
+    cache: str = option("cache/demo-edvr.zarr", "Teacher cache written by `stdvsr cache-teacher`.",
+                        type=click.Path(file_okay=False), resumable=True)
+    data: str | None = option(None, "Where the cache's dataset lives now, if it moved (default: as recorded).",
+                              type=click.STRING, resumable=True)
+    out: str = redeclare(TrainingConfig, "out", "runs/distill",
+                         help="Run folder: checkpoints/, metrics.jsonl, config.json, student.pth.")
+    kd: str = option("std", "Distillation: std = SD + TD (the paper), sd / td alone, none (plain student), mse "
+                     "(KD-MSE on features), mean2 (Gao et al.'s KD-M²_mean), output (teacher's SR frames).",
+                     type=click.Choice(KD_MODES))
+    feature: str | None = option(None, "Feature to distil: F^SR (the paper) or F^LR (Table 4). Default: lr for "
+                                 "mean2, sr otherwise.", type=click.Choice(FEATURES))
+    lambda_sd: float = option(1.0, "λ1, weight of L_SD (and of the mse / mean2 / output term).")
+    lambda_td: float = option(100.0, "λ2, weight of L_TD.")
+    attention: str = option("sum2", "SD mapping: Σ|F|² (Eq. 2, the paper), Σ|F| (Eq. 1), max|F|² (Eq. 3).",
+                            type=click.Choice(MAPPINGS))
+    sd_norm: str = option("none", "Normalise attention maps by their L2 norm (attention transfer); the paper does "
+                          "not.", type=click.Choice(SD_NORMS))
+    td_hidden: int = option(16, "ConvLSTM hidden channels (TD).", type=click.IntRange(1))
+    td_freeze: float = option(1e-8, "Freeze the ConvLSTM once L_TD falls below this (the paper's collapse guard).")
+    td_forget_bias: float | None = option(None, "Initial forget-gate bias of the ConvLSTM (default: PyTorch's init; "
+                                          "1 keeps early frames in C).", type=click.FLOAT)
+    adapter: str = option("default", "1×1 adapter from the student's to the teacher's channels: default (PyTorch "
+                          "init, with bias) or fit (no bias, least squares on the first distillation batch: no "
+                          "switch-on shock).", type=click.Choice(ADAPTERS))
+    kd_ramp: int = option(0, "Ramp the distillation terms' weights linearly from 0 over this many steps after "
+                          "warm-up.", type=click.IntRange(0))
+    lambda_out: float = option(0.0, "Weight of an output-KD term (Charbonnier to the teacher's SR) added to --kd's "
+                               "terms.")
+    log_first: int = option(0, "Log each of the first N distillation steps to metrics.jsonl with every term's "
+                            "gradient norm, its cosine with L_rec's and where it lands (single process).",
+                            type=click.IntRange(0), resumable=True)
+    clip_frames: int = option(7, "Frames per training sample, 2k+1 (the TD sequence).", type=click.IntRange(1))
+    warmup_steps: int = option(200, "Steps with L_rec only before distillation starts (the paper: 20000).",
+                               type=click.IntRange(0))
+    steps: int = redeclare(TrainingConfig, "steps", 2000)
+    batch_size: int = redeclare(TrainingConfig, "batch_size", 2, help="Clips per step, per rank.")
+    patch_size: int = redeclare(TrainingConfig, "patch_size", 64, type=click.IntRange(16),
+                                help="HR crop size, a multiple of 16 (the paper: 256).")
+    lr: float = redeclare(TrainingConfig, "lr", 2e-4, help="Peak Adam learning rate (the paper: 1e-4).")
+    augment: str = option("none", "none: exact cached targets; approx: the same flip/rotation of inputs and targets "
+                          "(a transformed target is not the teacher's output on the transformed input).",
+                          type=click.Choice(AUGMENTS))
+    online_teacher: bool = option(False, "Run the teacher every step instead of reading the cache (same losses; to "
+                                  "check and time it).")
+    teacher_weights: str | None = option(None, "Weights for --online-teacher (default: those the cache was built "
+                                         "from; sha256 checked).", type=click.Path(dir_okay=False), resumable=True)
+    degradation: str | None = option(None, "Refuse a cache built with another one.", type=click.Choice(DEGRADATIONS))
+    padding: str | None = option(None, "Refuse a cache built with another padding mode.",
+                                 type=click.Choice(PADDING_MODES))
+    val_every: int = redeclare(TrainingConfig, "val_every", 500, type=click.IntRange(0),
+                               help="Held-out Y-PSNR every N steps (0: never).")
+
+
+@dataclass
+class CacheConfig:
+    teacher: str = option("edvr", "Teacher network.", type=click.Choice(["edvr"]))
+    weights: str | None = option(None, "Teacher weights (stdvsr or BasicSR checkpoint). Default: the shipped demo "
+                                 "teacher (edvr-s).", type=click.Path(dir_okay=False))
+    preset: str | None = option(None, "Architecture of --weights that are not a stdvsr checkpoint (e.g. BasicSR's "
+                                "EDVR-L).", type=click.Choice(teacher_presets()))
+    data: str = option("demo", "Dataset spec (see `stdvsr data`).")
+    split: str = option("train", "Dataset split to cache.")
+    max_clips: int | None = option(None, "Only the first N clips of the dataset (smoke runs).",
+                                   type=click.IntRange(1))
+    views: int = option(1, "Cache each clip through the first N of the 8 dihedral transforms (1: as it is, 2: + "
+                        "horizontal flip, 4: every flip, 8: + transposes) with the teacher run on each; a view costs "
+                        "one more teacher pass and the bytes of the clip.")
+    out: str | None = option(None, "Cache folder. Default: cache/<data>-<teacher>.<format>.",
+                             type=click.Path(file_okay=False))
+    format: str = option("zarr", "Zarr v3 with sharding, or HDF5 part files joined by a virtual dataset.",
+                         type=click.Choice(FORMATS), aliases=("fmt",))
+    store: str | tuple = option(",".join(DEFAULT_TIERS), "Comma list of tiers besides the LR input: trunk (F^LR + "
+                                "the head, serves SD and TD), attention (M^T, HR), feat_sr (F^SR, HR, 16× trunk at 64 "
+                                "ch), sr (teacher output).", type=click.STRING)
+    dtype: str = option("fp16", "Storage of trunk / feat_sr; int8 has one scale per frame and channel (half the "
+                        "size).", type=click.Choice(DTYPES))
+    degradation: str = option("bd", type=click.Choice(DEGRADATIONS))
+    lq_from_disk: bool = option(False, "Use the dataset's own LR frames (Vid4 BDx4/BIx4).")
+    mod_crop: bool = option(False, "Crop frames to a multiple of the scale instead of refusing them.")
+    padding: str = option("replicate", "Frame padding of windows at clip ends (the paper: replicate).",
+                          type=click.Choice(PADDING_MODES))
+    chunk: int = option(64, "Inner chunk tile in LR pixels (×4 for HR tiers); a shard is one frame.",
+                        type=click.IntRange(4))
+    compress: bool = option(True, "zstd level 1 (Zarr) or lzf (HDF5) on every chunk.", negatable=True)
+    part_mb: int = option(1024, "HDF5: start a new part file after this many MB (the unit of resume).",
+                          type=click.IntRange(0), flag="--hdf5-part-mb")
+    batch_size: int = option(1, "Windows per teacher forward (1 was fastest on a CPU; try 4-8 on a GPU).",
+                             type=click.IntRange(1))
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    rank: int | None = option(None, "This process's rank when not started by torchrun.", type=click.IntRange(0))
+    world_size: int | None = option(None, "Number of processes when not started by torchrun.",
+                                    type=click.IntRange(1))
+    check_space: bool = option(True, "Start even if the uncompressed estimate exceeds the free disk space.",
+                               flag="--no-space-check")

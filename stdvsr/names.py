@@ -1,0 +1,53 @@
+"""The names stdvsr offers as choices, in one torch-free place: the students and model presets, and each stage's
+choice lists. The command line builds its options from them without importing PyTorch (``stdvsr --help`` stays
+fast); the modules that implement the choices import them from here."""
+
+from __future__ import annotations
+
+#: The students of the paper (everything in MODELS but the teacher).
+STUDENTS = ("fastdvdnet", "vsrnet", "vespcn", "vdsr")
+
+# name → (architecture, constructor arguments, what it is). Arguments given to build_model override these.
+PRESETS: dict[str, tuple[str, dict, str]] = {
+    "edvr-s": ("edvr", dict(num_feat=32, num_frame=7, deformable_groups=4, num_extract_block=2,
+                            num_reconstruct_block=4), "small EDVR, 7 frames, trains on a CPU (the demo teacher)"),
+    "edvr-m": ("edvr", dict(num_feat=64, num_frame=5, deformable_groups=8, num_extract_block=5,
+                            num_reconstruct_block=10), "BasicSR's EDVR-M, 5 frames, 3.3M parameters"),
+    "edvr-l": ("edvr", dict(num_feat=128, num_frame=7, deformable_groups=8, num_extract_block=5,
+                            num_reconstruct_block=40), "EDVR-L with 7 frames (the paper's teacher), 20.7M"),
+    "fastdvdnet-half": ("fastdvdnet", dict(width=0.5), "FastDVDnet-VSR at width 1/2 (F^SR 32 channels, Table 6)"),
+    "fastdvdnet-quarter": ("fastdvdnet", dict(width=0.25), "FastDVDnet-VSR at width 1/4 (F^SR 16 channels)"),
+    "fastdvdnet-quarter-h64": ("fastdvdnet", dict(width=0.25, head_feat=64),
+                               "FastDVDnet-VSR at width 1/4 in front of a 64-channel head (F^SR as the teacher's)"),
+}
+
+
+def student_names() -> list[str]:
+    """What ``distill --student`` takes: each student and, after it, its presets."""
+    return [n for s in STUDENTS for n in (s, *(p for p, (arch, _, _) in PRESETS.items() if arch == s))]
+
+
+def teacher_presets() -> list[str]:
+    """The teacher's size presets, smallest first."""
+    return [p for p, (arch, _, _) in PRESETS.items() if arch == "edvr"]
+
+
+
+# data (stdvsr.data)
+PADDING_MODES = ("replicate", "reflection", "reflection_circle", "circle")
+DEGRADATIONS = ("bd", "bi")
+# the teacher cache (stdvsr.cache)
+FORMATS = ("zarr", "hdf5")
+DTYPES = ("fp16", "int8")
+#: Optional tiers ``--store`` chooses from; ``lq`` (the teacher's float32 input frames) is always stored.
+TIERS = ("trunk", "attention", "feat_sr", "sr")
+DEFAULT_TIERS = ("trunk",)
+# distillation (stdvsr.distill, stdvsr.losses)
+KD_MODES = ("std", "sd", "td", "none", "mse", "mean2", "output")
+FEATURES = ("sr", "lr")
+AUGMENTS = ("none", "approx")
+ADAPTERS = ("default", "fit")
+MAPPINGS = ("sum2", "sum", "max2")
+SD_NORMS = ("none", "l2")
+# training (stdvsr.training)
+SCHEDULES = ("cosine", "step")
