@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -44,14 +44,14 @@ from stdvsr.cache.reader import CacheReader, draw_crop
 from stdvsr.configs import DistillConfig
 from stdvsr.data import dihedral, window_indices
 from stdvsr.errors import StdvsrError
-from stdvsr.io import folder_lock, write_text
+from stdvsr.io import folder_lock
 from stdvsr.losses import (ConvLSTM, charbonnier, kd_mean2, kd_mse, output_kd, sd_loss,
                            td_loss)
 from stdvsr.models import build_model, model_spec, read_checkpoint
 from stdvsr.options import check_fields, resumable
 from stdvsr.progress import stderr, training_progress
-from stdvsr.training import (StepBatches, StepTimes, check_schedule, end_process_group, latest_checkpoint,
-                             learning_rate, loader_batches, loader_worker_init, open_metrics, resolve_device,
+from stdvsr.training import (RunFolder, StepBatches, StepTimes, check_schedule, end_process_group, latest_checkpoint,
+                             learning_rate, loader_batches, loader_worker_init, resolve_device,
                              resolved_specs, resume_run, rng_state, save_checkpoint, seed_everything, set_rng_state,
                              torchrun_group)
 
@@ -500,213 +500,216 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
     ``resume``: None (fresh run), ``"auto"`` (newest checkpoint in ``cfg.out``, if any) or a checkpoint path; when
     resuming, flags in ``explicit`` outside :data:`RESUMABLE_CHANGES` must match the checkpoint's config.
     """
+    r = _setup(cfg, resume, explicit)
+    cfg, show = r.cfg, show_progress and r.rank == 0
+    if r.start_step and show:
+        stderr().print(f"resuming {cfg.out} from step {r.start_step} of {cfg.steps}", highlight=False, soft_wrap=True)
+    start_time, times, val_psnr = time.perf_counter(), StepTimes(), None
+    r.distiller.train()
+    with r.folder.saving_on_interrupt(), loader_batches(r.loader) as batches, \
+            training_progress(cfg.steps, r.start_step, enabled=show, log_every=cfg.log_every) as progress:
+        for step in range(r.start_step, cfg.steps):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            t1 = time.perf_counter()
+            values, t2 = _train_step(r, step, batch, show)
+            done = step + 1
+            times.add(t1 - t0, t2 - t1, time.perf_counter() - t0)
+            r.smoothed = values["total"] if r.smoothed is None else 0.95 * r.smoothed + 0.05 * values["total"]
+            lr = r.optimizer.param_groups[0]["lr"]
+            progress.update(done, loss=r.smoothed, lr=lr, psnr=val_psnr,
+                            **{k: v for k, v in values.items() if k != "total"}, wait=times.wait_frac())
+            if done % cfg.log_every == 0 or done == cfg.steps or values.probed:
+                r.folder.record(step=done, **{f"loss_{k}": v for k, v in values.items()}, lr=lr,
+                                distil=values.scale > 0, kd_scale=values.scale, **times.row(),
+                                elapsed=round(time.perf_counter() - start_time, 2))
+            if r.validator is not None and (done % cfg.val_every == 0 or done == cfg.steps):
+                val_psnr = r.validator(r.student)
+                r.folder.record(step=done, val_psnr=val_psnr, bicubic_psnr=r.validator.bicubic)
+                progress.update(done, loss=r.smoothed, lr=lr, psnr=val_psnr)
+            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                r.folder.save(done)
+    if r.world > 1:
+        _check_ranks_in_sync(r)
+    r.folder.close()
+    path = Path(cfg.out) / "student.pth"
+    if r.rank == 0:
+        save_checkpoint(path, {"model": {"name": cfg.student, "kwargs": r.kwargs}, "params": r.student.state_dict(),
+                               "config": r.config, "step": cfg.steps, "kd": cfg.kd, "feature": r.feature,
+                               "cache_fingerprint": r.reader.fingerprint, "stdvsr": __version__})
+    return {"student": str(path), "steps": cfg.steps, "resumed_from": r.start_step, "val_psnr": val_psnr,
+            "bicubic_psnr": r.validator.bicubic if r.validator is not None else None,
+            "seconds": time.perf_counter() - start_time, "td_frozen_at": r.frozen_at, "tiers_read": r.tiers,
+            **times.summary(), "rank": r.rank, "world_size": r.world}
+
+
+class _Losses(dict):
+    """A step's loss values (floats, averaged over ranks) with the distillation factor it ran at."""
+    scale: float = 0.0
+    probed: bool = False
+
+
+def _train_step(r: SimpleNamespace, step: int, batch: dict, show: bool) -> tuple[_Losses, float]:
+    """One optimisation step at (0-based) ``step``: the learning rate, the teacher's targets (cached or online),
+    the losses, the update, and the ConvLSTM's collapse guard. Returns the loss values and the time the targets
+    were ready (for the step-time split)."""
+    cfg = r.cfg
+    lr = learning_rate(step, cfg.lr, cfg.steps, cfg.schedule, cfg.min_lr, cfg.lr_step, cfg.lr_gamma)
+    for group in r.optimizer.param_groups:
+        group["lr"] = lr
+    scale = kd_scale(cfg, step) if r.needs else 0.0
+    probe = scale > 0 and r.world == 1 and step - cfg.warmup_steps < cfg.log_first
+    targets = Targets()
+    if scale > 0:
+        targets = (online_targets(batch, r.teacher, r.needs, r.feature, r.reader.scale, cfg.patch_size, r.device)
+                   if r.teacher is not None else cached_targets(batch, r.head, r.needs, r.feature, r.device))
+    if r.device.type == "cuda":
+        torch.cuda.synchronize(r.device)
+    targets_ready = time.perf_counter()
+    windows, gt, targets = augment_batch(batch, targets)
+    losses = r.model(windows.to(r.device), gt.to(r.device), targets, scale, probe)
+    values = _Losses(_mean_across_ranks(losses, r.world))
+    values.scale, values.probed = scale, probe
+    if not np.isfinite(values["total"]):
+        last = r.folder.last
+        hint = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+        raise StdvsrError(f"the distillation loss became non-finite at step {step + 1} ({terms}); {hint}; "
+                          "lower --lr or --lambda-td / --lambda-sd")
+    if probe:
+        r.folder.record(step=step + 1, event="probe", kd_scale=scale, **{f"loss_{k}": v for k, v in values.items()},
+                        terms=gradient_probe(r.distiller, losses, scale))
+        r.distiller.probe_feat = None
+    r.optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    if "td" in values and r.frozen_at is None and values["td"] < cfg.td_freeze:
+        # the collapse guard (§3.2): L_TD ~ 0 means the ConvLSTM maps everything to ~0; stop training it
+        r.frozen_at = step + 1
+        r.folder.record(step=step + 1, event="td_frozen", td=values["td"])
+        if show:
+            stderr().print(f"step {step + 1}: L_TD = {values['td']:.3g} < {cfg.td_freeze:g}; "
+                           "the ConvLSTM is frozen from here on")
+    if r.frozen_at is not None:
+        # Adam skips parameters without a gradient. (Their requires_grad stays on: DDP must not see the set of
+        # trained parameters change after it was built.)
+        for p in r.lstm_params:
+            p.grad = None
+    with r.folder.updating(step + 1):
+        r.optimizer.step()
+    if r.device.type == "cuda":
+        torch.cuda.synchronize(r.device)
+    return values, targets_ready
+
+
+def _check_ranks_in_sync(r: SimpleNamespace) -> None:
+    """DDP keeps replicas identical by construction; check it, since a silent divergence would waste a run."""
+    import torch.distributed as dist
+
+    digests = [None] * r.world
+    dist.all_gather_object(digests, weights_digest(r.distiller))
+    r.folder.record(step=r.cfg.steps, event="ranks_in_sync", digests=digests)
+    if len(set(digests)) != 1:
+        raise StdvsrError(f"the {r.world} ranks ended with different weights ({digests}); report this as a bug")
+
+
+def _setup(cfg: DistillConfig, resume: str | None, explicit: set[str] | None) -> SimpleNamespace:
+    """Everything a run trains with: the resolved config, the cache, the student inside its :class:`Distiller`
+    (restored from the checkpoint when resuming), the optimizer, the batches, the validator and the run folder."""
     validate_config(cfg)
     cfg, ckpt = resume_run(cfg, resume, explicit, RESUMABLE_CHANGES, kind="distill")
-    out = Path(cfg.out)
-    rank, world, local_rank = torchrun_group()
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-
-    reader = CacheReader(cfg.cache, data=cfg.data)
+    r = SimpleNamespace(cfg=cfg)
+    r.rank, r.world, local_rank = torchrun_group()
+    r.device = resolve_device(cfg.device)
+    if r.device.type == "cuda" and r.world > 1:
+        r.device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(r.device)
+    r.reader = CacheReader(cfg.cache, data=cfg.data)
     if ckpt is not None:
-        diff = first_difference(ckpt["cache_fingerprint"], reader.fingerprint)
+        diff = first_difference(ckpt["cache_fingerprint"], r.reader.fingerprint)
         if diff:
-            raise StdvsrError(f"--resume: cache {reader.root} differs from the one this run started with: {diff} is "
-                              f"{lookup(reader.fingerprint, diff)!r}, was {lookup(ckpt['cache_fingerprint'], diff)!r}")
+            raise StdvsrError(f"--resume: cache {r.reader.root} differs from the one this run started with: {diff} "
+                              f"is {lookup(r.reader.fingerprint, diff)!r}, was "
+                              f"{lookup(ckpt['cache_fingerprint'], diff)!r}")
     seed_everything(cfg.seed)
-    arch, kwargs = model_spec(cfg.student)
-    student = build_model(cfg.student).to(device)
-    check_cache(cfg, reader, student)
-    feature = _feature(cfg)
-    needs = teacher_needs(cfg)
-    teacher = None
-    with torch.random.fork_rng(devices=[]):  # building teacher layers must not move the seeded RNG stream
-        head = reader.head().to(device) if "trunk" in reader.tiers else None
-        if cfg.online_teacher:
-            tiers = []
-            teacher = load_online_teacher(cfg, reader, device) if needs else None
-        else:
-            tiers = cache_tiers(needs, feature, reader.tiers, reader.root)
-    # the teacher's channels at the distilled feature: F^SR is conv_hr's output (64 in EDVR), F^LR the trunk's
-    source = teacher if teacher is not None else head
-    if source is not None:
-        teacher_channels = source.conv_hr.out_channels if feature == "sr" else source.upconv1.in_channels
-    else:  # only stored HR tiers (feat_sr / attention / sr) and no trunk: F^SR
-        teacher_channels = 64
-    sr_ch, lr_ch = student_channels(student, feature)
-    distiller = Distiller(student, cfg, teacher_channels, sr_ch if feature == "sr" else lr_ch).to(device)
-    optimizer = torch.optim.Adam(distiller.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-    start_step, frozen_at = 0, None
+    _, r.kwargs = model_spec(cfg.student)
+    r.student = build_model(cfg.student).to(r.device)
+    check_cache(cfg, r.reader, r.student)
+    r.feature, r.needs = _feature(cfg), teacher_needs(cfg)
+    _build_distiller(r)
+    r.optimizer = torch.optim.Adam(r.distiller.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    r.start_step, r.frozen_at, r.smoothed = 0, None, None
     if ckpt is not None:
-        distiller.load_state_dict(ckpt["distill"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        r.distiller.load_state_dict(ckpt["distill"])
+        r.optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
-        start_step, frozen_at = ckpt["step"], ckpt.get("td_frozen_at")
-
-    dataset = DistillDataset(reader, cfg.clip_frames, student.num_frame, cfg.patch_size, tiers, cfg.seed,
-                             cfg.augment, teacher.num_frame if teacher is not None else None)
-    if len(dataset) < cfg.batch_size * world:
-        raise StdvsrError(f"--batch-size {cfg.batch_size} × {world} rank(s) is larger than the {len(dataset)} "
-                          f"samples in {reader.root}; lower it")
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=_RankBatches(len(dataset), cfg.batch_size, cfg.seed, start_step, rank, world),
-        num_workers=cfg.workers, persistent_workers=cfg.workers > 0, collate_fn=collate,
-        generator=torch.Generator().manual_seed(cfg.seed), worker_init_fn=loader_worker_init)
-
-    model = distiller
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(
-            distiller, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=distiller.adapter is not None or distiller.convlstm is not None)
-
-    validator = None
-    if rank == 0 and cfg.val_every and cfg.val_data is not None:
+        # the progress line's smoothed loss continues where the checkpoint left it, as if never interrupted
+        r.start_step, r.frozen_at, r.smoothed = ckpt["step"], ckpt.get("td_frozen_at"), ckpt.get("smoothed_loss")
+    r.lstm_params = list(r.distiller.convlstm.parameters()) if r.distiller.convlstm is not None else []
+    r.loader = _loader(r)
+    r.model = r.distiller
+    if r.world > 1:
+        r.model = nn.parallel.DistributedDataParallel(
+            r.distiller, device_ids=[r.device.index] if r.device.type == "cuda" else None,
+            find_unused_parameters=r.distiller.adapter is not None or r.distiller.convlstm is not None)
+    r.validator = None
+    if r.rank == 0 and cfg.val_every and cfg.val_data is not None:
         from stdvsr.evaluate import Validator, validation_clips
 
-        validator = Validator(validation_clips(cfg.val_data, reader.data, cfg.val_clips),
-                              reader.fingerprint["degradation"], reader.fingerprint["padding"], cfg.val_stride)
-        if not validator.items:
-            validator = None
-
+        r.validator = Validator(validation_clips(cfg.val_data, r.reader.data, cfg.val_clips),
+                                r.reader.fingerprint["degradation"], r.reader.fingerprint["padding"], cfg.val_stride)
+        if not r.validator.items:
+            r.validator = None
     config = dataclasses.asdict(cfg)
-    if rank == 0:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.json", json.dumps({**config, "model": {"name": cfg.student, "kwargs": kwargs},
-                                                    "feature_resolved": feature, "tiers_read": tiers,
-                                                    "cache_fingerprint": reader.fingerprint, "world_size": world,
-                                                    "stdvsr": __version__}, indent=1))
-    log = open_metrics(out / "metrics.jsonl", start_step if ckpt is not None else None) if rank == 0 else None
+    r.config = config
+    r.folder = RunFolder(cfg.out, {**config, "model": {"name": cfg.student, "kwargs": r.kwargs},
+                                   "feature_resolved": r.feature, "tiers_read": r.tiers,
+                                   "cache_fingerprint": r.reader.fingerprint, "world_size": r.world,
+                                   "stdvsr": __version__},
+                         lambda step: _checkpoint(r, step), r.start_step, ckpt is not None, cfg.keep_checkpoints,
+                         write=r.rank == 0)
+    return r
 
-    def record(**row) -> None:
-        if log is not None:
-            log.write(json.dumps(row) + "\n")
-            log.flush()
 
-    def checkpoint(step: int) -> Path | None:
-        if rank != 0:
-            return None
-        path = out / "checkpoints" / f"step_{step:07d}.pth"
-        save_checkpoint(path, {"model": {"name": cfg.student, "kwargs": kwargs}, "config": config, "step": step,
-                               "params": student.state_dict(), "distill": distiller.state_dict(),
-                               "optimizer": optimizer.state_dict(), "rng": rng_state(), "smoothed_loss": smoothed,
-                               "td_frozen_at": frozen_at,
-                               "cache_fingerprint": reader.fingerprint, "stdvsr": __version__})
-        for old in sorted((out / "checkpoints").glob("step_*.pth"))[:-cfg.keep_checkpoints]:
-            old.unlink()
-        return path
+def _checkpoint(r: SimpleNamespace, step: int) -> dict:
+    """What a checkpoint holds: enough to --resume exactly (weights, adapter / ConvLSTM, optimizer, RNG)."""
+    return {"model": {"name": r.cfg.student, "kwargs": r.kwargs}, "config": r.config, "step": step,
+            "params": r.student.state_dict(), "distill": r.distiller.state_dict(),
+            "optimizer": r.optimizer.state_dict(), "rng": rng_state(), "smoothed_loss": r.smoothed,
+            "td_frozen_at": r.frozen_at, "cache_fingerprint": r.reader.fingerprint, "stdvsr": __version__}
 
-    lstm_params = list(distiller.convlstm.parameters()) if distiller.convlstm is not None else []
-    # the progress line's smoothed loss continues where the checkpoint left it, as if never interrupted
-    val_psnr, last_ckpt, smoothed = None, None, ckpt.get("smoothed_loss") if ckpt is not None else None
-    if ckpt is not None and show_progress and rank == 0:
-        stderr().print(f"resuming {out} from step {start_step} of {cfg.steps}", highlight=False, soft_wrap=True)
-    start_time = time.perf_counter()
-    times = StepTimes()
-    distiller.train()
-    completed, saved, in_update = start_step, start_step, False
-    try:
-        with training_progress(cfg.steps, start_step, enabled=show_progress and rank == 0,
-                               log_every=cfg.log_every) as progress, loader_batches(loader) as batches:
-            for step in range(start_step, cfg.steps):
-                t0 = time.perf_counter()
-                batch = next(batches)
-                t1 = time.perf_counter()
-                lr = learning_rate(step, cfg.lr, cfg.steps, cfg.schedule, cfg.min_lr, cfg.lr_step, cfg.lr_gamma)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                scale = kd_scale(cfg, step) if needs else 0.0
-                distil = scale > 0
-                probe = distil and world == 1 and step - cfg.warmup_steps < cfg.log_first
-                targets = Targets()
-                if distil:
-                    if teacher is not None:
-                        targets = online_targets(batch, teacher, needs, feature, reader.scale, cfg.patch_size,
-                                                 device)
-                    else:
-                        targets = cached_targets(batch, head, needs, feature, device)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t2 = time.perf_counter()
-                windows, gt, targets = augment_batch(batch, targets)
-                losses = model(windows.to(device), gt.to(device), targets, scale, probe)
-                values = _mean_across_ranks(losses, world)
-                if not np.isfinite(values["total"]):
-                    hint = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-                    terms = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
-                    raise StdvsrError(f"the distillation loss became non-finite at step {step + 1} ({terms}); {hint}; "
-                                      "lower --lr or --lambda-td / --lambda-sd")
-                if probe:
-                    record(step=step + 1, event="probe", kd_scale=scale,
-                           **{f"loss_{k}": v for k, v in values.items()},
-                           terms=gradient_probe(distiller, losses, scale))
-                    distiller.probe_feat = None
-                optimizer.zero_grad(set_to_none=True)
-                losses["total"].backward()
-                if "td" in values and frozen_at is None and values["td"] < cfg.td_freeze:
-                    # the collapse guard (§3.2): L_TD ~ 0 means the ConvLSTM maps everything to ~0; stop training it
-                    frozen_at = step + 1
-                    record(step=step + 1, event="td_frozen", td=values["td"])
-                    if rank == 0 and show_progress:
-                        stderr().print(f"step {step + 1}: L_TD = {values['td']:.3g} < {cfg.td_freeze:g}; "
-                                       "the ConvLSTM is frozen from here on")
-                if frozen_at is not None:
-                    # Adam skips parameters without a gradient. (Their requires_grad stays on: DDP must not see
-                    # the set of trained parameters change after it was built.)
-                    for p in lstm_params:
-                        p.grad = None
-                # from here until `completed` counts this step, the weights are ahead of it: an interrupt
-                # landing in between saves nothing (a checkpoint would pair these weights with the previous step)
-                in_update = True
-                optimizer.step()
-                completed = done = step + 1
-                in_update = False
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times.add(t1 - t0, t2 - t1, time.perf_counter() - t0)
-                smoothed = values["total"] if smoothed is None else 0.95 * smoothed + 0.05 * values["total"]
-                shown = {k: v for k, v in values.items() if k != "total"}
-                progress.update(done, loss=smoothed, lr=lr, psnr=val_psnr, **shown,
-                                wait=times.wait_frac())
-                if done % cfg.log_every == 0 or done == cfg.steps or probe:
-                    record(step=done, **{f"loss_{k}": v for k, v in values.items()}, lr=lr, distil=distil,
-                           kd_scale=scale, **times.row(), elapsed=round(time.perf_counter() - start_time, 2))
-                if validator is not None and (done % cfg.val_every == 0 or done == cfg.steps):
-                    val_psnr = validator(student)
-                    record(step=done, val_psnr=val_psnr, bicubic_psnr=validator.bicubic)
-                    progress.update(done, loss=smoothed, lr=lr, psnr=val_psnr)
-                if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                    last_ckpt, saved = checkpoint(done), done
-    except KeyboardInterrupt:
-        if completed > saved and not in_update:
-            path = checkpoint(completed)
-            if path is not None:
-                stderr().print(f"Interrupted: saved step {completed} to {path}; continue with --resume auto")
-        if log is not None:
-            log.close()
-        raise
-    if world > 1:
-        # DDP keeps replicas identical by construction; check it, since a silent divergence would waste a run
-        import torch.distributed as dist
 
-        digests = [None] * world
-        dist.all_gather_object(digests, weights_digest(distiller))
-        record(step=cfg.steps, event="ranks_in_sync", digests=digests)
-        if len(set(digests)) != 1:
-            raise StdvsrError(f"the {world} ranks ended with different weights ({digests}); report this as a bug")
-    if log is not None:
-        log.close()
+def _build_distiller(r: SimpleNamespace) -> None:
+    """The teacher side (the cached head, or the online teacher), the tiers to read, and the :class:`Distiller`."""
+    cfg, r.teacher = r.cfg, None
+    with torch.random.fork_rng(devices=[]):  # building teacher layers must not move the seeded RNG stream
+        r.head = r.reader.head().to(r.device) if "trunk" in r.reader.tiers else None
+        if cfg.online_teacher:
+            r.tiers = []
+            r.teacher = load_online_teacher(cfg, r.reader, r.device) if r.needs else None
+        else:
+            r.tiers = cache_tiers(r.needs, r.feature, r.reader.tiers, r.reader.root)
+    # the teacher's channels at the distilled feature: F^SR is conv_hr's output (64 in EDVR), F^LR the trunk's
+    source = r.teacher if r.teacher is not None else r.head
+    if source is not None:
+        teacher_channels = source.conv_hr.out_channels if r.feature == "sr" else source.upconv1.in_channels
+    else:  # only stored HR tiers (feat_sr / attention / sr) and no trunk: F^SR
+        teacher_channels = 64
+    sr_ch, lr_ch = student_channels(r.student, r.feature)
+    r.distiller = Distiller(r.student, cfg, teacher_channels, sr_ch if r.feature == "sr" else lr_ch).to(r.device)
 
-    path = out / "student.pth"
-    if rank == 0:
-        save_checkpoint(path, {"model": {"name": cfg.student, "kwargs": kwargs}, "params": student.state_dict(),
-                               "config": config, "step": cfg.steps, "kd": cfg.kd, "feature": feature,
-                               "cache_fingerprint": reader.fingerprint, "stdvsr": __version__})
-    return {"student": str(path), "steps": cfg.steps, "resumed_from": start_step, "val_psnr": val_psnr,
-            "bicubic_psnr": validator.bicubic if validator is not None else None,
-            "seconds": time.perf_counter() - start_time, "td_frozen_at": frozen_at, "tiers_read": tiers,
-            **times.summary(), "rank": rank, "world_size": world}
+
+def _loader(r: SimpleNamespace) -> torch.utils.data.DataLoader:
+    """Batches of this rank's share of each step, in an order fixed by (seed, step): resuming continues it."""
+    cfg = r.cfg
+    dataset = DistillDataset(r.reader, cfg.clip_frames, r.student.num_frame, cfg.patch_size, r.tiers, cfg.seed,
+                             cfg.augment, r.teacher.num_frame if r.teacher is not None else None)
+    if len(dataset) < cfg.batch_size * r.world:
+        raise StdvsrError(f"--batch-size {cfg.batch_size} × {r.world} rank(s) is larger than the {len(dataset)} "
+                          f"samples in {r.reader.root}; lower it")
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=_RankBatches(len(dataset), cfg.batch_size, cfg.seed, r.start_step, r.rank, r.world),
+        num_workers=cfg.workers, persistent_workers=cfg.workers > 0, collate_fn=collate,
+        generator=torch.Generator().manual_seed(cfg.seed), worker_init_fn=loader_worker_init)
 
 
 def run_or_reuse(cfg: DistillConfig, show_progress: bool = True) -> tuple[dict | None, str]:

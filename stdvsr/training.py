@@ -246,6 +246,78 @@ def open_metrics(path: Path, resumed_at: int | None):
     return open(path, "a")
 
 
+class RunFolder:
+    """The run folder both training stages write, written once: ``config.json``, ``metrics.jsonl`` (rows past a
+    resumed step dropped, see :func:`open_metrics`), ``checkpoints/step_N.pth`` (atomic, the newest ``keep``
+    kept) and, on Ctrl-C or SIGTERM, a checkpoint of the finished steps.
+
+    ``payload(step)`` builds a checkpoint's contents. Only the writing rank (``write``) touches the disk; the others
+    get the same calls as no-ops, so a training loop reads the same on every rank. The optimizer step goes inside
+    :meth:`updating`: an interrupt landing there saves nothing (the weights would be ahead of the step count).
+    """
+
+    def __init__(self, out: Path, config: dict, payload, start_step: int, resumed: bool, keep: int,
+                 write: bool = True):
+        from stdvsr.io import write_text
+
+        self.out, self.payload, self.keep, self.write = Path(out), payload, keep, write
+        self.completed = self.saved = start_step
+        self.in_update, self.last = False, None
+        self.log = None
+        if write:
+            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+            write_text(self.out / "config.json", json.dumps(config, indent=1))
+            self.log = open_metrics(self.out / "metrics.jsonl", start_step if resumed else None)
+
+    def record(self, **row) -> None:
+        if self.log is not None:
+            self.log.write(json.dumps(row) + "\n")
+            self.log.flush()
+
+    def save(self, step: int) -> Path | None:
+        """Checkpoint ``step``; returns its path (None on a rank that does not write)."""
+        self.saved = step
+        if not self.write:
+            return None
+        path = self.out / "checkpoints" / f"step_{step:07d}.pth"
+        save_checkpoint(path, self.payload(step))
+        for old in sorted((self.out / "checkpoints").glob("step_*.pth"))[:-self.keep]:
+            old.unlink()
+        self.last = path
+        return path
+
+    @contextlib.contextmanager
+    def updating(self, step: int):
+        """Around the weights' update to ``step``: afterwards the step counts as finished."""
+        self.in_update = True
+        yield
+        self.completed, self.in_update = step, False
+
+    @contextlib.contextmanager
+    def saving_on_interrupt(self, show: bool = True):
+        """Ctrl-C / SIGTERM inside the block saves the finished steps (unless it landed mid-update), so
+        ``--resume auto`` loses nothing; an error closes the log (after the block, :meth:`close` does)."""
+        try:
+            yield self
+        except KeyboardInterrupt:
+            if self.completed > self.saved and not self.in_update:
+                path = self.save(self.completed)
+                if path is not None and show:
+                    from stdvsr.progress import stderr
+
+                    stderr().print(f"Interrupted: saved step {self.completed} to {path}; continue with --resume auto")
+            self.close()
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+
 class StepTimes:
     """Where a training step's seconds go — ``data`` (waiting for the batch), ``teacher`` (targets), ``step`` (all of
     it) — over the window since the last log row and over the whole run."""

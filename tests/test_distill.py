@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from stdvsr import cache, distill
+from stdvsr import cache, distill, training
 from stdvsr.cache import CacheConfig, CacheReader
 from stdvsr.cli import cli
 from stdvsr.data import load_clips, read_hr, window_indices
@@ -469,7 +469,7 @@ def test_machine_errors_are_named_not_reported_as_bugs(caches, tmp_path, monkeyp
     def full(path, payload):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(distill, "save_checkpoint", full)
+    monkeypatch.setattr(training, "save_checkpoint", full)  # RunFolder writes the checkpoints
     result = _cli_distill(caches["trunk"], tmp_path / "full", "--workers", "0")
     assert_one_error_line(result, "cannot use", "step_0000002.pth", "the disk is full")
     assert "internal error" not in result.stderr
