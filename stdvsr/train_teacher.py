@@ -14,7 +14,6 @@ arguments, ``params`` and ``params_ema``), what ``--weights`` and ``stdvsr.model
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -25,13 +24,13 @@ from stdvsr.configs import TeacherConfig
 from stdvsr.data import ClipDataset, load_clips
 from stdvsr.errors import StdvsrError
 from stdvsr.evaluate import Validator, validation_clips
-from stdvsr.io import folder_lock, write_text
+from stdvsr.io import folder_lock
 from stdvsr.progress import stderr, training_progress
 from stdvsr.models import build_model, load_weights, model_spec
 from stdvsr.options import check_fields, resumable
 from stdvsr.losses import charbonnier
-from stdvsr.training import (EMA, StepBatches, check_schedule, learning_rate, loader_batches, loader_worker_init,
-                             open_metrics, resolve_device, resume_run, rng_state, save_checkpoint, seed_everything,
+from stdvsr.training import (EMA, RunFolder, StepBatches, check_schedule, learning_rate, loader_batches, loader_worker_init,
+                             resolve_device, resume_run, rng_state, save_checkpoint, seed_everything,
                              set_rng_state)
 
 
@@ -50,10 +49,7 @@ def _run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | Non
          show_progress: bool = True) -> dict:
     """Train the teacher; returns ``{"teacher": path, "val_psnr": …, "bicubic_psnr": …, "steps": …, ...}``.
 
-    ``resume``: None (fresh run), ``"auto"`` (newest checkpoint in ``cfg.out`` if any) or a checkpoint path. When
-    resuming, the checkpoint's config is used; of the fields named in ``explicit`` (default: all of ``cfg``), those
-    in ``RESUMABLE_CHANGES`` (e.g. ``steps``) override it and any other that differs is an error naming the flag.
-    """
+    ``resume``: None, ``"auto"`` or a checkpoint path, as for :func:`stdvsr.training.resume_run`."""
     check_fields(cfg)
     check_schedule(cfg)
     cfg, ckpt = resume_run(cfg, resume, explicit, RESUMABLE_CHANGES)
@@ -65,104 +61,66 @@ def _run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | Non
         raise StdvsrError(f"--preset {cfg.preset} is not an {cfg.teacher} preset")
 
     device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    model = build_model(cfg.preset, **cfg.model_args).to(device)
-    if cfg.init_weights and ckpt is None:
-        load_weights(model, cfg.init_weights)
-    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-    start_step = 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["params"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["params_ema"])
-        set_rng_state(ckpt["rng"])
-        start_step = ckpt["step"]
+    model, ema, optimizer, start_step = _networks(cfg, ckpt, device)
 
-    clips = load_clips(cfg.data, "train")
-    dataset = ClipDataset(clips, num_frames=model.num_frame, scale=model.scale, patch_size=cfg.patch_size,
-                          degradation=cfg.degradation, augment=cfg.augment, seed=cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=StepBatches(len(dataset), cfg.batch_size, cfg.seed, start_step),
-        num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
-        generator=torch.Generator().manual_seed(cfg.seed), worker_init_fn=loader_worker_init)
+    loader = _loader(cfg, model, start_step)
     validator = Validator(validation_clips(cfg.val_data, cfg.data, cfg.val_clips), cfg.degradation, cfg.padding,
                           cfg.val_stride)
     has_val = bool(validator.items)
 
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     config = dataclasses.asdict(cfg)
-    write_text(out / "config.json", json.dumps({**config, "model": {"name": cfg.preset, "kwargs": kwargs},
-                                                "stdvsr": __version__}, indent=1))
-    log = open_metrics(out / "metrics.jsonl", start_step if ckpt is not None else None)
-
-    def record(**row) -> None:
-        log.write(json.dumps(row) + "\n")
-        log.flush()
-
-    def checkpoint(step: int) -> Path:
-        path = out / "checkpoints" / f"step_{step:07d}.pth"
-        save_checkpoint(path, {"model": {"name": cfg.preset, "kwargs": kwargs}, "config": config, "step": step,
-                               "params": model.state_dict(), "params_ema": ema.state_dict() if ema else None,
-                               "optimizer": optimizer.state_dict(), "rng": rng_state(), "smoothed_loss": smoothed,
-                               "stdvsr": __version__})
-        for old in sorted((out / "checkpoints").glob("step_*.pth"))[:-cfg.keep_checkpoints]:
-            old.unlink()
-        return path
-
-    center = model.num_frame // 2
     # the progress line's smoothed loss continues where the checkpoint left it, as if never interrupted
-    val_psnr, last_ckpt, smoothed = None, None, ckpt.get("smoothed_loss") if ckpt is not None else None
+    state = {"smoothed": ckpt.get("smoothed_loss") if ckpt is not None else None}
+
+    def payload(step: int) -> dict:
+        return {"model": {"name": cfg.preset, "kwargs": kwargs}, "config": config, "step": step,
+                "params": model.state_dict(), "params_ema": ema.state_dict() if ema else None,
+                "optimizer": optimizer.state_dict(), "rng": rng_state(), "smoothed_loss": state["smoothed"],
+                "stdvsr": __version__}
+
+    folder = RunFolder(out, {**config, "model": {"name": cfg.preset, "kwargs": kwargs}, "stdvsr": __version__},
+                       payload, start_step, ckpt is not None, cfg.keep_checkpoints)
+    center, val_psnr = model.num_frame // 2, None
     if ckpt is not None and show_progress:
         stderr().print(f"resuming {out} from step {start_step} of {cfg.steps}", highlight=False, soft_wrap=True)
     start_time, data_wait = time.perf_counter(), 0.0
     model.train()
-    completed, saved, in_update = start_step, start_step, False
-    try:
-        with training_progress(cfg.steps, start_step, enabled=show_progress, log_every=cfg.log_every) as progress, \
-                loader_batches(loader) as batches:
-            for step in range(start_step, cfg.steps):
-                t0 = time.perf_counter()
-                batch = next(batches)
-                data_wait += time.perf_counter() - t0
-                lr = learning_rate(step, cfg.lr, cfg.steps, cfg.schedule, cfg.min_lr, cfg.lr_step, cfg.lr_gamma)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                lq, gt = batch["lq"].to(device), batch["gt"][:, center].to(device)
-                loss = charbonnier(model(lq), gt)
-                if not torch.isfinite(loss):
-                    hint = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-                    raise StdvsrError(f"training loss became {loss.item()} at step {step + 1}; {hint}; "
-                                      "lower --lr or check the data")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                in_update = True  # between these lines the weights, optimizer and EMA disagree about the step
+    with folder.saving_on_interrupt(), loader_batches(loader) as batches, \
+            training_progress(cfg.steps, start_step, enabled=show_progress, log_every=cfg.log_every) as progress:
+        for step in range(start_step, cfg.steps):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            data_wait += time.perf_counter() - t0
+            lr = learning_rate(step, cfg.lr, cfg.steps, cfg.schedule, cfg.min_lr, cfg.lr_step, cfg.lr_gamma)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            lq, gt = batch["lq"].to(device), batch["gt"][:, center].to(device)
+            loss = charbonnier(model(lq), gt)
+            if not torch.isfinite(loss):
+                last = folder.last
+                hint = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+                raise StdvsrError(f"training loss became {loss.item()} at step {step + 1}; {hint}; "
+                                  "lower --lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            done = step + 1
+            with folder.updating(done):  # in here the weights, optimizer and EMA disagree about the step
                 optimizer.step()
                 if ema is not None:
                     ema.update(model, step)
-                completed = done = step + 1
-                in_update = False
-                value = loss.item()
-                smoothed = value if smoothed is None else 0.95 * smoothed + 0.05 * value
-                progress.update(done, loss=smoothed, lr=lr, psnr=val_psnr)
-                if done % cfg.log_every == 0 or done == cfg.steps:
-                    record(step=done, loss=value, lr=lr, data_wait=round(data_wait, 3),
-                           elapsed=round(time.perf_counter() - start_time, 2))
-                if has_val and (done % cfg.val_every == 0 or done == cfg.steps):
-                    val_psnr = _validate(validator, model, ema, device)
-                    record(step=done, val_psnr=val_psnr, bicubic_psnr=validator.bicubic)
-                    progress.update(done, loss=smoothed, lr=lr, psnr=val_psnr)
-                if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                    last_ckpt, saved = checkpoint(done), done
-    except KeyboardInterrupt:
-        # Ctrl-C: keep the finished steps (unless it landed mid-update), so --resume auto loses nothing.
-        if completed > saved and not in_update:
-            path = checkpoint(completed)
-            stderr().print(f"Interrupted: saved step {completed} to {path}; continue with --resume auto")
-        log.close()
-        raise
-    log.close()
+            value = loss.item()
+            state["smoothed"] = value if state["smoothed"] is None else 0.95 * state["smoothed"] + 0.05 * value
+            progress.update(done, loss=state["smoothed"], lr=lr, psnr=val_psnr)
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                folder.record(step=done, loss=value, lr=lr, data_wait=round(data_wait, 3),
+                              elapsed=round(time.perf_counter() - start_time, 2))
+            if has_val and (done % cfg.val_every == 0 or done == cfg.steps):
+                val_psnr = _validate(validator, model, ema, device)
+                folder.record(step=done, val_psnr=val_psnr, bicubic_psnr=validator.bicubic)
+                progress.update(done, loss=state["smoothed"], lr=lr, psnr=val_psnr)
+            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                folder.save(done)
+    folder.close()
 
     teacher = out / "teacher.pth"
     save_checkpoint(teacher, {"model": {"name": cfg.preset, "kwargs": kwargs}, "params": model.state_dict(),
@@ -172,6 +130,34 @@ def _run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | Non
             "bicubic_psnr": validator.bicubic if has_val else None, "seconds": time.perf_counter() - start_time,
             "resumed_from": start_step}
 
+
+
+def _networks(cfg: TeacherConfig, ckpt: dict | None, device) -> tuple:
+    """``(model, ema, optimizer, start_step)``: seeded fresh ones (from --weights if given), or the checkpoint's."""
+    seed_everything(cfg.seed)
+    model = build_model(cfg.preset, **cfg.model_args).to(device)
+    if cfg.init_weights and ckpt is None:
+        load_weights(model, cfg.init_weights)
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    if ckpt is None:
+        return model, ema, optimizer, 0
+    model.load_state_dict(ckpt["params"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ema is not None:
+        ema.load_state_dict(ckpt["params_ema"])
+    set_rng_state(ckpt["rng"])
+    return model, ema, optimizer, ckpt["step"]
+
+
+def _loader(cfg: TeacherConfig, model, start_step: int) -> torch.utils.data.DataLoader:
+    """Random crops of the training clips in an order fixed by (seed, step): resuming continues it."""
+    dataset = ClipDataset(load_clips(cfg.data, "train"), num_frames=model.num_frame, scale=model.scale,
+                          patch_size=cfg.patch_size, degradation=cfg.degradation, augment=cfg.augment, seed=cfg.seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=StepBatches(len(dataset), cfg.batch_size, cfg.seed, start_step),
+        num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
+        generator=torch.Generator().manual_seed(cfg.seed), worker_init_fn=loader_worker_init)
 
 def _validate(validator: Validator, model, ema: EMA | None, device) -> float:
     """Validate the EMA weights when there are any (they are what gets shipped), else the raw weights."""
