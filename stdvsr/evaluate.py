@@ -256,12 +256,9 @@ def run(cfg: EvalConfig, show_progress: bool = True) -> dict:
     models = load_models(cfg, device)
     names = ([BICUBIC] if cfg.bicubic else []) + [m[0] for m in models]
     proto = protocol(cfg, set_name, centre_only)
-    metrics = {n: VideoMetrics(cfg.crop_border, cfg.color == "y") for n in names}
-    seconds = {n: 0.0 for n in names}
-    counted = {n: 0 for n in names}
+    score = _Scores(names, cfg)
     figures = Path(cfg.figures or Path("runs") / "evaluate" / re.sub(r"[^\w.-]+", "_", cfg.set))
     pictures: list[str] = []
-    info = {}
 
     from stdvsr.progress import work_progress
 
@@ -270,82 +267,100 @@ def run(cfg: EvalConfig, show_progress: bool = True) -> dict:
     work = len(names) * sum(len(scored_frames(len(c), cfg.frames, centre_only)) for c in clips)
     with work_progress(work, "evaluate", "frames", enabled=show_progress) as bar:
         for index, clip in enumerate(clips):
-            lq, gt = read_clip(clip, cfg.degradation)
-            pictured = index < cfg.max_figures
             frames = scored_frames(len(clip), cfg.frames, centre_only)
             if not frames:
                 continue
-            H, W = gt.shape[-2:]
-            row = cfg.temporal_profile
-            if row is not None and not 0 <= row < H:
-                raise StdvsrError(f"--temporal-profile {row} is outside the {H}-row HR frames of clip {clip.name}")
-            box = crop_box(H, W, row)
-            middle = frames[len(frames) // 2]
-            profiles: dict[str, list[np.ndarray]] = {"GT": []}
-            crops: dict[str, np.ndarray] = {}
-            if row is not None:
-                profiles["GT"] = [tensor_to_uint8(gt[f])[row] for f in frames]
-            t_, l_, s_ = box
-            crops["GT"] = tensor_to_uint8(gt[middle])[t_:t_ + s_, l_:l_ + s_]
-            for name in names:
-                model = None if name == BICUBIC else next(m for n, _, m in models if n == name)
-                if model is not None and name not in info:
-                    info[name] = complexity(model, lq.shape[-2:])
-                rows = []
-                for i in range(0, len(frames), cfg.chunk_frames):
-                    part = frames[i:i + cfg.chunk_frames]
-                    t0 = time.perf_counter()
-                    if model is None:
-                        sr = bicubic(lq, part)
-                    else:
-                        sr = upscale_frames(model, lq, part, cfg.padding, cfg.batch_size)
-                    seconds[name] += time.perf_counter() - t0
-                    counted[name] += len(part)
-                    bar.advance(len(part))
-                    for f, out in zip(part, sr):
-                        metrics[name].add(clip.name, f, out, gt[f])
-                        img = tensor_to_uint8(out)
-                        if row is not None:
-                            rows.append(img[row])
-                        if f == middle:
-                            crops[name] = img[t_:t_ + s_, l_:l_ + s_]
-                        if cfg.save_images:
-                            write_image(Path(cfg.save_images) / name / clip.name.replace("/", "_") / f"{f:08d}.png",
-                                        img)
-                if row is not None:
-                    profiles[name] = rows
+            views = score.clip(clip, frames, models, bar.advance)
             total += len(frames)
-            stem = clip.name.replace("/", "_")
-            if pictured and row is not None and len(frames) > 1:
-                reps = max(1, 64 // len(frames))  # short clips: repeat rows so the profile is visible
-                panels = [(n, np.repeat(np.stack(r), reps, 0)) for n, r in profiles.items()]
-                path = figures / f"{stem}_profile_row{row}.png"
-                write_image(path, side_by_side(panels))
-                pictures.append(str(path))
-            if pictured:
-                zoom = max(1, 192 // box[2])
-                panels = [(n, np.repeat(np.repeat(c, zoom, 0), zoom, 1)) for n, c in crops.items()]
-                path = figures / f"{stem}_crop_frame{middle}.png"
-                write_image(path, side_by_side(panels))
-                pictures.append(str(path))
-
+            if index < cfg.max_figures:
+                pictures += _clip_figures(views, figures / clip.name.replace("/", "_"))
     if total == 0:
         raise StdvsrError(f"no frame of --set {cfg.set} was scored (clips shorter than 5 frames with "
                           "--frames skip-border-2?)")
     result = {"protocol": proto, "models": [], "pictures": pictures}
     paths = {n: p for n, p, _ in models}
     for name in names:
-        summary = metrics[name].summary()
+        summary = score.metrics[name].summary()
         entry = {"name": name, "path": paths.get(name), "average": {"psnr": summary["psnr"], "ssim": summary["ssim"]},
-                 "clips": metrics[name].clip_rows(), "frames_scored": summary["frames"],
-                 "ms_per_frame": 1000 * seconds[name] / max(counted[name], 1), "device": str(device)}
-        entry.update(info.get(name, {}))
+                 "clips": score.metrics[name].clip_rows(), "frames_scored": summary["frames"],
+                 "ms_per_frame": 1000 * score.seconds[name] / max(score.counted[name], 1), "device": str(device)}
+        entry.update(score.info.get(name, {}))
         result["models"].append(entry)
     if cfg.json:
         write_text(cfg.json, json.dumps(result, indent=1))
     if cfg.csv:
         write_text(cfg.csv, to_csv(result))
     return result
+
+
+class _Scores:
+    """Every model's PSNR/SSIM, time and frame count over the clips scored so far, and its complexity."""
+
+    def __init__(self, names: list[str], cfg: EvalConfig):
+        self.cfg = cfg
+        self.metrics = {n: VideoMetrics(cfg.crop_border, cfg.color == "y") for n in names}
+        self.seconds = dict.fromkeys(names, 0.0)
+        self.counted = dict.fromkeys(names, 0)
+        self.info: dict[str, dict] = {}
+
+    def clip(self, clip, frames: list[int], models: list, advance) -> dict:
+        """Score every model (and bicubic) on ``frames`` of ``clip``; returns what the clip's pictures show:
+        ``crops`` (name → the crop of the middle scored frame), ``profiles`` (name → the --temporal-profile row of
+        every scored frame), ``row``, ``middle``."""
+        cfg = self.cfg
+        lq, gt = read_clip(clip, cfg.degradation)
+        H, W = gt.shape[-2:]
+        row = cfg.temporal_profile
+        if row is not None and not 0 <= row < H:
+            raise StdvsrError(f"--temporal-profile {row} is outside the {H}-row HR frames of clip {clip.name}")
+        top, left, size = crop_box(H, W, row)
+        middle = frames[len(frames) // 2]
+        profiles = {"GT": [tensor_to_uint8(gt[f])[row] for f in frames] if row is not None else []}
+        crops = {"GT": tensor_to_uint8(gt[middle])[top:top + size, left:left + size]}
+        for name in self.metrics:
+            model = None if name == BICUBIC else next(m for n, _, m in models if n == name)
+            if model is not None and name not in self.info:
+                self.info[name] = complexity(model, lq.shape[-2:])
+            rows = []
+            for i in range(0, len(frames), cfg.chunk_frames):
+                part = frames[i:i + cfg.chunk_frames]
+                t0 = time.perf_counter()
+                sr = bicubic(lq, part) if model is None else upscale_frames(model, lq, part, cfg.padding,
+                                                                           cfg.batch_size)
+                self.seconds[name] += time.perf_counter() - t0
+                self.counted[name] += len(part)
+                advance(len(part))
+                for f, out in zip(part, sr):
+                    self.metrics[name].add(clip.name, f, out, gt[f])
+                    img = tensor_to_uint8(out)
+                    if row is not None:
+                        rows.append(img[row])
+                    if f == middle:
+                        crops[name] = img[top:top + size, left:left + size]
+                    if cfg.save_images:
+                        write_image(Path(cfg.save_images) / name / clip.name.replace("/", "_") / f"{f:08d}.png", img)
+            if row is not None:
+                profiles[name] = rows
+        return {"crops": crops, "profiles": profiles, "row": row, "middle": middle, "frames": len(frames)}
+
+
+def _clip_figures(views: dict, stem: Path) -> list[str]:
+    """The clip's pictures: the temporal profiles side by side (with --temporal-profile) and the crops of the
+    middle scored frame, enlarged; returns their paths."""
+    written = []
+    row, n = views["row"], views["frames"]
+    if row is not None and n > 1:
+        reps = max(1, 64 // n)  # short clips: repeat rows so the profile is visible
+        panels = [(name, np.repeat(np.stack(r), reps, 0)) for name, r in views["profiles"].items()]
+        path = stem.parent / f"{stem.name}_profile_row{row}.png"
+        write_image(path, side_by_side(panels))
+        written.append(str(path))
+    zoom = max(1, 192 // views["crops"]["GT"].shape[0])
+    panels = [(name, np.repeat(np.repeat(c, zoom, 0), zoom, 1)) for name, c in views["crops"].items()]
+    path = stem.parent / f"{stem.name}_crop_frame{views['middle']}.png"
+    write_image(path, side_by_side(panels))
+    written.append(str(path))
+    return written
 
 
 def to_csv(result: dict) -> str:
