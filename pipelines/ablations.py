@@ -258,7 +258,9 @@ def main() -> None:
     console.print(f"wrote {args.json}", highlight=False)
 
 
-if __name__ == "__main__":
+def run_study(main) -> None:
+    """Run a study's ``main``: an error is one line; Ctrl-C keeps the finished runs (the others resume from their
+    checkpoints when the same command runs again)."""
     try:
         main()
     except StdvsrError as e:
@@ -267,3 +269,7 @@ if __name__ == "__main__":
         print("interrupted: finished runs are kept and the others continue from their checkpoints when the same "
               "command is run again", file=sys.stderr, flush=True)
         os._exit(130)  # without waiting for multiprocessing's helper threads of the terminated workers
+
+
+if __name__ == "__main__":
+    run_study(main)

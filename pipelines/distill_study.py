@@ -33,9 +33,8 @@ from pathlib import Path
 
 import torch
 
-from ablations import run_in_processes  # the sibling script (pipelines/ is sys.path[0] when run)
+from ablations import run_in_processes, run_study  # the sibling script (pipelines/ is sys.path[0] when run)
 from stdvsr.distill import DistillConfig, run_or_reuse
-from stdvsr.errors import StdvsrError
 from stdvsr.evaluate import EvalConfig
 from stdvsr.evaluate import run as evaluate
 from stdvsr.io import write_text
@@ -181,11 +180,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except StdvsrError as e:
-        raise SystemExit(f"Error: {e}") from None
-    except KeyboardInterrupt:
-        print("interrupted: finished runs are kept and the others continue from their checkpoints when the same "
-              "command is run again", file=sys.stderr, flush=True)
-        os._exit(130)  # without waiting for multiprocessing's helper threads of the terminated workers
+    run_study(main)

@@ -246,6 +246,23 @@ def _print_clip_table(clips, scale: int, title: str, decode: bool = False, mod_c
 
 
 # ------------------------------------------------------------------------------------------------ training
+def _print_training(title: str, result: dict, rows: list[tuple[str, str]], label: str, weights: str) -> None:
+    """The table a training command ends with: held-out PSNR next to bicubic, the stage's ``rows``, the time, the
+    weights, and the run's curves.png."""
+    table = Table(title=title)
+    table.add_column("", justify="left")
+    table.add_column("value", justify="right")
+    if result["val_psnr"] is not None:
+        table.add_row("held-out Y-PSNR (dB)", f"{result['val_psnr']:.2f}")
+        table.add_row("bicubic Y-PSNR (dB)", f"{result['bicubic_psnr']:.2f}")
+    for row in rows:
+        table.add_row(*row)
+    table.add_row("training time (s)", f"{result['seconds']:.0f}")
+    table.add_row(label, weights)
+    _add_curves(table, Path(weights).parent)
+    stdout().print(table)
+
+
 def _add_curves(table: Table, run: Path) -> None:
     """Draw ``run/curves.png`` (loss terms, lr, validation PSNR) at the end of a training command and list it; the
     weights are saved by then, so a picture that cannot be written is a warning, not a failed run."""
@@ -296,17 +313,7 @@ def train_teacher(ctx: click.Context, **opts) -> None:
     cfg = from_cli(TeacherConfig, opts, model_args=model_args)
     explicit = options.explicit(ctx, names - set(opts)) | ({"model_args"} if model_args else set())
     result = run(cfg, resume=opts["resume"], explicit=explicit)
-    out = stdout()
-    table = Table(title=f"Teacher ({cfg.preset}) after {result['steps']} steps")
-    table.add_column("", justify="left")
-    table.add_column("value", justify="right")
-    if result["val_psnr"] is not None:
-        table.add_row("held-out Y-PSNR (dB)", f"{result['val_psnr']:.2f}")
-        table.add_row("bicubic Y-PSNR (dB)", f"{result['bicubic_psnr']:.2f}")
-    table.add_row("training time (s)", f"{result['seconds']:.0f}")
-    table.add_row("weights", result["teacher"])
-    _add_curves(table, Path(result["teacher"]).parent)
-    out.print(table)
+    _print_training(f"Teacher ({cfg.preset}) after {result['steps']} steps", result, [], "weights", result["teacher"])
 
 
 # ------------------------------------------------------------------------------------------------- profile
@@ -622,20 +629,11 @@ def distill(ctx: click.Context, **opts) -> None:
         return
     title = (f"{cfg.student} trained without distillation (--kd none)" if cfg.kd == "none" else
              f"{cfg.student} distilled with --kd {cfg.kd} from step {cfg.warmup_steps + 1}")
-    table = Table(title=f"{title}, {result['steps']} steps")
-    table.add_column("", justify="left")
-    table.add_column("value", justify="right")
-    if result["val_psnr"] is not None:
-        table.add_row("held-out Y-PSNR (dB)", f"{result['val_psnr']:.2f}")
-        table.add_row("bicubic Y-PSNR (dB)", f"{result['bicubic_psnr']:.2f}")
-    table.add_row("step time (s)", f"{result['step_s']:.3f}")
-    table.add_row("waiting for data", f"{100 * result['data_wait_frac']:.1f} %")
+    rows = [("step time (s)", f"{result['step_s']:.3f}"),
+            ("waiting for data", f"{100 * result['data_wait_frac']:.1f} %")]
     if result["td_frozen_at"]:
-        table.add_row("ConvLSTM frozen at step", str(result["td_frozen_at"]))
-    table.add_row("training time (s)", f"{result['seconds']:.0f}")
-    table.add_row("student", result["student"])
-    _add_curves(table, Path(result["student"]).parent)
-    stdout().print(table)
+        rows.append(("ConvLSTM frozen at step", str(result["td_frozen_at"])))
+    _print_training(f"{title}, {result['steps']} steps", result, rows, "student", result["student"])
 
 
 # -------------------------------------------------------------------------------------------------- export
