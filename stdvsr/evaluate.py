@@ -20,7 +20,6 @@ import io
 import json
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -28,42 +27,19 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from stdvsr.configs import EvalConfig
 from stdvsr.data import Clip, load_clips, read_frames
 from stdvsr.errors import StdvsrError
 from stdvsr.infer import padded_size, upscale_frames
 from stdvsr.io import write_image, write_text
 from stdvsr.metrics import VideoMetrics, tensor_to_uint8
+from stdvsr.names import EVAL_DEGRADATIONS, EVAL_SETS, FRAME_MODES
+from stdvsr.options import check_fields
 from stdvsr.training import resolve_device
 
-SETS = ("vid4", "vimeo90k-test", "vimeo90k-fast", "vimeo90k-medium", "vimeo90k-slow", "demo")
-FRAME_MODES = ("all", "skip-border-2")
-DEGRADATIONS = ("bd", "bi", "lr-folder")
+SETS, DEGRADATIONS = EVAL_SETS, EVAL_DEGRADATIONS
 VIMEO_CENTRE = 3  # im4, the centre of a septuplet
 BICUBIC = "bicubic"
-
-
-@dataclass
-class EvalConfig:
-    set: str = "demo"                 # vid4 | vimeo90k-test|fast|medium|slow | demo | demo:CLIP | folder:PATH
-    root: str | None = None           # dataset root for vid4 / vimeo90k-*
-    models: tuple = ()                # checkpoint paths, optionally NAME=PATH
-    arch: str | None = None           # registry name for --model files that do not record it (raw, BasicSR)
-    bicubic: bool = False             # add a bicubic row
-    color: str = "y"                  # y | rgb
-    crop_border: int = 0
-    frames: str = "all"               # all | skip-border-2 (Vimeo90K-T: always the centre frame)
-    degradation: str = "bd"           # bd | bi | lr-folder
-    padding: str = "replicate"
-    max_clips: int | None = None      # the first N clips (e.g. a quick look at Vimeo90K-T's 7,824)
-    json: str | None = None
-    csv: str | None = None
-    save_images: str | None = None    # SR frames: DIR/<model>/<clip>/<frame>.png
-    temporal_profile: int | None = None  # HR pixel row for the temporal-profile images
-    figures: str | None = None        # where profile and crop images go (default: runs/evaluate/<set>)
-    max_figures: int = 40             # pictures for the first N scored clips only (Vimeo90K-T has 7,824)
-    device: str = "auto"
-    batch_size: int = 4               # windows per forward
-    chunk_frames: int = 16            # output frames computed at a time
 
 
 # ------------------------------------------------------------------------------------------------- the set
@@ -249,6 +225,7 @@ def run(cfg: EvalConfig, show_progress: bool = True) -> dict:
         raise StdvsrError(f"--degradation {cfg.degradation!r} is not one of {', '.join(DEGRADATIONS)}")
     if cfg.frames not in FRAME_MODES:
         raise StdvsrError(f"--frames {cfg.frames!r} is not one of {', '.join(FRAME_MODES)}")
+    check_fields(cfg)
     device = resolve_device(cfg.device)
     clips, set_name, centre_only = resolve_set(cfg)
     if cfg.max_clips:

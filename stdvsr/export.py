@@ -27,39 +27,29 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from rich.table import Table
 from torch import nn
 
+from stdvsr.configs import ExportConfig
 from stdvsr.errors import StdvsrError
 from stdvsr.infer import MULTIPLE, padded_size
-from stdvsr.io import atomic_path
+from stdvsr.io import atomic_path, mib
 from stdvsr.models import STUDENTS, load_model, model_spec, read_checkpoint
+from stdvsr.names import EXPORT_FORMATS, MAX_OPSET, MIN_OPSET
+from stdvsr.options import check_fields
 from stdvsr.profile import parse_size
+from stdvsr.progress import stdout
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = EXPORT_FORMATS
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
-MIN_OPSET, MAX_OPSET = 11, 20  # the TorchScript-based exporter stops at 20
 MIN_OPSET_FOR = {"vespcn": 16}  # GridSample
 # LR H and W the exported graph accepts must be multiples of this (FastDVDnet's U-Net halves twice, VESPCN's coarse
 # flow works at 1/4). PyTorch checks it; the traced graph cannot, so ONNX Runtime fails (e.g. at 37×45) instead.
 SIZE_MULTIPLE = {"fastdvdnet": 4, "vespcn": 4}
-
-
-@dataclass
-class ExportConfig:
-    model: str                   # a stdvsr student checkpoint, e.g. runs/distill/student.pth
-    format: str = "onnx"         # onnx or torchscript
-    lq_size: str = "120x180"     # LR input HxW the graph is traced at (multiples of 4)
-    dynamic: bool = False        # symbolic batch, height and width (ONNX); checked at a second size
-    out: str | None = None       # default: next to the checkpoint, <stem>.onnx / <stem>.torchscript.pt
-    opset: int = 17              # ONNX opset
-    force: bool = False          # overwrite --out
-    tolerance: float = 1e-4      # max |exported − PyTorch| accepted by the check
-    seed: int = 0                # of the check inputs
 
 
 def default_out(model: str | Path, fmt: str) -> Path:
@@ -109,6 +99,7 @@ def run(cfg: ExportConfig) -> dict:
         require_onnx()
         if not MIN_OPSET <= cfg.opset <= MAX_OPSET:
             raise StdvsrError(f"--opset {cfg.opset} is outside {MIN_OPSET}..{MAX_OPSET}; use the default 17")
+    check_fields(cfg)
     if not Path(cfg.model).expanduser().is_file():
         raise StdvsrError(f"--model {cfg.model} does not exist; give a student checkpoint, e.g. "
                           "runs/distill/student.pth")
@@ -213,3 +204,24 @@ def _compare(model: nn.Module, exported: Callable[[torch.Tensor], torch.Tensor],
                           f"PyTorch returns {tuple(ref.shape)}; nothing was written; rerun with --debug and report it")
     return {"batch": lq.shape[0], "lq_size": [lq.shape[-2], lq.shape[-1]],
             "max_abs_diff": float((got - ref).abs().max())}
+
+
+def print_export(result: dict) -> None:
+    """What `stdvsr export` prints: the check table, the file written and, for a --dynamic graph, the sizes it takes."""
+    table = Table(title=f"{result['model']} → {result['format']}: check")
+    for col in ("batch", "LR (H×W)", "max |exported − PyTorch|"):
+        table.add_column(col, justify="right")
+    for c in result["checks"]:
+        table.add_row(str(c["batch"]), "{}×{}".format(*c["lq_size"]), f"{c['max_abs_diff']:.2e}")
+    out = stdout()
+    out.print(table)
+    h, w = result["lq_size"]
+    kind = f"ONNX opset {result['opset']}" if result["opset"] else "TorchScript"
+    shapes = "dynamic batch, H and W" if result["dynamic"] else f"traced at batch 1, LR {h}×{w}"
+    out.print(f"wrote {result['path']} ({kind}, {mib(result['bytes'])} MB, {shapes})", soft_wrap=True,
+              highlight=False)
+    if result["dynamic"] and result["size_multiple"] > 1:
+        m = result["size_multiple"]
+        out.print(f"feed it LR heights and widths that are multiples of {m} (pad the frames by replicating their "
+                  f"bottom/right edge, then crop the output ×4, as stdvsr upscale does); other sizes fail",
+                  soft_wrap=True, highlight=False)

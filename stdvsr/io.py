@@ -242,3 +242,8 @@ def write_text(path: str | os.PathLike, text: str, durable: bool = False) -> Non
     """Write a text file atomically (``durable``: fsynced, see :func:`atomic_path`)."""
     with atomic_path(path, durable) as tmp:
         tmp.write_text(text)
+
+
+def mib(n: int | None) -> str:
+    """Bytes as MiB with thousands separators, as the cache and export tables print them ("-" for unknown)."""
+    return "-" if n is None else f"{n / 2**20:,.1f}"

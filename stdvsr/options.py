@@ -22,7 +22,8 @@ _META = "stdvsr_option"
 
 def option(default: Any = None, help: str | None = None, *, type: click.ParamType | None = None,
            flag: str | None = None, negatable: bool = False, none: str | None = None, resumable: bool = False,
-           show_default: bool | None = None, cli: bool = True, aliases: tuple[str, ...] = ()) -> Any:
+           show_default: bool | None = None, cli: bool = True, aliases: tuple[str, ...] = (), multiple: bool = False,
+           metavar: str | None = None) -> Any:
     """A dataclass field that is also a command-line option ``--field-name``.
 
     ``type``: the click type (a :class:`click.Choice`, :class:`click.IntRange`, …); by default the default's type.
@@ -30,11 +31,18 @@ def option(default: Any = None, help: str | None = None, *, type: click.ParamTyp
     flag spelled as a negation sets the field to False). ``negatable``: a boolean with a ``--no-`` twin. ``none``:
     the word that means None on the command line (``--val-data none``). ``resumable``: ``--resume`` may change it.
     ``cli=False``: checked and resumable like the others, but set from Python only. ``aliases``: former names a
-    ``--config`` file may still use.
+    ``--config`` file may still use. ``multiple``: a repeatable option (a tuple field). ``default=REQUIRED``: a
+    required option (and a field without a default).
     """
     meta = {_META: dict(help=help, type=type, flag=flag, negatable=negatable, none=none, resumable=resumable,
-                        show_default=show_default, cli=cli, aliases=aliases)}
+                        show_default=show_default, cli=cli, aliases=aliases, multiple=multiple, metavar=metavar)}
+    if default is REQUIRED:
+        return dataclasses.field(metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+#: ``option(REQUIRED, ...)``: a field without a default, a required option.
+REQUIRED = object()
 
 
 def redeclare(base, name: str, default: Any, **changes) -> Any:
@@ -42,6 +50,10 @@ def redeclare(base, name: str, default: Any, **changes) -> Any:
     arguments), for a stage that shares a setting but not its default."""
     meta = {**next(f for f in dataclasses.fields(base) if f.name == name).metadata[_META], **changes}
     return option(default, **meta)
+
+
+def _has_default(f: dataclasses.Field) -> bool:
+    return f.default is not dataclasses.MISSING
 
 
 def _declared(cls, cli: bool = False) -> list[tuple[dataclasses.Field, dict]]:
@@ -67,6 +79,8 @@ def resumable(cls) -> set[str]:
 def _click_type(f: dataclasses.Field, meta: dict) -> click.ParamType | None:
     if meta["type"] is not None:
         return meta["type"]
+    if meta["multiple"] or not _has_default(f):
+        return click.STRING
     return {bool: click.BOOL, int: click.INT, float: click.FLOAT, str: click.STRING}.get(type(f.default))
 
 
@@ -91,8 +105,14 @@ def click_options(cls, skip: tuple[str, ...] = ()) -> Callable:
             else:
                 decl = flag
                 kw.update(type=_click_type(f, meta))
-                if f.default is not None:
+                if not _has_default(f):
+                    kw.update(required=True)
+                elif meta["multiple"]:
+                    kw.update(multiple=True)
+                elif f.default is not None:
                     kw.update(default=f.default, show_default=True)
+            if meta["metavar"] is not None:
+                kw["metavar"] = meta["metavar"]
             if meta["show_default"] is not None:
                 kw["show_default"] = meta["show_default"]
             command = click.option(decl, f.name, **kw)(command)
@@ -108,6 +128,7 @@ def from_cli(cls, opts: dict, **extra) -> Any:
     for f, meta in _declared(cls):
         if f.name in opts:
             value = opts.pop(f.name)
+            value = tuple(value) if meta["multiple"] else value
             values[f.name] = None if meta["none"] is not None and value == meta["none"] else value
     return cls(**values, **extra)
 
@@ -120,6 +141,10 @@ def check_fields(cfg) -> None:
         if value is None and (f.default is None or meta["none"] is not None):
             continue
         kind, flag = _click_type(f, meta), flag_of(f)
+        if meta["multiple"]:
+            if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+                raise StdvsrError(f"{flag} takes a list of strings, not {value!r}")
+            continue
         if isinstance(kind, click.Choice):
             if value not in kind.choices:
                 raise StdvsrError(f"{flag} {value!r} is not one of {', '.join(map(str, kind.choices))}")

@@ -229,3 +229,27 @@ def write_tensorboard(runs: list[Path], logdir: str | Path, labels: list[str] | 
                               "choose another --tensorboard folder") from None
         folders.append(folder)
     return folders
+
+
+def print_runs(runs: list[Path], labels: list[str] | None, path: Path, folders: list[Path],
+               tensorboard_dir: Path | None) -> None:
+    """What `stdvsr plot` prints: each run's last step and loss, its last and best held-out PSNR, bicubic."""
+    from rich.table import Table
+
+    from stdvsr.progress import stdout
+
+    console = stdout()
+    table = Table(title=f"Curves written to {path}")
+    for col in ("run", "last step", "last loss", "val Y-PSNR (dB)", "best (step)", "bicubic (dB)"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for label, series in load_runs(runs, labels).items():
+        loss = series.get("loss_total") or series.get("loss") or {}
+        val, bicubic = series.get("val_psnr", {}), series.get("bicubic_psnr", {})
+        best = max(val, key=val.get) if val else None
+        table.add_row(label, str(max(max(c) for c in series.values())),
+                      f"{loss[max(loss)]:.4g}" if loss else "-", f"{val[max(val)]:.2f}" if val else "-",
+                      f"{val[best]:.2f} ({best})" if val else "-", f"{bicubic[max(bicubic)]:.2f}" if bicubic else "-")
+    console.print(table)
+    if folders:
+        console.print(f"TensorBoard event files in {', '.join(map(str, folders))}; view them with "
+                      f"tensorboard --logdir {tensorboard_dir}", soft_wrap=True, highlight=False)

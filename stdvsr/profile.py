@@ -115,3 +115,44 @@ def profile_model(name: str, lq_size: tuple[int, int] = (120, 180), frames: int 
     if timing:
         row["ms"] = time_forward(model, lq, repeats, warmup) * 1e3
     return row
+
+
+def run(models: list[str], lq_size: str = "120x180", frames: int | None = None, repeats: int = 10, warmup: int = 2,
+        threads: int | None = None, device: str = "cpu", timing: bool = True) -> list[dict]:
+    """``stdvsr profile``: :func:`profile_model` of each registered name at ``lq_size`` ("HxW")."""
+    from stdvsr.models import list_models
+    from stdvsr.progress import stderr
+    from stdvsr.training import resolve_device
+
+    size = parse_size(lq_size)
+    unknown = [m for m in models if m not in list_models()]
+    if unknown:
+        raise StdvsrError(f"unknown --model {unknown[0]!r}; choose from {', '.join(list_models())}")
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    rows = []
+    with stderr().status("profiling") as status:
+        for name in models:
+            status.update(f"profiling {name}")
+            rows.append(profile_model(name, size, frames, dev, repeats, warmup, timing=timing))
+    return rows
+
+
+def print_profiles(rows: list[dict], repeats: int) -> None:
+    """The table of :func:`run`'s rows (ms / frame only when they were timed)."""
+    from rich.table import Table
+
+    from stdvsr.progress import stdout
+
+    h, w = rows[0]["lq_size"]
+    timed = rows[0].get("ms") is not None
+    title = (f"Per output frame at LR {h}×{w} (×4 → {4 * h}×{4 * w}), {rows[0]['device']}"
+             + (f", {rows[0]['threads']} threads, median of {repeats}" if timed else ""))
+    table = Table(title=title)
+    for col in ("model", "frames", "params (M)", "MACs (G)", *(("ms / frame",) if timed else ())):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        table.add_row(r["model"], str(r["frames"]), f"{r['params'] / 1e6:.3f}", f"{r['macs'] / 1e9:.1f}",
+                      *((f"{r['ms']:.1f}",) if timed else ()))
+    stdout().print(table)

@@ -39,36 +39,24 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from rich.table import Table
 from torch import nn
 
+from stdvsr.configs import QuantizeConfig
 from stdvsr.data import SPEC_KINDS, degrade, load_clips, read_hr, window_indices
 from stdvsr.errors import StdvsrError
 from stdvsr.export import SIZE_MULTIPLE, ExportConfig, default_out, load_student, parse_lq_size, require_onnx
 from stdvsr.export import run as export_fp32
 from stdvsr.infer import pad_bottom_right, padded_size
-from stdvsr.io import atomic_path, image_size, write_text
+from stdvsr.io import atomic_path, image_size, mib, write_text
 from stdvsr.metrics import VideoMetrics, tensor_to_uint8
+from stdvsr.names import MAX_CALIB_WINDOWS
+from stdvsr.options import check_fields
+from stdvsr.progress import stdout
 
 MIN_OPSET = 13               # per-channel DequantizeLinear (its ``axis`` attribute) is opset 13
-ACTIVATIONS = "quint8"       # or qint8: uint8 ran 1.15× faster at equal PSNR (README "Deploying a student")
-MAX_CALIB_WINDOWS = 1024
+ACTIVATIONS = "quint8"       # the default of names.ACTIVATIONS: uint8 ran 1.15× faster at equal PSNR (README)
 WARMUP = 2                   # untimed runs of each runner before the check's timing
-
-
-@dataclass
-class QuantizeConfig:
-    model: str                         # a stdvsr student checkpoint, e.g. runs/distill/student.pth
-    calibrate: str | None = None       # a teacher cache folder or a dataset spec (demo, folder:PATH, ...)
-    calib_windows: int = 32            # LR windows the activation ranges come from
-    seed: int = 0                      # of the calibration draw (and of export's check inputs)
-    lq_size: str = "120x180"           # LR H×W of the graph (multiples of 4)
-    dynamic: bool = False              # symbolic batch, H and W
-    out: str | None = None             # the fp32 .onnx; default next to the checkpoint; int8 beside it
-    opset: int = 17
-    force: bool = False                # overwrite the fp32, int8 and JSON files
-    check_set: str = "demo:carphone"   # held-out set scored by the check (any evaluate set; vid4:ROOT etc.)
-    activations: str = ACTIVATIONS     # quint8 | qint8
-    threads: int | None = None         # ONNX Runtime threads in the check (default: torch's)
 
 
 def int8_path(fp32: str | Path) -> Path:
@@ -325,6 +313,7 @@ def run(cfg: QuantizeConfig) -> dict:
     if not 1 <= cfg.calib_windows <= MAX_CALIB_WINDOWS:
         raise StdvsrError(f"--calib-windows {cfg.calib_windows} is outside 1..{MAX_CALIB_WINDOWS}; the default 32 "
                           "is enough for MinMax ranges")
+    check_fields(cfg)
     h, w = parse_lq_size(cfg.lq_size)
     if not Path(cfg.model).expanduser().is_file():
         raise StdvsrError(f"--model {cfg.model} does not exist; give a student checkpoint, e.g. "
@@ -356,24 +345,7 @@ def run(cfg: QuantizeConfig) -> dict:
     exported = export_fp32(ExportConfig(model=cfg.model, format="onnx", lq_size=cfg.lq_size, dynamic=cfg.dynamic,
                                         out=str(fp32), opset=cfg.opset, force=cfg.force, seed=cfg.seed))
     threads = cfg.threads or torch.get_num_threads()
-    with atomic_path(int8) as tmp:
-        info = quantize_int8(fp32, tmp, windows, cfg.activations)
-        runner = ort_runner(tmp, threads)
-        cases = [(1, h, w)] + ([(2, h + 4, w + 8)] if cfg.dynamic else [])
-        for b, ch, cw in cases:  # the int8 graph runs at the export's sizes (dynamic: another size and batch too)
-            lq = torch.rand(b, model.num_frame, 3, ch, cw, generator=torch.Generator().manual_seed(cfg.seed))
-            try:
-                got = runner(lq)
-            except Exception as e:  # ONNX Runtime errors of every kind
-                detail = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                hint = "; export without --dynamic" if b == 2 else ""
-                raise StdvsrError(f"the int8 graph of {arch} fails on input {tuple(lq.shape)} ({detail}); nothing "
-                                  f"was written to {int8}{hint}") from None
-            if got.shape != (b, 3, 4 * ch, 4 * cw) or not torch.isfinite(got).all():
-                raise StdvsrError(f"the int8 graph of {arch} returned shape {tuple(got.shape)} or non-finite values "
-                                  f"for input {tuple(lq.shape)}; nothing was written to {int8}; rerun with --debug "
-                                  "and report it")
-        size = tmp.stat().st_size
+    info, size = _write_int8(fp32, int8, windows, cfg, model.num_frame, arch, threads)
 
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the untimed reference: no idle OpenMP workers spinning while ONNX Runtime is timed
@@ -399,3 +371,53 @@ def run(cfg: QuantizeConfig) -> dict:
               "check": check, "json": str(report)}
     write_text(report, json.dumps(result, indent=1))
     return result
+
+
+def _write_int8(fp32: Path, int8: Path, windows: list[np.ndarray], cfg: QuantizeConfig, frames: int, arch: str,
+                threads: int) -> tuple[dict, int]:
+    """Quantise ``fp32`` into ``int8`` (atomically), kept only if the int8 graph runs at the export's sizes (with
+    --dynamic also at another size and batch) and returns finite frames of the right shape. Returns the
+    quantisation's summary and the file's size."""
+    h, w = parse_lq_size(cfg.lq_size)
+    with atomic_path(int8) as tmp:
+        info = quantize_int8(fp32, tmp, windows, cfg.activations)
+        runner = ort_runner(tmp, threads)
+        for b, ch, cw in [(1, h, w)] + ([(2, h + 4, w + 8)] if cfg.dynamic else []):
+            lq = torch.rand(b, frames, 3, ch, cw, generator=torch.Generator().manual_seed(cfg.seed))
+            try:
+                got = runner(lq)
+            except Exception as e:  # ONNX Runtime errors of every kind
+                detail = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                hint = "; export without --dynamic" if b == 2 else ""
+                raise StdvsrError(f"the int8 graph of {arch} fails on input {tuple(lq.shape)} ({detail}); nothing "
+                                  f"was written to {int8}{hint}") from None
+            if got.shape != (b, 3, 4 * ch, 4 * cw) or not torch.isfinite(got).all():
+                raise StdvsrError(f"the int8 graph of {arch} returned shape {tuple(got.shape)} or non-finite values "
+                                  f"for input {tuple(lq.shape)}; nothing was written to {int8}; rerun with --debug "
+                                  "and report it")
+        return info, tmp.stat().st_size
+
+
+def print_report(result: dict, cfg: QuantizeConfig) -> None:
+    """What `stdvsr export --quantize int8` prints: the fp32 export's check, then fp32 against int8 on the held-out
+    set (Y-PSNR, SSIM, ms per frame) and the files written."""
+    from stdvsr.export import print_export
+
+    print_export(result["export"])
+    check = result["check"]
+    sizes = ", ".join(f"{h}×{w}" for h, w in check["run_lq_size"])
+    table = Table(title=f"{check['set']}, {check['rows'][0]['frames']} frames: Y-PSNR/SSIM (BD ×4), ms per frame "
+                        f"in ONNX Runtime at LR {sizes}, {check['threads']} thread(s)")
+    for col in ("", "Y-PSNR (dB)", "SSIM", "ms/frame", "max |Δ| vs PyTorch (levels)"):
+        table.add_column(col, justify="right")
+    for r in check["rows"]:
+        ms = "(not timed)" if r["ms_per_frame"] is None else f"{r['ms_per_frame']:.1f}"
+        table.add_row(r["name"], f"{r['psnr']:.3f}", f"{r['ssim']:.4f}", ms, str(r["max_levels"]))
+    o = stdout()
+    o.print(table)
+    o.print(f"int8 − PyTorch fp32: {-check['int8_psnr_drop']:+.3f} dB Y-PSNR; ONNX int8 runs "
+            f"{check['int8_speedup']:.2f}× as fast as ONNX fp32 here", soft_wrap=True, highlight=False)
+    o.print(f"wrote {result['int8']['path']} ({mib(result['int8']['bytes'])} MB, QDQ int8, calibrated on "
+            f"{result['int8']['calibration']['windows']} windows of {cfg.calibrate}, seed {cfg.seed}) and "
+            f"{result['json']}",
+            soft_wrap=True, highlight=False)

@@ -384,3 +384,39 @@ def end_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def print_training(title: str, result: dict, rows: list[tuple[str, str]], label: str, weights: str) -> None:
+    """The table a training command ends with: held-out PSNR next to bicubic, the stage's ``rows``, the time, the
+    weights, and the run's curves.png."""
+    from rich.table import Table
+
+    from stdvsr.progress import stdout
+
+    table = Table(title=title)
+    table.add_column("", justify="left")
+    table.add_column("value", justify="right")
+    if result["val_psnr"] is not None:
+        table.add_row("held-out Y-PSNR (dB)", f"{result['val_psnr']:.2f}")
+        table.add_row("bicubic Y-PSNR (dB)", f"{result['bicubic_psnr']:.2f}")
+    for row in rows:
+        table.add_row(*row)
+    table.add_row("training time (s)", f"{result['seconds']:.0f}")
+    table.add_row(label, weights)
+    _add_curves(table, Path(weights).parent)
+    stdout().print(table)
+
+
+def _add_curves(table, run: Path) -> None:
+    """Draw ``run/curves.png`` (loss terms, lr, validation PSNR) at the end of a training command and list it; the
+    weights are saved by then, so a picture that cannot be written is a warning, not a failed run."""
+    from stdvsr.plot import write_run_plot
+    from stdvsr.progress import stderr
+
+    try:
+        path = write_run_plot(run)
+    except (StdvsrError, OSError) as e:
+        stderr().print(f"warning: no curves.png ({e})", highlight=False, soft_wrap=True)
+        return
+    if path is not None:
+        table.add_row("curves", str(path))

@@ -40,8 +40,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from stdvsr.configs import UpscaleConfig
 from stdvsr.data import list_frames, to_tensor, window_indices
 from stdvsr.errors import StdvsrError
+from stdvsr.options import check_fields
 from stdvsr.infer import MULTIPLE, pad_bottom_right, padded_size
 from stdvsr.io import (IMAGE_SUFFIXES, atomic_path, image_size, is_image, iter_video_frames, read_image,
                        video_header, write_image)
@@ -54,22 +56,6 @@ VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
 DEFAULT_FPS = 25.0
 
 
-@dataclass
-class UpscaleConfig:
-    input: str                        # a video file OpenCV reads, or a folder of frames (natural order)
-    output: str                       # .mp4 / .avi video, or a folder (no suffix) of %08d.png frames
-    model: str                        # a stdvsr checkpoint: student.pth from distill, teacher.pth, edvr_s_demo.pth
-    arch: str | None = None           # registry name (build_model) for weights that do not record it: raw, BasicSR
-    tile: int = 0                     # LR tile size (multiple of 4); 0: whole frames
-    tile_overlap: int = 16            # LR pixels shared by neighbouring tiles (multiple of 4)
-    chunk_frames: int = 8             # output frames per chunk (= windows per forward)
-    fps: float | None = None          # output frame rate; default: the input video's, 25 for frame folders
-    device: str = "auto"
-    force: bool = False               # replace an existing OUTPUT
-    allow_short: bool = False         # accept a video that decodes fewer frames than its container states
-
-
-# --------------------------------------------------------------------------------------------------- input
 @dataclass
 class FrameSource:
     """Frames to upscale, decoded lazily: ``frames`` yields RGB uint8 arrays of size ``height``×``width``."""
@@ -330,6 +316,7 @@ def check_config(cfg: UpscaleConfig) -> None:
         raise StdvsrError(f"--chunk-frames {cfg.chunk_frames} must be at least 1")
     if cfg.fps is not None and not cfg.fps > 0:
         raise StdvsrError(f"--fps {cfg.fps} must be positive")
+    check_fields(cfg)
 
 
 def run(cfg: UpscaleConfig, show_progress: bool = True) -> dict:

@@ -103,10 +103,10 @@ def test_every_command_parses_with_stdvsr_cli(roots, tmp_path, gpus, with_weight
         assert d["batch_size"] == (2 if gpus == 1 else 1)
         assert d["out"] == str(tmp_path / "runs" / f"{d['student']}-kd-{d['kd']}")
     evaluate = seen["evaluate"]
-    assert [e["set_"] for e in evaluate] == list(rp.EVAL_SETS)
+    assert [e["set"] for e in evaluate] == list(rp.EVAL_SETS)
     for e in evaluate:
-        assert e["bicubic"] and e["json_path"].endswith(f"table1_{e['set_']}.json")
-        assert e["root"] == str(roots["vid4"] if e["set_"] == "vid4" else roots["vimeo"])
+        assert e["bicubic"] and e["json"].endswith(f"table1_{e['set']}.json")
+        assert e["root"] == str(roots["vid4"] if e["set"] == "vid4" else roots["vimeo"])
         assert [m.split("=")[0] for m in e["models"]] == ["teacher", "fastdvdnet", "fastdvdnet_std", "vsrnet",
                                                           "vsrnet_std", "vespcn", "vespcn_std", "vdsr", "vdsr_std"]
 

@@ -33,20 +33,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.table import Table
 from torch.nn import functional as F
 
 from stdvsr import __version__
-from stdvsr.configs import CacheConfig
 from stdvsr.cache.layout import (FEATURE_POINT, FORMAT_VERSION, HEAD, MANIFEST,
                                  PROGRESS, array_layout, estimate_bytes, first_difference, lookup, parse_tiers,
                                  plan_clips, quantise, read_manifest, sources_sha256)
 from stdvsr.cache.stores import backend
+from stdvsr.configs import CacheConfig
 from stdvsr.data import (degrade, load_clips, parse_spec, read_hr, read_lq_from_disk,
                          resolve_spec, window_indices, with_views)
 from stdvsr.errors import StdvsrError
-from stdvsr.io import atomic_path, folder_lock, sha256_file, size_text, write_text
+from stdvsr.io import atomic_path, folder_lock, mib, sha256_file, size_text, write_text
 from stdvsr.options import check_fields
-from stdvsr.progress import stderr, work_progress
+from stdvsr.progress import stderr, stdout, work_progress
 from stdvsr.training import end_process_group, resolve_device, torchrun_group
 
 FP16_MAX = 65504.0
@@ -463,3 +464,30 @@ def _result(root: Path, manifest: dict, processed: int, seconds: float, rank: in
             "frames": sum(c["frames"] for c in manifest["clips"]), "seconds": round(seconds, 3),
             "summary": manifest.get("summary"), "rank": rank, "world_size": world,
             "format": manifest["fingerprint"]["format"], "tiers": ["lq", *manifest["fingerprint"]["tiers"]]}
+
+
+def print_summary(result: dict) -> None:
+    """The table `stdvsr cache-teacher` ends with: bytes per tier raw and stored, and where the time went."""
+    out = stdout()
+    summary = result.get("summary")
+    if not result["complete"] or not summary:
+        out.print(f"{result['path']}: {result['done']} of {result['clips']} clips written by all ranks so far; "
+                  f"this process wrote {result['processed']}", highlight=False)
+        return
+    views = summary.get("views", 1)
+    table = Table(title=f"Teacher cache {result['path']} ({result['format']}): {summary['clips']} clips"
+                        + (f" ({views} views of each)" if views > 1 else "") + f", {summary['frames']} frames")
+    for col in ("tier", "raw MB", "stored MB", "compression", "MB / clip"):
+        table.add_column(col, justify="left" if col == "tier" else "right")
+    raw, stored = summary["raw_bytes"], summary["stored_bytes"]
+    for tier in result["tiers"]:
+        r, s_ = raw.get(tier, 0), stored.get(tier, 0)
+        table.add_row(tier, mib(r), mib(s_), f"{r / s_:.2f}×" if s_ else "-", mib(s_ / max(summary["clips"], 1)))
+    total_r, total_s = sum(raw.values()), sum(stored.values())
+    table.add_row("total", mib(total_r), mib(total_s), f"{total_r / total_s:.2f}×" if total_s else "-",
+                  mib(total_s / max(summary["clips"], 1)), style="bold")
+    out.print(table)
+    t, w = summary["teacher_s"], summary["write_s"]
+    out.print(f"teacher {t:.1f} s, writing {w:.1f} s ({100 * w / max(t, 1e-9):.1f} % of teacher time), "
+              f"reading frames {summary.get('read_s', 0):.1f} s; this run: {result['processed']} clips in "
+              f"{result['seconds']:.1f} s", highlight=False)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
+from rich.table import Table
 
 from stdvsr.cache.build import read_records
 from stdvsr.cache.layout import HEAD, estimate_bytes, read_manifest, sources_sha256
 from stdvsr.cache.stores import backend
+from stdvsr.io import mib
+from stdvsr.progress import stdout
 
 
 def info(path: str | Path) -> dict:
@@ -103,3 +107,45 @@ def verify(path: str | Path, sources: bool = False, data: str | None = None, pro
         problems.append({"clip": "-", "problem": f"{len(manifest['clips']) - len(records)} progress records missing"})
     return problems
 
+
+def print_info(r: dict) -> None:
+    """``stdvsr cache info``'s tables: the fingerprint and state, then bytes per tier."""
+    out = stdout()
+    table = Table(title=f"Teacher cache {r['path']}", show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    t = r["teacher"]
+    rows = [
+        ("status", "complete" if r["complete"] else f"incomplete: {r['clips_done']} of {r['clips']} clips done"),
+        ("format", f"{r['format']}, chunk {r['chunk']} LR px, {'compressed' if r['compress'] else 'uncompressed'}"),
+        ("teacher", f"{t['name']} {json.dumps(t['kwargs'])}"),
+        ("weights sha256", t["weights_sha256"]),
+        ("data", f"{r['data']['spec']} split {r['data']['split']}"
+                 + (f", first {r['data']['max_clips']} clips" if r["data"]["max_clips"] else "")),
+        ("clips / frames", f"{r['clips']} / {r['frames']}"),
+        ("frame sizes", ", ".join(f"{k} ({g['frames']} frames)" for k, g in r["groups"].items())),
+        ("degradation", f"{r['degradation']} ×{r['scale']}"),
+        ("window", f"{r['num_frame']} frames, {r['padding']} padding"),
+        ("tiers", ", ".join(r["tiers"]) + f" ({r['dtype']})"),
+        ("feature point", r["feature_point"]),
+        ("stdvsr / created", f"{r['stdvsr']} / {r['created']}"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table)
+    sizes = Table(title="Bytes per tier")
+    for col in ("tier", "raw MB", "stored MB", "compression"):
+        sizes.add_column(col, justify="left" if col == "tier" else "right")
+    for tier in r["tiers"]:
+        raw, st = r["raw_bytes"].get(tier, 0), r["stored_bytes"].get(tier, 0)
+        sizes.add_row(tier, mib(raw), mib(st), f"{raw / st:.2f}×" if st and r["complete"] else "-")
+    out.print(sizes)
+
+
+def print_problems(path, problems: list[dict]) -> None:
+    table = Table(title=f"Problems in {path}")
+    table.add_column("clip")
+    table.add_column("problem")
+    for p in problems:
+        table.add_row(p["clip"], p["problem"])
+    stdout().print(table)
