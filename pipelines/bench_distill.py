@@ -39,7 +39,7 @@ import torch
 
 from stdvsr.cache.build import CacheConfig
 from stdvsr.cache.build import run as build_cache
-from stdvsr.demo import decode_video, locate_videos, scene_cuts
+from stdvsr.demo_set import decode_video, locate_videos, scene_cuts
 from stdvsr.distill import DistillConfig
 from stdvsr.distill import run as distill
 from stdvsr.io import write_image

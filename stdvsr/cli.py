@@ -156,7 +156,7 @@ def data_prepare(spec: str, force: bool, allow_short: bool) -> None:
 
 
 def _prepare_demo(force: bool) -> None:
-    from stdvsr.demo import prepare_demo, print_manifest
+    from stdvsr.demo_set import prepare_demo, print_manifest
 
     with progress_bar() as progress:
         manifest = prepare_demo(force=force, progress=progress)

@@ -9,7 +9,7 @@ Conventions (the rest of stdvsr relies on them):
 * **Dataset specs** name where clips come from on the command line:
 
   ==================  ======================================================================================
-  ``demo``            the embedded demo set (``stdvsr.demo``); splits ``train`` (bikes, bigbuckbunny),
+  ``demo``            the embedded demo set (``stdvsr.demo_set``); splits ``train`` (bikes, bigbuckbunny),
                       ``test`` (carphone, held out), ``all``
   ``demo:CLIP[,CLIP]``  the named demo clips whatever the split, e.g. ``demo:bigbuckbunny`` (a validation
                       video that is neither trained on with ``--max-clips 6`` nor the test clip)
@@ -217,7 +217,7 @@ def video_clips(path: Path, allow_short: bool = False) -> list[Clip]:
 def demo_clips(split: str = "train", names: str = "") -> list[Clip]:
     """``demo`` — the embedded demo set, prepared on first use; ``names`` (comma-separated) picks clips by name
     whatever their split, in the order given."""
-    from stdvsr.demo import demo_root, load_manifest, prepare_demo
+    from stdvsr.demo_set import demo_root, load_manifest, prepare_demo
 
     if split not in ("train", "test", "all"):
         raise StdvsrError(f"unknown demo split {split!r}; use train, test or all")
@@ -534,7 +534,7 @@ def print_dataset_kinds() -> None:
     """What `stdvsr data list` prints: the dataset kinds and the demo set's state."""
     from rich.table import Table
 
-    from stdvsr.demo import demo_root, load_manifest
+    from stdvsr.demo_set import demo_root, load_manifest
     from stdvsr.progress import stdout
 
     manifest = load_manifest()

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stdvsr.demo import locate_videos
+from stdvsr.demo_set import locate_videos
 from tests.helpers import decode_frames
 
 
@@ -39,7 +39,7 @@ def stdvsr_home(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def prepared_demo_home(tmp_path_factory) -> Path:
     """A STDVSR_HOME holding the real, fully prepared demo set (prepared once per test session, ~5 s)."""
-    from stdvsr.demo import prepare_demo
+    from stdvsr.demo_set import prepare_demo
 
     home = tmp_path_factory.mktemp("demo_home")
     with pytest.MonkeyPatch.context() as mp:

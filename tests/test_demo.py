@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from stdvsr import data, demo
+from stdvsr import data
+from stdvsr import demo_set as demo
 from stdvsr.errors import StdvsrError
 from stdvsr.io import read_image
 from tests.helpers import decode_frames

@@ -73,7 +73,7 @@ def _write() -> None:
     from stdvsr.cache.build import CacheConfig, run as build
     from tests.helpers import decode_frames, write_clips
     from tests.test_cache import make_teacher
-    from stdvsr.demo import locate_videos
+    from stdvsr.demo_set import locate_videos
 
     shutil.rmtree(LEGACY, ignore_errors=True)
     LEGACY.mkdir(parents=True)
