@@ -15,8 +15,8 @@ from pathlib import Path
 import click
 
 from stdvsr import __version__, options
-from stdvsr.configs import (CacheConfig, DistillConfig, EvalConfig, ExportConfig, QuantizeConfig, TeacherConfig,
-                            UpscaleConfig)
+from stdvsr.configs import (CacheConfig, DistillConfig, EvalConfig, ExportConfig, PlotConfig, ProfileConfig,
+                            QuantizeConfig, TeacherConfig, UpscaleConfig)
 from stdvsr.errors import StdvsrError, Terminated, message, os_error
 from stdvsr.options import click_options, config_file_option, from_cli
 from stdvsr.progress import progress_bar, stderr, stdout
@@ -235,18 +235,9 @@ def train_teacher(ctx: click.Context, **opts) -> None:
 
 # ------------------------------------------------------------------------------------------------- profile
 @cli.command("profile", context_settings=CONTEXT)
-@click.option("--model", "models", multiple=True, required=True,
-              help="Registered model or preset (repeat for several): fastdvdnet, vsrnet, vespcn, vdsr, edvr-m, ...")
-@click.option("--lq-size", default="120x180", show_default=True, help="LR input size HxW (the paper: 120x180).")
-@click.option("--frames", type=click.IntRange(1), help="Window length for networks where it is configurable "
-              "(EDVR, VSRNet); default: the network's own.")
-@click.option("--repeats", default=10, show_default=True, type=click.IntRange(1), help="Timed passes (median).")
-@click.option("--warmup", default=2, show_default=True, type=click.IntRange(0), help="Untimed passes first.")
-@click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: torch's choice).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--no-timing", is_flag=True, help="Count parameters and MACs only.")
+@click_options(ProfileConfig)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def profile(models, lq_size, frames, repeats, warmup, threads, device, no_timing, as_json) -> None:
+def profile(as_json: bool, **opts) -> None:
     """Parameters, multiply-accumulates and milliseconds per output frame of registered networks.
 
     MACs are counted from the layers actually run at --lq-size (convolutions, deformable convolutions, linear
@@ -260,11 +251,12 @@ def profile(models, lq_size, frames, repeats, warmup, threads, device, no_timing
     """
     from stdvsr.profile import print_profiles, run
 
-    rows = run(models, lq_size, frames, repeats, warmup, threads, device, timing=not no_timing)
+    cfg = from_cli(ProfileConfig, opts)
+    rows = run(cfg)
     if as_json:
         click.echo(json.dumps(rows, indent=1))
     else:
-        print_profiles(rows, repeats)
+        print_profiles(rows, cfg.repeats)
 
 
 # -------------------------------------------------------------------------------------------- teacher cache
@@ -514,14 +506,8 @@ def upscale(input_path: str, output: str, **opts) -> None:
 # ---------------------------------------------------------------------------------------------------- plot
 @cli.command("plot", context_settings=CONTEXT)
 @click.argument("runs", metavar="RUN...", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="PNG to write. Default: RUN/curves.png for one run, ./curves.png for several.")
-@click.option("--label", "labels", multiple=True,
-              help="Legend name of each RUN, in order (repeat once per RUN). Default: the folder names.")
-@click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write TensorBoard event files, one folder per run under this one "
-                   "(needs pip install tensorboard).")
-def plot(runs: tuple[Path, ...], out: Path | None, labels: tuple[str, ...], tensorboard_dir: Path | None) -> None:
+@click_options(PlotConfig)
+def plot(runs: tuple[Path, ...], **opts) -> None:
     """Draw the training curves of distill / train-teacher runs from their metrics.jsonl, overlaid.
 
     Three panels: every loss term (log scale), the learning rate, and the held-out Y-PSNR with bicubic dashed.
@@ -535,15 +521,11 @@ def plot(runs: tuple[Path, ...], out: Path | None, labels: tuple[str, ...], tens
       stdvsr plot runs/plain runs/distill --label "kd none" --label "kd std" --out kd.png
       stdvsr plot runs/teacher --tensorboard runs/tb            # then: tensorboard --logdir runs/tb
     """
-    from stdvsr.plot import CURVES, plot_runs, print_runs, require_tensorboard, write_tensorboard
+    from stdvsr.plot import print_runs, run
 
-    runs = list(runs)
-    out = out or (runs[0] / CURVES if len(runs) == 1 else Path(CURVES))
-    if tensorboard_dir is not None:
-        require_tensorboard()  # before anything is written
-    path = plot_runs(runs, out, list(labels) or None)
-    folders = write_tensorboard(runs, tensorboard_dir, list(labels) or None) if tensorboard_dir else []
-    print_runs(runs, list(labels) or None, path, folders, tensorboard_dir)
+    cfg = from_cli(PlotConfig, opts, runs=runs)
+    path, folders = run(cfg)
+    print_runs(list(runs), list(cfg.labels) or None, path, folders, cfg.tensorboard)
 
 
 def _terminate(signum, frame) -> None:

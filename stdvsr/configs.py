@@ -268,3 +268,28 @@ class UpscaleConfig:
     allow_short: bool = option(False, "Accept a video that decodes fewer frames than its container states (corrupt "
                                "or truncated) and upscale the frames that decode, with a warning; without it such a "
                                "video is an error.")
+
+
+@dataclass
+class ProfileConfig:
+    models: tuple = option(REQUIRED, "Registered model or preset (repeat for several): fastdvdnet, vsrnet, vespcn, "
+                           "vdsr, edvr-m, ...", flag="--model", multiple=True)
+    lq_size: str = option("120x180", "LR input size HxW (the paper: 120x180).")
+    frames: int | None = option(None, "Window length for networks where it is configurable (EDVR, VSRNet); default: "
+                                "the network's own.", type=click.IntRange(1))
+    repeats: int = option(10, "Timed passes (median).", type=click.IntRange(1))
+    warmup: int = option(2, "Untimed passes first.", type=click.IntRange(0))
+    threads: int | None = option(None, "torch CPU threads (default: torch's choice).", type=click.IntRange(1))
+    device: str = option("cpu", "cpu, cuda or cuda:N.")
+    timing: bool = option(True, "Count parameters and MACs only.", flag="--no-timing")
+
+
+@dataclass
+class PlotConfig:
+    runs: tuple = option(REQUIRED, "Run folders (or their metrics.jsonl) to draw.", cli=False)
+    out: str | None = option(None, "PNG to write. Default: RUN/curves.png for one run, ./curves.png for several.",
+                             type=click.Path(dir_okay=False))
+    labels: tuple = option((), "Legend name of each RUN, in order (repeat once per RUN). Default: the folder names.",
+                           flag="--label", multiple=True)
+    tensorboard: str | None = option(None, "Also write TensorBoard event files, one folder per run under this one "
+                                     "(needs pip install tensorboard).", type=click.Path(file_okay=False))

@@ -105,11 +105,11 @@ def click_options(cls, skip: tuple[str, ...] = ()) -> Callable:
             else:
                 decl = flag
                 kw.update(type=_click_type(f, meta))
+                if meta["multiple"]:
+                    kw.update(multiple=True)
                 if not _has_default(f):
                     kw.update(required=True)
-                elif meta["multiple"]:
-                    kw.update(multiple=True)
-                elif f.default is not None:
+                elif f.default is not None and not meta["multiple"]:
                     kw.update(default=f.default, show_default=True)
             if meta["metavar"] is not None:
                 kw["metavar"] = meta["metavar"]

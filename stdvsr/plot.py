@@ -14,8 +14,10 @@ import json
 import math
 from pathlib import Path
 
+from stdvsr.configs import PlotConfig
 from stdvsr.errors import StdvsrError
 from stdvsr.io import atomic_path
+from stdvsr.options import check_fields
 
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
@@ -253,3 +255,15 @@ def print_runs(runs: list[Path], labels: list[str] | None, path: Path, folders: 
     if folders:
         console.print(f"TensorBoard event files in {', '.join(map(str, folders))}; view them with "
                       f"tensorboard --logdir {tensorboard_dir}", soft_wrap=True, highlight=False)
+
+
+def run(cfg: PlotConfig) -> tuple[Path, list[Path]]:
+    """``stdvsr plot``: draw ``cfg.runs`` into ``cfg.out`` (default: RUN/curves.png for one run, ./curves.png for
+    several) and, with ``cfg.tensorboard``, write their event files; returns the picture and the event folders."""
+    check_fields(cfg)
+    runs, labels = [Path(r) for r in cfg.runs], list(cfg.labels) or None
+    out = Path(cfg.out) if cfg.out else (runs[0] / CURVES if len(runs) == 1 else Path(CURVES))
+    if cfg.tensorboard is not None:
+        require_tensorboard()  # before anything is written
+    path = plot_runs(runs, out, labels)
+    return path, write_tensorboard(runs, cfg.tensorboard, labels) if cfg.tensorboard else []

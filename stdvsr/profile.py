@@ -16,9 +16,11 @@ import time
 import torch
 from torch import nn
 
+from stdvsr.configs import ProfileConfig
 from stdvsr.errors import StdvsrError
 from stdvsr.models import build_model
 from stdvsr.models.dcn import DCNv2Pack
+from stdvsr.options import check_fields
 
 
 def count_macs(model: nn.Module, lq: torch.Tensor) -> int:
@@ -117,25 +119,25 @@ def profile_model(name: str, lq_size: tuple[int, int] = (120, 180), frames: int 
     return row
 
 
-def run(models: list[str], lq_size: str = "120x180", frames: int | None = None, repeats: int = 10, warmup: int = 2,
-        threads: int | None = None, device: str = "cpu", timing: bool = True) -> list[dict]:
-    """``stdvsr profile``: :func:`profile_model` of each registered name at ``lq_size`` ("HxW")."""
+def run(cfg: ProfileConfig) -> list[dict]:
+    """``stdvsr profile``: :func:`profile_model` of each registered name in ``cfg.models`` at ``cfg.lq_size``."""
     from stdvsr.models import list_models
     from stdvsr.progress import stderr
     from stdvsr.training import resolve_device
 
-    size = parse_size(lq_size)
-    unknown = [m for m in models if m not in list_models()]
+    check_fields(cfg)
+    size = parse_size(cfg.lq_size)
+    unknown = [m for m in cfg.models if m not in list_models()]
     if unknown:
         raise StdvsrError(f"unknown --model {unknown[0]!r}; choose from {', '.join(list_models())}")
-    if threads:
-        torch.set_num_threads(threads)
-    dev = resolve_device(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dev = resolve_device(cfg.device)
     rows = []
     with stderr().status("profiling") as status:
-        for name in models:
+        for name in cfg.models:
             status.update(f"profiling {name}")
-            rows.append(profile_model(name, size, frames, dev, repeats, warmup, timing=timing))
+            rows.append(profile_model(name, size, cfg.frames, dev, cfg.repeats, cfg.warmup, timing=cfg.timing))
     return rows
 
 
