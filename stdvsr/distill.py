@@ -43,6 +43,7 @@ from stdvsr.cache.layout import FEATURE_POINT, HEAD_MARGIN, first_difference, lo
 from stdvsr.cache.reader import CacheReader, draw_crop
 from stdvsr.configs import DistillConfig
 from stdvsr.data import dihedral, window_indices
+from stdvsr.distributed import end_process_group, mean_across_ranks, torchrun_group, weights_digest
 from stdvsr.errors import StdvsrError
 from stdvsr.io import folder_lock
 from stdvsr.losses import (ConvLSTM, charbonnier, kd_mean2, kd_mse, output_kd, sd_loss,
@@ -50,10 +51,9 @@ from stdvsr.losses import (ConvLSTM, charbonnier, kd_mean2, kd_mse, output_kd, s
 from stdvsr.models import build_model, model_spec, read_checkpoint
 from stdvsr.options import check_fields, resumable
 from stdvsr.progress import stderr, training_progress
-from stdvsr.training import (RunFolder, StepBatches, StepTimes, check_schedule, end_process_group, latest_checkpoint,
-                             learning_rate, loader_batches, loader_worker_init, resolve_device,
-                             resolved_specs, resume_run, rng_state, save_checkpoint, seed_everything, set_rng_state,
-                             torchrun_group)
+from stdvsr.training import (RunFolder, StepBatches, StepTimes, check_schedule, latest_checkpoint, learning_rate,
+                             loader_batches, loader_worker_init, resolve_device, resolved_specs, resume_run, rng_state,
+                             save_checkpoint, seed_everything, set_rng_state)
 
 
 
@@ -439,30 +439,6 @@ def student_channels(student: nn.Module, feature: str, lq_size: int = 16) -> tup
     return f.feat_sr.shape[1], f.feat_lr.shape[1]
 
 
-# ---------------------------------------------------------------------------------------------- distributed
-def weights_digest(module: nn.Module) -> str:
-    """A blake2b digest of every parameter and buffer's bytes (identical replicas ⇔ identical digests)."""
-    import hashlib
-
-    h = hashlib.blake2b(digest_size=16)
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _mean_across_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, float]:
-    """Loss terms averaged over ranks (every rank gets the same numbers, so every rank decides alike)."""
-    names = sorted(values)
-    vec = torch.stack([values[k].detach().float() for k in names])
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(vec)
-        vec /= world
-    return dict(zip(names, vec.tolist()))
-
-
 # ----------------------------------------------------------------------------------------------------- run
 def load_online_teacher(cfg: DistillConfig, reader: CacheReader, device) -> nn.Module:
     """The teacher the cache was built from (weights checked against the cache's sha256)."""
@@ -568,7 +544,7 @@ def _train_step(r: SimpleNamespace, step: int, batch: dict, show: bool) -> tuple
     targets_ready = time.perf_counter()
     windows, gt, targets = augment_batch(batch, targets)
     losses = r.model(windows.to(r.device), gt.to(r.device), targets, scale, probe)
-    values = _Losses(_mean_across_ranks(losses, r.world))
+    values = _Losses(mean_across_ranks(losses, r.world))
     values.scale, values.probed = scale, probe
     if not np.isfinite(values["total"]):
         last = r.folder.last

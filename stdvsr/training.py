@@ -358,34 +358,6 @@ class StepTimes:
                 "data_wait_frac": self.totals["data"] / max(self.totals["step"], 1e-9)}
 
 
-def torchrun_group(backend: str | None = None, timeout_minutes: float = 30) -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from torchrun's environment, starting the process group on first use
-    (``backend`` None: NCCL with CUDA, else gloo); ``(0, 1, 0)`` outside torchrun. The one place that joins a group:
-    every distributed command ends it with :func:`end_process_group`."""
-    import datetime
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def end_process_group() -> None:
-    """Shut torchrun's process group down, if one is up. Call it when a distributed command ends, success or not:
-    left to interpreter exit, gloo's threads can abort a rank ("terminate called without an active exception") and
-    torchrun then reports a finished run as failed."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def print_training(title: str, result: dict, rows: list[tuple[str, str]], label: str, weights: str) -> None:
     """The table a training command ends with: held-out PSNR next to bicubic, the stage's ``rows``, the time, the
     weights, and the run's curves.png."""

@@ -48,7 +48,8 @@ from stdvsr.errors import StdvsrError
 from stdvsr.io import atomic_path, folder_lock, mib, sha256_file, size_text, write_text
 from stdvsr.options import check_fields
 from stdvsr.progress import stderr, stdout, work_progress
-from stdvsr.training import end_process_group, resolve_device, torchrun_group
+from stdvsr.distributed import barrier, end_process_group, torchrun_group
+from stdvsr.training import resolve_device
 
 FP16_MAX = 65504.0
 
@@ -167,13 +168,6 @@ def _distribution(cfg: CacheConfig) -> tuple[int, int, bool]:
     # gloo only carries barriers here (the work needs no communication), and ranks may wait days for each other
     rank, world, _ = torchrun_group("gloo", timeout_minutes=2 * 24 * 60)
     return rank, world, world > 1
-
-
-def _barrier(pg: bool) -> None:
-    if pg:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def _wait_for_manifest(root: Path, seconds: float = 900) -> None:
@@ -412,7 +406,7 @@ def _run(cfg: CacheConfig, show_progress: bool, held: contextlib.ExitStack) -> d
         root.parent.mkdir(parents=True, exist_ok=True)
         create(root, manifest, model)
     if pg:
-        _barrier(pg)  # always: ranks that found the cache already created must meet the same barriers
+        barrier(pg)  # always: ranks that found the cache already created must meet the same barriers
     elif existing is None:
         _wait_for_manifest(root)
     if existing is None:
@@ -447,11 +441,11 @@ def _run(cfg: CacheConfig, show_progress: bool, held: contextlib.ExitStack) -> d
             _write_record(root, {**pending.pop(clip["index"]), **extra, "rank": rank})
     seconds = time.perf_counter() - t0
 
-    _barrier(pg)
+    barrier(pg)
     records = read_records(root)
     if (rank == 0 or not pg) and len(records) == len(manifest["clips"]) and not manifest.get("complete"):
         manifest = finalise(root, manifest, records)
-    _barrier(pg)
+    barrier(pg)
     manifest = read_manifest(root)
     return _result(root, manifest, processed=processed, seconds=seconds, rank=rank, world=world,
                    done=len(records))
