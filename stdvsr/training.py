@@ -17,6 +17,7 @@ from torch import nn
 
 from stdvsr.errors import StdvsrError
 from stdvsr.io import atomic_path
+from stdvsr.options import flag_of
 
 
 def check_schedule(cfg) -> None:
@@ -209,13 +210,14 @@ def resume_run(cfg: Config, resume: str | None, explicit: set[str] | None, resum
                 raise StdvsrError(f"--steps {cfg.steps} is below step {ckpt['step']} of {path}: the run is already "
                                   f"past it; raise --steps, or start a new --out folder")
             stored = resolved_specs(type(cfg)(**ckpt["config"]))
-            names = {f.name for f in dataclasses.fields(cfg)} if explicit is None else explicit
+            fields = {f.name: f for f in dataclasses.fields(cfg)}
+            names = set(fields) if explicit is None else explicit
             for name in sorted(names):
                 mine, theirs = getattr(cfg, name), getattr(stored, name)
                 if mine == theirs:
                     continue
                 if name not in resumable:
-                    raise StdvsrError(f"--resume: --{name.replace('_', '-')} is {mine!r} but {path} was trained with "
+                    raise StdvsrError(f"--resume: {flag_of(fields[name])} is {mine!r} but {path} was trained with "
                                       f"{theirs!r}; drop the flag or start a new --out folder")
                 setattr(stored, name, mine)
             cfg = stored
