@@ -4,7 +4,8 @@ name. From that one declaration come the command's click options (:func:`click_o
 FILE.toml`` accepts (:func:`config_file_option`), the API's type and range checks (:func:`check_fields`) and the
 set of settings a resumed run may change (:func:`resumable`).
 
-A field without :func:`option` metadata is an API-only setting (``keep_checkpoints``, ``model_args``)."""
+An ``option(..., cli=False)`` field (``keep_checkpoints``) is checked and resumable like the others but set from
+Python only; a field without :func:`option` metadata (``model_args``) is left out of all of this."""
 
 from __future__ import annotations
 
@@ -19,12 +20,10 @@ from stdvsr.errors import StdvsrError
 
 _META = "stdvsr_option"
 
-
 def option(default: Any = None, help: str | None = None, *, type: click.ParamType | None = None,
            flag: str | None = None, negatable: bool = False, none: str | None = None, resumable: bool = False,
-           show_default: bool | None = None, cli: bool = True, aliases: tuple[str, ...] = (), multiple: bool = False,
-           metavar: str | None = None) -> Any:
-    """A dataclass field that is also a command-line option ``--field-name``.
+           cli: bool = True, aliases: tuple[str, ...] = (), multiple: bool = False, metavar: str | None = None) -> Any:
+    """A dataclass field that is also a command-line option ``--field-name``, with ``help`` as its help text.
 
     ``type``: the click type (a :class:`click.Choice`, :class:`click.IntRange`, …); by default the default's type.
     ``flag``: the option's spelling where it is not the field's name (``--no-space-check`` for ``check_space``: a
@@ -35,7 +34,7 @@ def option(default: Any = None, help: str | None = None, *, type: click.ParamTyp
     required option (and a field without a default).
     """
     meta = {_META: dict(help=help, type=type, flag=flag, negatable=negatable, none=none, resumable=resumable,
-                        show_default=show_default, cli=cli, aliases=aliases, multiple=multiple, metavar=metavar)}
+                        cli=cli, aliases=aliases, multiple=multiple, metavar=metavar)}
     if default is REQUIRED:
         return dataclasses.field(metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -113,8 +112,6 @@ def click_options(cls, skip: tuple[str, ...] = ()) -> Callable:
                     kw.update(default=f.default, show_default=True)
             if meta["metavar"] is not None:
                 kw["metavar"] = meta["metavar"]
-            if meta["show_default"] is not None:
-                kw["show_default"] = meta["show_default"]
             command = click.option(decl, f.name, **kw)(command)
             command.__click_params__[-1].former_names = meta["aliases"]
         return command
