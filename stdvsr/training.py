@@ -4,10 +4,12 @@ resumption exact, resuming (config checks, metrics.jsonl), atomic checkpoints, a
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import json
 import math
+import multiprocessing.util  # registers multiprocessing's exit handler now, before _end_daemon_children
 import random
 from pathlib import Path
 from typing import Iterator, TypeVar
@@ -112,6 +114,28 @@ def loader_worker_init(worker_id: int) -> None:
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _end_daemon_children() -> None:
+    """Registered with atexit after multiprocessing's own exit handler, so it runs before it (handlers run
+    last-registered first). multiprocessing ends daemonic children (DataLoader workers) with SIGTERM and then waits
+    for them; our workers ignore SIGTERM (:func:`loader_worker_init`), so one still alive would make the process
+    hang at exit. Here they get the same SIGTERM, a second to act on it, and then SIGKILL. In normal use
+    :func:`loader_batches` has ended them already; this is the safety net for a loop that does not use it."""
+    import time
+
+    children = [p for p in multiprocessing.active_children() if p.daemon]
+    for p in children:
+        p.terminate()
+    deadline = time.monotonic() + 1.0
+    for p in children:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+atexit.register(_end_daemon_children)  # after multiprocessing.util's (imported at the top): runs before it
 
 
 @contextlib.contextmanager
