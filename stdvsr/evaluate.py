@@ -33,11 +33,10 @@ from stdvsr.errors import StdvsrError
 from stdvsr.infer import padded_size, upscale_frames
 from stdvsr.io import write_image, write_text
 from stdvsr.metrics import VideoMetrics, tensor_to_uint8
-from stdvsr.names import EVAL_DEGRADATIONS, EVAL_SETS, FRAME_MODES
+from stdvsr.names import EVAL_SETS, FRAME_MODES
 from stdvsr.options import check_fields
 from stdvsr.training import resolve_device
 
-SETS, DEGRADATIONS = EVAL_SETS, EVAL_DEGRADATIONS
 VIMEO_CENTRE = 3  # im4, the centre of a septuplet
 BICUBIC = "bicubic"
 
@@ -50,8 +49,8 @@ def resolve_set(cfg: EvalConfig) -> tuple[list[Clip], str, bool]:
         return load_clips(name), name, False
     if name == "demo":
         return load_clips("demo", "test"), "demo (held-out carphone)", False
-    if name not in SETS:
-        raise StdvsrError(f"--set {name!r} is not one of {', '.join(SETS)} or folder:PATH / demo:CLIP")
+    if name not in EVAL_SETS:
+        raise StdvsrError(f"--set {name!r} is not one of {', '.join(EVAL_SETS)} or folder:PATH / demo:CLIP")
     if not cfg.root:
         layout = ("GT/<clip>/%08d.png (optional BDx4/, BIx4/)" if name == "vid4" else
                   "sequences/<5 digits>/<4 digits>/im1..7.png with sep_testlist.txt (or sep_testlist_<speed>.txt)")
@@ -219,13 +218,7 @@ def crop_box(h: int, w: int, row: int | None, size: int = 96) -> tuple[int, int,
 # ----------------------------------------------------------------------------------------------------- run
 def run(cfg: EvalConfig, show_progress: bool = True) -> dict:
     """Evaluate; returns the JSON document (``protocol``, ``models`` with per-clip rows and averages, paths)."""
-    if cfg.color not in ("y", "rgb"):
-        raise StdvsrError(f"--color {cfg.color!r} is not y or rgb")
-    if cfg.degradation not in DEGRADATIONS:
-        raise StdvsrError(f"--degradation {cfg.degradation!r} is not one of {', '.join(DEGRADATIONS)}")
-    if cfg.frames not in FRAME_MODES:
-        raise StdvsrError(f"--frames {cfg.frames!r} is not one of {', '.join(FRAME_MODES)}")
-    check_fields(cfg)
+    check_fields(cfg)  # choices and ranges, from the fields' options
     device = resolve_device(cfg.device)
     clips, set_name, centre_only = resolve_set(cfg)
     if cfg.max_clips:

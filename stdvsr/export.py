@@ -1,8 +1,8 @@
 """``stdvsr export``: a distilled student as an ONNX or TorchScript file, checked against PyTorch.
 
-What is exported is the deployable path ``forward(lq) -> sr`` (docs/ARCHITECTURE.md, "The model contract"): ``lq`` is ``(B, num_frame, 3, h, w)`` in
-[0, 1], ``sr`` is ``(B, 3, 4h, 4w)``. ONNX files name the input ``lq`` and the output ``sr``; with ``dynamic``
-their batch, height and width are symbolic. TorchScript files are ``torch.jit.trace`` graphs, which keep the shape
+What is exported is the deployable path ``forward(lq) -> sr`` (docs/ARCHITECTURE.md, "The model contract"):
+``lq`` is ``(B, num_frame, 3, h, w)`` in [0, 1], ``sr`` is ``(B, 3, 4h, 4w)``. ONNX files name the input ``lq``
+and the output ``sr``; with ``dynamic`` their batch, height and width are symbolic. TorchScript files are ``torch.jit.trace`` graphs, which keep the shape
 arithmetic of the students, so they run at other sizes too; ``dynamic`` makes that checked. "Other sizes" means LR
 heights and widths that are multiples of 4 for FastDVDnet and VESPCN (:data:`SIZE_MULTIPLE`): the graph has no
 shape check, so a deployer pads the LR frames (replicate, bottom/right, as ``stdvsr upscale`` does) and crops the
@@ -39,12 +39,11 @@ from stdvsr.errors import StdvsrError
 from stdvsr.infer import MULTIPLE, padded_size
 from stdvsr.io import atomic_path, mib
 from stdvsr.models import STUDENTS, load_model, model_spec, read_checkpoint
-from stdvsr.names import EXPORT_FORMATS, MAX_OPSET, MIN_OPSET
+from stdvsr.names import MIN_OPSET
 from stdvsr.options import check_fields
 from stdvsr.profile import parse_size
 from stdvsr.progress import stdout
 
-FORMATS = EXPORT_FORMATS
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 MIN_OPSET_FOR = {"vespcn": 16}  # GridSample
 # LR H and W the exported graph accepts must be multiples of this (FastDVDnet's U-Net halves twice, VESPCN's coarse
@@ -92,14 +91,10 @@ def run(cfg: ExportConfig) -> dict:
     "size_multiple"}``; ``checks`` lists ``{"batch", "lq_size", "max_abs_diff"}`` for every input the file was run
     on, ``size_multiple`` is what the LR height and width fed to the file must be multiples of (1: any).
     """
-    if cfg.format not in FORMATS:
-        raise StdvsrError(f"--format {cfg.format!r} is not one of {', '.join(FORMATS)}")
+    check_fields(cfg)  # --format among names.EXPORT_FORMATS, --opset in MIN_OPSET..MAX_OPSET, ...
     h, w = parse_lq_size(cfg.lq_size)
     if cfg.format == "onnx":
         require_onnx()
-        if not MIN_OPSET <= cfg.opset <= MAX_OPSET:
-            raise StdvsrError(f"--opset {cfg.opset} is outside {MIN_OPSET}..{MAX_OPSET}; use the default 17")
-    check_fields(cfg)
     if not Path(cfg.model).expanduser().is_file():
         raise StdvsrError(f"--model {cfg.model} does not exist; give a student checkpoint, e.g. "
                           "runs/distill/student.pth")

@@ -153,10 +153,10 @@ def check_fields(cfg) -> None:
                 raise StdvsrError(f"{flag} {value!r} must be a number")
         elif kind is click.BOOL and not isinstance(value, bool):
             raise StdvsrError(f"{flag} {value!r} must be true or false")
-        if isinstance(kind, (click.IntRange, click.FloatRange)) and not math.isnan(value):
+        if isinstance(kind, (click.IntRange, click.FloatRange)):
             low = kind.min is not None and (value <= kind.min if kind.min_open else value < kind.min)
             high = kind.max is not None and (value >= kind.max if kind.max_open else value > kind.max)
-            if low or high:
+            if low or high or math.isnan(value):  # NaN compares false with every bound
                 bounds = [f"{'>' if kind.min_open else '≥'} {kind.min}"] if kind.min is not None else []
                 bounds += [f"{'<' if kind.max_open else '≤'} {kind.max}"] if kind.max is not None else []
                 raise StdvsrError(f"{flag} {value} must be {' and '.join(bounds)}")
@@ -234,7 +234,7 @@ def _is_kind(value, kind: str) -> bool:
             "a string": lambda v: isinstance(v, str)}[kind](value)
 
 
-def explicit(ctx: click.Context, names) -> set[str]:
-    """The options the user set (flag, environment or --config), as opposed to built-in defaults."""
+def explicit(ctx: click.Context, cls) -> set[str]:
+    """The fields of ``cls`` the user set (flag, environment or --config), as opposed to built-in defaults."""
     default = click.core.ParameterSource.DEFAULT
-    return {n for n in names if ctx.get_parameter_source(n) not in (default, None)}
+    return {f.name for f, _ in _declared(cls, cli=True) if ctx.get_parameter_source(f.name) not in (default, None)}

@@ -305,18 +305,14 @@ def _upscale_tiles(model: nn.Module, lq: torch.Tensor, index: torch.Tensor, grid
 
 # ---------------------------------------------------------------------------------------------------- stage
 def check_config(cfg: UpscaleConfig) -> None:
-    if cfg.tile < 0 or cfg.tile % MULTIPLE:
+    check_fields(cfg)  # types and ranges (--chunk-frames ≥ 1, --fps > 0, ...), from the fields' options
+    if cfg.tile % MULTIPLE:
         raise StdvsrError(f"--tile {cfg.tile} must be 0 (no tiling) or a positive multiple of {MULTIPLE} "
                           f"(e.g. {max(MULTIPLE, cfg.tile - cfg.tile % MULTIPLE)})")
-    if cfg.tile_overlap < 0 or cfg.tile_overlap % MULTIPLE:
+    if cfg.tile_overlap % MULTIPLE:
         raise StdvsrError(f"--tile-overlap {cfg.tile_overlap} must be a multiple of {MULTIPLE} (0 for none)")
     if cfg.tile and cfg.tile_overlap >= cfg.tile:
         raise StdvsrError(f"--tile-overlap {cfg.tile_overlap} must be smaller than --tile {cfg.tile}")
-    if cfg.chunk_frames < 1:
-        raise StdvsrError(f"--chunk-frames {cfg.chunk_frames} must be at least 1")
-    if cfg.fps is not None and not cfg.fps > 0:
-        raise StdvsrError(f"--fps {cfg.fps} must be positive")
-    check_fields(cfg)
 
 
 def run(cfg: UpscaleConfig, show_progress: bool = True) -> dict:

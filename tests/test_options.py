@@ -10,7 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from stdvsr.configs import CacheConfig, DistillConfig, TeacherConfig, TrainingConfig
+from stdvsr.configs import CacheConfig, DistillConfig, ExportConfig, TeacherConfig, TrainingConfig, UpscaleConfig
 from stdvsr.errors import StdvsrError
 from stdvsr.options import check_fields, click_options, from_cli, option, resumable
 
@@ -46,6 +46,8 @@ def test_shared_training_fields_are_declared_once_and_redeclared_only_for_anothe
     (CacheConfig(part_mb=-1), "--hdf5-part-mb -1 must be ≥ 0"),
     (CacheConfig(format="tar"), "--format 'tar' is not one of zarr, hdf5"),
     (CacheConfig(preset="edvr-xl"), "--preset 'edvr-xl' is not one of edvr-s, edvr-m, edvr-l"),
+    (UpscaleConfig(input="a.mp4", output="b.mp4", model="s.pth", fps=float("nan")), "--fps nan must be > 0"),
+    (ExportConfig(model="s.pth", opset=9), "--opset 9 must be ≥ 11 and ≤ 20"),
 ])
 def test_settings_made_in_python_are_checked_like_the_command_line(cfg, message):
     with pytest.raises(StdvsrError) as e:
