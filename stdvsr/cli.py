@@ -226,9 +226,8 @@ def train_teacher(ctx: click.Context, **opts) -> None:
     model_args = {k: opts.pop(k) for k in MODEL_ARG_FLAGS if opts.get(k) is not None}
     for k in MODEL_ARG_FLAGS:
         opts.pop(k, None)
-    names = set(opts)
     cfg = from_cli(TeacherConfig, opts, model_args=model_args)
-    explicit = options.explicit(ctx, names - set(opts)) | ({"model_args"} if model_args else set())
+    explicit = options.explicit(ctx, TeacherConfig) | ({"model_args"} if model_args else set())
     result = run(cfg, resume=opts["resume"], explicit=explicit)
     print_training(f"Teacher ({cfg.preset}) after {result['steps']} steps", result, [], "weights", result["teacher"])
 
@@ -407,9 +406,8 @@ def distill(ctx: click.Context, **opts) -> None:
     from stdvsr.distill import run
     from stdvsr.training import print_training
 
-    names = set(opts)
     cfg = from_cli(DistillConfig, opts)
-    result = run(cfg, resume=opts["resume"], explicit=options.explicit(ctx, names - set(opts)))
+    result = run(cfg, resume=opts["resume"], explicit=options.explicit(ctx, DistillConfig))
     if result["rank"] != 0:
         return
     title = (f"{cfg.student} trained without distillation (--kd none)" if cfg.kd == "none" else

@@ -43,19 +43,16 @@ from stdvsr.cache.layout import FEATURE_POINT, HEAD_MARGIN, first_difference, lo
 from stdvsr.cache.reader import CacheReader, draw_crop
 from stdvsr.configs import DistillConfig
 from stdvsr.data import dihedral, window_indices
-from stdvsr.distributed import end_process_group, mean_across_ranks, torchrun_group, weights_digest
+from stdvsr.distributed import digests_across_ranks, end_process_group, mean_across_ranks, torchrun_group
 from stdvsr.errors import StdvsrError
 from stdvsr.io import folder_lock
-from stdvsr.losses import (ConvLSTM, charbonnier, kd_mean2, kd_mse, output_kd, sd_loss,
-                           td_loss)
+from stdvsr.losses import ConvLSTM, charbonnier, kd_mean2, kd_mse, output_kd, sd_loss, td_loss
 from stdvsr.models import build_model, model_spec, read_checkpoint
 from stdvsr.options import check_fields, resumable
 from stdvsr.progress import stderr, training_progress
 from stdvsr.training import (RunFolder, StepBatches, StepTimes, check_schedule, latest_checkpoint, learning_rate,
                              loader_batches, loader_worker_init, resolve_device, resolved_specs, resume_run, rng_state,
                              save_checkpoint, seed_everything, set_rng_state)
-
-
 
 # Fields a resumed run may change; anything else must match the checkpoint.
 RESUMABLE_CHANGES = resumable(DistillConfig)
@@ -579,10 +576,7 @@ def _train_step(r: SimpleNamespace, step: int, batch: dict, show: bool) -> tuple
 
 def _check_ranks_in_sync(r: SimpleNamespace) -> None:
     """DDP keeps replicas identical by construction; check it, since a silent divergence would waste a run."""
-    import torch.distributed as dist
-
-    digests = [None] * r.world
-    dist.all_gather_object(digests, weights_digest(r.distiller))
+    digests = digests_across_ranks(r.distiller, r.world)
     r.folder.record(step=r.cfg.steps, event="ranks_in_sync", digests=digests)
     if len(set(digests)) != 1:
         raise StdvsrError(f"the {r.world} ranks ended with different weights ({digests}); report this as a bug")
@@ -635,9 +629,8 @@ def _setup(cfg: DistillConfig, resume: str | None, explicit: set[str] | None) ->
                                 r.reader.fingerprint["degradation"], r.reader.fingerprint["padding"], cfg.val_stride)
         if not r.validator.items:
             r.validator = None
-    config = dataclasses.asdict(cfg)
-    r.config = config
-    r.folder = RunFolder(cfg.out, {**config, "model": {"name": cfg.student, "kwargs": r.kwargs},
+    r.config = dataclasses.asdict(cfg)
+    r.folder = RunFolder(cfg.out, {**r.config, "model": {"name": cfg.student, "kwargs": r.kwargs},
                                    "feature_resolved": r.feature, "tiers_read": r.tiers,
                                    "cache_fingerprint": r.reader.fingerprint, "world_size": r.world,
                                    "stdvsr": __version__},

@@ -47,6 +47,18 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+def digests_across_ranks(module: nn.Module, world: int) -> list[str]:
+    """Every rank's :func:`weights_digest` of ``module``, in rank order (every rank gets the list)."""
+    digest = weights_digest(module)
+    if world <= 1:
+        return [digest]
+    import torch.distributed as dist
+
+    digests = [None] * world
+    dist.all_gather_object(digests, digest)
+    return digests
+
+
 def mean_across_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, float]:
     """Loss terms averaged over ranks (every rank gets the same numbers, so every rank decides alike)."""
     names = sorted(values)

@@ -29,9 +29,9 @@ from stdvsr.progress import stderr, training_progress
 from stdvsr.models import build_model, load_weights, model_spec
 from stdvsr.options import check_fields, resumable
 from stdvsr.losses import charbonnier
-from stdvsr.training import (EMA, RunFolder, StepBatches, check_schedule, learning_rate, loader_batches, loader_worker_init,
-                             resolve_device, resume_run, rng_state, save_checkpoint, seed_everything,
-                             set_rng_state)
+from stdvsr.training import (EMA, RunFolder, StepBatches, check_schedule, learning_rate, loader_batches,
+                             loader_worker_init, resolve_device, resume_run, rng_state, save_checkpoint,
+                             seed_everything, set_rng_state)
 
 
 # Fields a resumed run may change; anything else must match the checkpoint.

@@ -320,21 +320,18 @@ class RunFolder:
         self.completed, self.in_update = step, False
 
     @contextlib.contextmanager
-    def saving_on_interrupt(self, show: bool = True):
+    def saving_on_interrupt(self):
         """Ctrl-C / SIGTERM inside the block saves the finished steps (unless it landed mid-update), so
-        ``--resume auto`` loses nothing; an error closes the log (after the block, :meth:`close` does)."""
+        ``--resume auto`` loses nothing; any error closes the log (after the block, :meth:`close` does)."""
         try:
             yield self
-        except KeyboardInterrupt:
-            if self.completed > self.saved and not self.in_update:
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt) and self.completed > self.saved and not self.in_update:
                 path = self.save(self.completed)
-                if path is not None and show:
+                if path is not None:
                     from stdvsr.progress import stderr
 
                     stderr().print(f"Interrupted: saved step {self.completed} to {path}; continue with --resume auto")
-            self.close()
-            raise
-        except BaseException:
             self.close()
             raise
 

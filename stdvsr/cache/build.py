@@ -37,18 +37,18 @@ from rich.table import Table
 from torch.nn import functional as F
 
 from stdvsr import __version__
-from stdvsr.cache.layout import (FEATURE_POINT, FORMAT_VERSION, HEAD, MANIFEST,
-                                 PROGRESS, array_layout, estimate_bytes, first_difference, lookup, parse_tiers,
-                                 plan_clips, quantise, read_manifest, sources_sha256)
+from stdvsr.cache.layout import (FEATURE_POINT, FORMAT_VERSION, HEAD, MANIFEST, PROGRESS, array_layout,
+                                 estimate_bytes, first_difference, lookup, parse_tiers, plan_clips, quantise,
+                                 read_manifest, sources_sha256)
 from stdvsr.cache.stores import backend
 from stdvsr.configs import CacheConfig
-from stdvsr.data import (degrade, load_clips, parse_spec, read_hr, read_lq_from_disk,
-                         resolve_spec, window_indices, with_views)
+from stdvsr.data import (degrade, load_clips, parse_spec, read_hr, read_lq_from_disk, resolve_spec,
+                         window_indices, with_views)
+from stdvsr.distributed import barrier, end_process_group, torchrun_group
 from stdvsr.errors import StdvsrError
 from stdvsr.io import atomic_path, folder_lock, mib, sha256_file, size_text, write_text
 from stdvsr.options import check_fields
 from stdvsr.progress import stderr, stdout, work_progress
-from stdvsr.distributed import barrier, end_process_group, torchrun_group
 from stdvsr.training import resolve_device
 
 FP16_MAX = 65504.0
