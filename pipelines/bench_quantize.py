@@ -26,7 +26,7 @@ import torch
 
 from stdvsr.export import ExportConfig
 from stdvsr.export import run as export_fp32
-from stdvsr.models import build_model, load_model
+from stdvsr.models import load_model, save_random
 from stdvsr.quantize import (QuantizeConfig, calibration_windows, int8_path, open_source, ort_session,
                              quantize_int8)
 from stdvsr.quantize import run as quantize_run
@@ -36,17 +36,8 @@ CARPHONE_LR = "36x44"
 
 
 def random_student(folder: Path, name: str) -> Path:
-    """A seeded random student saved as `stdvsr distill` saves one (zero-initialised convs get small values)."""
-    torch.manual_seed(0)
-    model = build_model(name)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.normal_(0, 0.02)
-    path = folder / name / "student.pth"
-    path.parent.mkdir(parents=True)
-    torch.save({"model": {"name": name, "kwargs": {}}, "params": model.state_dict()}, path)
-    return path
+    (folder / name).mkdir(parents=True)
+    return save_random(name, folder / name / "student.pth")
 
 
 def speed(ckpt: Path, folder: Path, lq: str, source, windows: int, rounds: int, threads: int) -> dict:

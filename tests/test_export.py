@@ -14,24 +14,15 @@ from click.testing import CliRunner
 from stdvsr.cli import cli
 from stdvsr.errors import StdvsrError
 from stdvsr.export import ExportConfig, run
-from stdvsr.models import STUDENTS, build_model, load_model
+from stdvsr.models import STUDENTS, build_model, load_model, save_random
 
 TOL = 1e-4
 CASES = [*STUDENTS, "fastdvdnet-quarter"]  # every student architecture and one width preset
 
 
 def save_checkpoint(folder: Path, name: str) -> Path:
-    """A stdvsr checkpoint as `stdvsr distill` writes it, with random weights; convs that start at zero (VESPCN's
-    flow outputs, biases) get small random values so that the warp is not the identity."""
-    torch.manual_seed(0)
-    model = build_model(name)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.normal_(0, 0.02)
-    path = folder / f"{name}.pth"
-    torch.save({"model": {"name": name, "kwargs": {}}, "params": model.state_dict()}, path)
-    return path
+    """A stdvsr checkpoint as `stdvsr distill` writes it, with random weights (seed 0)."""
+    return save_random(name, folder / f"{name}.pth")
 
 
 def exported_runner(path: Path, fmt: str):

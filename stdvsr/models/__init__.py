@@ -215,3 +215,18 @@ def load_model(path: str | Path, key: str | None = None, arch: str | None = None
     model = build_model(name, **kwargs)
     load_weights(model, path, key, flag)
     return model.eval(), ckpt
+
+
+def save_random(name: str, path: str | Path, seed: int = 0) -> Path:
+    """A seeded, untrained ``name`` saved as ``stdvsr distill`` saves a student, for checking export and
+    deployment paths without training. Parameters that start at zero (VESPCN's flow outputs, biases) get small
+    random values (N(0, 0.02)), so that no branch is the identity."""
+    torch.manual_seed(seed)
+    model = build_model(name)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.02)
+    path = Path(path)
+    torch.save({"model": {"name": name, "kwargs": {}}, "params": model.state_dict()}, path)
+    return path
