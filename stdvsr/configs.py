@@ -36,7 +36,7 @@ class TrainingConfig:
     lr_gamma: float = option(0.5)
     seed: int = option(0)
     workers: int = option(2, "DataLoader workers.", type=click.IntRange(0), resumable=True)
-    device: str = option("auto", "auto, cpu, cuda or cuda:N.", resumable=True)
+    device: str = option("auto", DEVICE_HELP, resumable=True)
     log_every: int = option(20, type=click.IntRange(1), resumable=True)
     val_data: str | None = option("auto", "Held-out clips for validation: auto = the held-out split of "
                                   "demo/vimeo90k; 'none' disables.", none="none", resumable=True)
@@ -167,7 +167,7 @@ class CacheConfig:
                           type=click.IntRange(0), flag="--hdf5-part-mb")
     batch_size: int = option(1, "Windows per teacher forward (1 was fastest on a CPU; try 4-8 on a GPU).",
                              type=click.IntRange(1))
-    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    device: str = option("auto", DEVICE_HELP)
     rank: int | None = option(None, "This process's rank when not started by torchrun.", type=click.IntRange(0))
     world_size: int | None = option(None, "Number of processes when not started by torchrun.",
                                     type=click.IntRange(1))
@@ -250,9 +250,7 @@ class UpscaleConfig:
     model: str = option(REQUIRED, "stdvsr checkpoint: a student (runs/distill/student.pth) or a teacher "
                         "(stdvsr/weights/edvr_s_demo.pth, runs/teacher/teacher.pth); with --arch also a raw or "
                         "BasicSR state dict.", type=click.Path(dir_okay=False))
-    arch: str | None = option(None, "Architecture of a --model that does not record it (a raw state dict, BasicSR's "
-                              "{'params': …} / {'params_ema': …}): a model or preset name such as edvr-m, edvr-l, "
-                              "fastdvdnet, vdsr.", type=click.STRING, metavar="NAME")
+    arch: str | None = option(None, ARCH_HELP, type=click.STRING, metavar="NAME")
     tile: int = option(0, "Run the network on LR tiles of this size (a multiple of 4) to bound its memory; 0: whole "
                        "frames. Tiles change the output, small tiles most (EDVR-s: up to 10 grey levels at --tile 32 "
                        "--tile-overlap 8, 2 at --tile 96): use the largest tile that fits.", type=click.IntRange(0))
