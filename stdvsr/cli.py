@@ -148,7 +148,7 @@ def data_prepare(spec: str, force: bool, allow_short: bool) -> None:
     elif kind == "video":
         start = time.perf_counter()
         with stderr().status(f"decoding {arg}"):
-            clips = video_clips(Path(arg), allow_short)
+            clips = video_clips(Path(arg), allow_short, force)
         print_clip_table(clips, scale=4, title=f"{spec} ({time.perf_counter() - start:.1f} s)")
     else:
         raise StdvsrError(f"{kind} datasets are read in place, there is nothing to prepare; "
@@ -376,7 +376,7 @@ def evaluate(**opts) -> None:
     """
     from stdvsr.evaluate import print_evaluation, run
 
-    print_evaluation(run(from_cli(EvalConfig, opts)))
+    run(from_cli(EvalConfig, opts), report=print_evaluation)  # the tables first: an unwritable --json loses nothing
 
 
 # ------------------------------------------------------------------------------------------------ distill

@@ -42,6 +42,7 @@ Conventions (the rest of stdvsr relies on them):
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -177,8 +178,9 @@ def vimeo90k_clips(root: Path, split: str = "train") -> list[Clip]:
     return clips
 
 
-def video_clips(path: Path, allow_short: bool = False) -> list[Clip]:
-    """``video:FILE`` — decode once into ``$STDVSR_HOME/videos/<stem>-<hash>/`` and read it as one clip.
+def video_clips(path: Path, allow_short: bool = False, force: bool = False) -> list[Clip]:
+    """``video:FILE`` — decode once into ``$STDVSR_HOME/videos/<stem>-<hash>/`` and read it as one clip
+    (``force``: decode again even if a complete copy exists; ``stdvsr data prepare video:FILE --force``).
 
     A file that decodes fewer frames than its container states is refused unless ``allow_short``
     (:func:`stdvsr.io.check_frame_count`). ``frames.done`` records both counts: a short copy, once accepted with
@@ -192,6 +194,8 @@ def video_clips(path: Path, allow_short: bool = False) -> list[Clip]:
         raise StdvsrError(f"video {path} does not exist; check the path given to video:")
     out = stdvsr_home() / "videos" / f"{path.stem}-{sha256_file(path)[:12]}"
     done = out / "frames.done"
+    if force:
+        done.unlink(missing_ok=True)  # first the marker: an interrupted re-decode leaves nothing that looks done
     if done.is_file():
         counts = [int(n) for n in done.read_text().split()]  # "decoded expected"; older copies: "decoded"
         check_frame_count(path, counts[0], counts[1] if len(counts) > 1 and counts[1] > 0 else None, True)
@@ -201,6 +205,7 @@ def video_clips(path: Path, allow_short: bool = False) -> list[Clip]:
         for stale in (tmp, final):
             if stale.exists():
                 shutil.rmtree(stale)
+        created = [p for p in (out, *out.parents) if not p.exists()]  # removed again if nothing is decoded
         tmp.mkdir(parents=True)
         count = 0
         try:
@@ -208,25 +213,31 @@ def video_clips(path: Path, allow_short: bool = False) -> list[Clip]:
                 write_image(tmp / f"{count - 1:08d}.png", frame)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            for folder in created:  # not a video, or interrupted: leave no empty folder behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise
         tmp.rename(final)
         write_text(done, f"{count} {video_header(path)[1] or 0}\n")
     return [Clip(path.stem, list_frames(out / path.stem))]
 
 
-def demo_clips(split: str = "train", names: str = "") -> list[Clip]:
-    """``demo`` — the embedded demo set, prepared on first use; ``names`` (comma-separated) picks clips by name
-    whatever their split, in the order given."""
+def demo_clips(split: str = "train", names: str | None = None) -> list[Clip]:
+    """``demo`` — the embedded demo set, prepared on first use; ``names`` (comma-separated, from ``demo:NAMES``)
+    picks clips by name whatever their split, in the order given, and must name at least one."""
     from stdvsr.demo_set import demo_root, load_manifest, prepare_demo
 
     if split not in ("train", "test", "all"):
         raise StdvsrError(f"unknown demo split {split!r}; use train, test or all")
     manifest = load_manifest() or prepare_demo()
     gt = demo_root() / "GT"
-    if names:
+    if names is not None:
         known = [c["name"] for c in manifest["clips"]]
         wanted = [n.strip() for n in names.split(",")]
-        unknown = [n for n in wanted if n not in known]
+        if not any(wanted):  # "demo:" would otherwise silently mean the training split
+            raise StdvsrError(f"dataset spec demo:{names} names no clip; give demo:CLIP[,CLIP] with clips among "
+                              f"{', '.join(known)}, or demo for the whole set")
+        unknown = [n or "''" for n in wanted if n not in known]
         if unknown:
             raise StdvsrError(f"dataset spec demo:{names}: no demo clip named {', '.join(unknown)}; the demo clips "
                               f"are {', '.join(known)}")
@@ -269,7 +280,7 @@ def load_clips(spec: str, split: str = "train") -> list[Clip]:
     """Clips named by a dataset spec (see the module docstring for the forms and their splits)."""
     kind, arg = parse_spec(spec)
     if kind == "demo":
-        return demo_clips(split, arg)
+        return demo_clips(split, arg if ":" in spec else None)
     if kind == "vimeo90k":
         return vimeo90k_clips(Path(arg), split)
     if kind == "vid4":

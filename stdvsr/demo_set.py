@@ -33,9 +33,11 @@ import numpy as np
 
 from stdvsr import __version__
 from stdvsr.errors import StdvsrError
-from stdvsr.io import iter_video_frames, sha256_file, stdvsr_home, write_image, write_text
+from stdvsr.io import check_replaceable, iter_video_frames, sha256_file, stdvsr_home, write_image, write_text
 
 DEMO_FORMAT = 1  # bump whenever the preparation below changes what ends up on disk
+#: What ``GT/`` holds (any format's clip names): clip folders and hidden partial copies, of ``%08d.png`` frames.
+DEMO_GT_FILES = r"(\.tmp-)?[A-Za-z0-9]+(_\d{2})?(/\d{8}\.png)?"
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,9 @@ def prepare_demo(force: bool = False, progress=None) -> dict:
 
     start = time.perf_counter()
     gt = root / "GT"
+    # STDVSR_HOME may point anywhere: delete GT only if it holds nothing but demo clips (or their partial copies)
+    check_replaceable(gt, "demo folder", DEMO_GT_FILES, "demo clip folders of %08d.png frames",
+                      "set STDVSR_HOME to another folder")
     (root / "manifest.json").unlink(missing_ok=True)
     if gt.exists():
         shutil.rmtree(gt)

@@ -41,9 +41,13 @@ _OS_ADVICE = {
 }
 
 
+def os_advice(error: OSError) -> str:
+    """What happened and what to do, for an :class:`OSError` (without the path)."""
+    return _OS_ADVICE.get(error.errno, error.strerror or type(error).__name__)
+
+
 def os_error(error: OSError) -> str:
     """One line for an :class:`OSError` from the machine (full disk, read-only folder, a file in a folder's place):
     the path, what happened and what to do — these are the user's to fix, not bugs to report."""
     where = " → ".join(str(f) for f in (error.filename, error.filename2) if f) or "a file"
-    advice = _OS_ADVICE.get(error.errno, error.strerror or type(error).__name__)
-    return f"cannot use {where}: {advice}"
+    return f"cannot use {where}: {os_advice(error)}"

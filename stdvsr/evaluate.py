@@ -21,6 +21,7 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -29,9 +30,9 @@ from torch.nn import functional as F
 
 from stdvsr.configs import EvalConfig
 from stdvsr.data import Clip, load_clips, read_frames
-from stdvsr.errors import StdvsrError
+from stdvsr.errors import StdvsrError, os_advice
 from stdvsr.infer import padded_size, upscale_frames
-from stdvsr.io import write_image, write_text
+from stdvsr.io import check_writable, write_image, write_text
 from stdvsr.metrics import VideoMetrics, tensor_to_uint8
 from stdvsr.names import EVAL_SETS, FRAME_MODES
 from stdvsr.options import check_fields
@@ -45,12 +46,12 @@ BICUBIC = "bicubic"
 def resolve_set(cfg: EvalConfig) -> tuple[list[Clip], str, bool]:
     """``(clips, human-readable set name, centre_only)``."""
     name = cfg.set
-    if name.startswith(("folder:", "demo:")):
+    if name.startswith(("folder:", "demo:", "video:")):  # their frames are the GT; LR comes from --degradation
         return load_clips(name), name, False
     if name == "demo":
         return load_clips("demo", "test"), "demo (held-out carphone)", False
     if name not in EVAL_SETS:
-        raise StdvsrError(f"--set {name!r} is not one of {', '.join(EVAL_SETS)} or folder:PATH / demo:CLIP")
+        raise StdvsrError(f"--set {name!r} is not one of {', '.join(EVAL_SETS)} or folder:PATH / video:FILE / demo:CLIP")
     if not cfg.root:
         layout = ("GT/<clip>/%08d.png (optional BDx4/, BIx4/)" if name == "vid4" else
                   "sequences/<5 digits>/<4 digits>/im1..7.png with sep_testlist.txt (or sep_testlist_<speed>.txt)")
@@ -216,9 +217,19 @@ def crop_box(h: int, w: int, row: int | None, size: int = 96) -> tuple[int, int,
 
 
 # ----------------------------------------------------------------------------------------------------- run
-def run(cfg: EvalConfig, show_progress: bool = True) -> dict:
-    """Evaluate; returns the JSON document (``protocol``, ``models`` with per-clip rows and averages, paths)."""
+def run(cfg: EvalConfig, show_progress: bool = True, report: Callable[[dict], None] | None = None) -> dict:
+    """Evaluate; returns the JSON document (``protocol``, ``models`` with per-clip rows and averages, paths).
+
+    Every output location is checked writable before the first frame is scored; ``report`` (the CLI prints the
+    tables) gets the result before ``--json`` / ``--csv`` are written. A file that cannot be written does not stop
+    the others: all are tried, then one :class:`StdvsrError` names every file that failed."""
     check_fields(cfg)  # choices and ranges, from the fields' options
+    figures = Path(cfg.figures or Path("runs") / "evaluate" / re.sub(r"[^\w.-]+", "_", cfg.set))
+    for flag, path, folder in (("--json", cfg.json, False), ("--csv", cfg.csv, False),
+                               ("--figures", cfg.max_figures and figures, True),
+                               ("--save-images", cfg.save_images, True)):
+        if path:
+            check_writable(path, flag, folder)
     device = resolve_device(cfg.device)
     clips, set_name, centre_only = resolve_set(cfg)
     if cfg.max_clips:
@@ -227,7 +238,6 @@ def run(cfg: EvalConfig, show_progress: bool = True) -> dict:
     names = ([BICUBIC] if cfg.bicubic else []) + [m[0] for m in models]
     proto = protocol(cfg, set_name, centre_only)
     score = _Scores(names, cfg)
-    figures = Path(cfg.figures or Path("runs") / "evaluate" / re.sub(r"[^\w.-]+", "_", cfg.set))
     pictures: list[str] = []
 
     from stdvsr.progress import work_progress
@@ -243,7 +253,7 @@ def run(cfg: EvalConfig, show_progress: bool = True) -> dict:
             views = score.clip(clip, frames, models, bar.advance)
             total += len(frames)
             if index < cfg.max_figures:
-                pictures += _clip_figures(views, figures / clip.name.replace("/", "_"))
+                pictures += _clip_figures(views, figures / clip.name.replace("/", "_"), score.failed)
     if total == 0:
         raise StdvsrError(f"no frame of --set {cfg.set} was scored (clips shorter than 5 frames with "
                           "--frames skip-border-2?)")
@@ -256,11 +266,28 @@ def run(cfg: EvalConfig, show_progress: bool = True) -> dict:
                  "ms_per_frame": 1000 * score.seconds[name] / max(score.counted[name], 1), "device": str(device)}
         entry.update(score.info.get(name, {}))
         result["models"].append(entry)
+    if report is not None:
+        report(result)
     if cfg.json:
-        write_text(cfg.json, json.dumps(result, indent=1))
+        _try_write(score.failed, "--json", Path(cfg.json), write_text, json.dumps(result, indent=1))
     if cfg.csv:
-        write_text(cfg.csv, to_csv(result))
+        _try_write(score.failed, "--csv", Path(cfg.csv), write_text, to_csv(result))
+    if score.failed:
+        shown = "; ".join(score.failed[:3]) + (f"; and {len(score.failed) - 3} more" if len(score.failed) > 3 else "")
+        raise StdvsrError(f"every frame was scored{' (tables above)' if report else ''}, but {len(score.failed)} "
+                          f"file(s) could not be written: {shown}; free space or fix the location and rerun")
     return result
+
+
+def _try_write(failed: list[str], flag: str, path: Path, write: Callable, *args) -> bool:
+    """``write(path, *args)``; an OSError (full disk, lost permission) is added to ``failed`` instead of raised,
+    so one file that cannot be written does not lose the others or the scores."""
+    try:
+        write(path, *args)
+        return True
+    except OSError as e:
+        failed.append(f"{flag} {path} ({os_advice(e)})")
+        return False
 
 
 class _Scores:
@@ -272,6 +299,7 @@ class _Scores:
         self.seconds = dict.fromkeys(names, 0.0)
         self.counted = dict.fromkeys(names, 0)
         self.info: dict[str, dict] = {}
+        self.failed: list[str] = []  # files that could not be written, one line each (see _try_write)
 
     def clip(self, clip, frames: list[int], models: list, advance) -> dict:
         """Score every model (and bicubic) on ``frames`` of ``clip``; returns what the clip's pictures show:
@@ -308,28 +336,30 @@ class _Scores:
                     if f == middle:
                         crops[name] = img[top:top + size, left:left + size]
                     if cfg.save_images:
-                        write_image(Path(cfg.save_images) / name / clip.name.replace("/", "_") / f"{f:08d}.png", img)
+                        _try_write(self.failed, "--save-images",
+                                   Path(cfg.save_images) / name / clip.name.replace("/", "_") / f"{f:08d}.png",
+                                   write_image, img)
             if row is not None:
                 profiles[name] = rows
         return {"crops": crops, "profiles": profiles, "row": row, "middle": middle, "frames": len(frames)}
 
 
-def _clip_figures(views: dict, stem: Path) -> list[str]:
+def _clip_figures(views: dict, stem: Path, failed: list[str]) -> list[str]:
     """The clip's pictures: the temporal profiles side by side (with --temporal-profile) and the crops of the
-    middle scored frame, enlarged; returns their paths."""
+    middle scored frame, enlarged; returns the paths written (those that could not be are added to ``failed``)."""
     written = []
     row, n = views["row"], views["frames"]
     if row is not None and n > 1:
         reps = max(1, 64 // n)  # short clips: repeat rows so the profile is visible
         panels = [(name, np.repeat(np.stack(r), reps, 0)) for name, r in views["profiles"].items()]
         path = stem.parent / f"{stem.name}_profile_row{row}.png"
-        write_image(path, side_by_side(panels))
-        written.append(str(path))
+        if _try_write(failed, "--figures", path, write_image, side_by_side(panels)):
+            written.append(str(path))
     zoom = max(1, 192 // views["crops"]["GT"].shape[0])
     panels = [(name, np.repeat(np.repeat(c, zoom, 0), zoom, 1)) for name, c in views["crops"].items()]
     path = stem.parent / f"{stem.name}_crop_frame{views['middle']}.png"
-    write_image(path, side_by_side(panels))
-    written.append(str(path))
+    if _try_write(failed, "--figures", path, write_image, side_by_side(panels)):
+        written.append(str(path))
     return written
 
 

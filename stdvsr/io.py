@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import struct
 import tempfile
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from stdvsr.errors import StdvsrError
+from stdvsr.errors import StdvsrError, os_advice
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -85,6 +86,65 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
             fsync_paths([path.parent])
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------ output checks
+def check_writable(path: str | os.PathLike, flag: str, folder: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: ``path`` is a file to write (``folder=False``;
+    written atomically beside itself, so its folder must take new files, and it must not be a folder) or a folder to
+    write files into (``folder=True``). A real check: missing folders are created and a temporary file is created
+    and removed in the one that will receive the output; folders created for the check are removed again, so a
+    command refused later leaves nothing behind."""
+    path = Path(path).expanduser()
+    if folder and path.exists() and not path.is_dir():
+        raise StdvsrError(f"{flag} {path} is a file, not a folder; give a folder path or remove the file")
+    if not folder and path.is_dir():
+        raise StdvsrError(f"{flag} {path} is a folder; give a file path")
+    where = path if folder else path.parent
+    missing = [p for p in (where, *where.parents) if not p.exists()]  # deepest first
+    above = missing[-1].parent if missing else where
+    if above.exists() and not above.is_dir():
+        raise StdvsrError(f"{flag} {path}: {above} is a file, not a folder; fix the path")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".stdvsr-write-check.", dir=where)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise StdvsrError(f"{flag} {path}: cannot write in {where} ({os_advice(e)})") from None
+    finally:
+        for p in missing:
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+
+def check_replaceable(path: str | os.PathLike, flag: str, ours: str, what: str, instead: str = "") -> None:
+    """Refuse to delete the folder ``path`` (to replace it with new output, e.g. under ``--force``) unless everything
+    in it is what stdvsr writes there: the ``/``-separated path of every file and folder in it, relative to it
+    (hidden ones included), must fully match the regex ``ours``, described to the user as ``what``; ``instead`` is
+    the other way out the error offers (default: choose another ``flag``). The current
+    directory and the folders holding it are never deleted, nor a file in the folder's place. A symlink or a path
+    that does not exist passes: replacing a symlink removes the link, never what it points to."""
+    path = Path(path).expanduser()
+    instead = instead or f"choose another {flag}"
+    if path.is_symlink() or not path.exists():
+        return
+    real, cwd = path.resolve(), Path.cwd().resolve()
+    if real == cwd or real in cwd.parents:
+        what_it_is = "the current directory" if real == cwd else "a parent of the current directory"
+        raise StdvsrError(f"{flag} {path} is {what_it_is} ({real}); stdvsr never deletes it: {instead}")
+    if not path.is_dir():
+        raise StdvsrError(f"{flag} {path} is a file, not a folder stdvsr wrote; remove it yourself or {instead}")
+    pattern = re.compile(ours)
+    for top, dirs, files in os.walk(path):  # top-down, sorted: the first foreign entry is the same every time
+        dirs.sort()
+        rel = Path(top).relative_to(path)
+        for name in sorted(dirs + files):
+            entry = (rel / name).as_posix()
+            if not pattern.fullmatch(entry):
+                raise StdvsrError(f"{flag} {path} holds {path / entry}, which stdvsr did not write (it replaces a "
+                                  f"folder only if it holds nothing but {what}); move your files out of it or "
+                                  f"{instead}")
 
 
 # ------------------------------------------------------------------------------------------- home, hashes

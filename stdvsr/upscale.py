@@ -45,8 +45,8 @@ from stdvsr.data import list_frames, to_tensor, window_indices
 from stdvsr.errors import StdvsrError
 from stdvsr.options import check_fields
 from stdvsr.infer import MULTIPLE, pad_bottom_right, padded_size
-from stdvsr.io import (IMAGE_SUFFIXES, atomic_path, image_size, is_image, iter_video_frames, read_image,
-                       video_header, write_image)
+from stdvsr.io import (IMAGE_SUFFIXES, atomic_path, check_replaceable, check_writable, image_size, is_image,
+                       iter_video_frames, read_image, video_header, write_image)
 from stdvsr.metrics import tensor_to_uint8
 from stdvsr.progress import work_progress
 from stdvsr.training import resolve_device
@@ -130,9 +130,15 @@ def output_kind(path: Path) -> str:
                       "name without an extension for PNG frames")
 
 
+#: What a frame OUTPUT folder holds (:func:`frame_folder_writer`): the only folder ``--force`` replaces.
+OWN_FRAMES = r"\d{8}\.png"
+
+
 def check_output(path: Path, kind: str, force: bool, input_path: Path | None = None) -> None:
-    """Refuse an OUTPUT that is, lies inside or contains the INPUT (after resolving symlinks: replacing it would
-    destroy the input), and an existing OUTPUT without ``force``."""
+    """Refuse, before any work, an OUTPUT that is, lies inside or contains the INPUT (after resolving symlinks:
+    replacing it would destroy the input), an existing OUTPUT without ``force``, an existing frame folder that holds
+    anything but stdvsr's ``%08d.png`` frames or is the current directory (or holds it), and a location that cannot
+    be written (frames and videos are written beside OUTPUT, then renamed onto it)."""
     if input_path is not None:
         src, dst = input_path.resolve(), path.resolve()
         how = ("is the INPUT itself" if dst == src else "is inside the INPUT folder" if src in dst.parents
@@ -140,13 +146,15 @@ def check_output(path: Path, kind: str, force: bool, input_path: Path | None = N
         if how:
             raise StdvsrError(f"OUTPUT {path} {how} ({src}); upscale never writes over, into or around its input: "
                               "choose an OUTPUT outside the INPUT, e.g. a sibling folder")
-    if not (path.exists() or path.is_symlink()):
-        return
-    if not force:
-        raise StdvsrError(f"OUTPUT {path} already exists; pass --force to replace it or choose another path")
-    if kind == "video" and path.is_dir():
-        raise StdvsrError(f"OUTPUT {path} is a folder and cannot be replaced by a video; remove it or choose "
-                          "another path")
+    if path.exists() or path.is_symlink():
+        if not force:
+            raise StdvsrError(f"OUTPUT {path} already exists; pass --force to replace it or choose another path")
+        if kind == "video" and path.is_dir():
+            raise StdvsrError(f"OUTPUT {path} is a folder and cannot be replaced by a video; remove it or choose "
+                              "another path")
+        if kind == "frames":
+            check_replaceable(path, "OUTPUT", OWN_FRAMES, "%08d.png frames")
+    check_writable(path.parent, "OUTPUT", folder=True)
 
 
 @contextlib.contextmanager
@@ -181,6 +189,12 @@ def frame_folder_writer(path: Path) -> Iterator[Callable[[np.ndarray], None]]:
     try:
         yield write
         if path.exists() or path.is_symlink():  # --force: swap, then drop the old output
+            try:  # checked again: a user may have put files into it while the frames were computed
+                check_replaceable(path, "OUTPUT", OWN_FRAMES, "%08d.png frames")
+            except StdvsrError as e:
+                kept = path.parent / f"{path.name}.{tag}"
+                os.replace(tmp, kept)
+                raise StdvsrError(f"{e}; the {count} new frames are kept in {kept}") from None
             old = path.parent / f".{path.name}.{tag}.old"
             os.replace(path, old)
             os.replace(tmp, path)

@@ -210,6 +210,13 @@ def test_video_file_is_decoded_once(tmp_path, stdvsr_home, carphone_frames):
     mtime = clips[0].frames[0].stat().st_mtime_ns
     again = data.load_clips(f"video:{video}")
     assert again[0].frames == clips[0].frames and again[0].frames[0].stat().st_mtime_ns == mtime
+    from click.testing import CliRunner
+
+    from stdvsr.cli import cli
+
+    forced = CliRunner().invoke(cli, ["data", "prepare", f"video:{video}", "--force"])  # --force decodes again
+    assert forced.exit_code == 0, forced.output
+    assert clips[0].frames[0].stat().st_mtime_ns != mtime and len(data.list_frames(clips[0].frames[0].parent)) == 5
     lq, gt = data.read_frames(clips[0], range(5))
     assert gt.shape == (5, 3, 144, 176) and lq.shape == (5, 3, 36, 44)
     with pytest.raises(StdvsrError, match="video .*missing.mp4 does not exist"):
@@ -217,6 +224,20 @@ def test_video_file_is_decoded_once(tmp_path, stdvsr_home, carphone_frames):
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
     with pytest.raises(StdvsrError, match="bad.mp4"):
         data.load_clips(f"video:{tmp_path / 'bad.mp4'}")
+
+
+def test_not_a_video_leaves_nothing_behind(tmp_path, stdvsr_home):
+    from click.testing import CliRunner
+
+    from stdvsr.cli import cli
+    from tests.test_cli import assert_user_error
+
+    (tmp_path / "notes.mp4").write_text("not a video")
+    assert_user_error(CliRunner().invoke(cli, ["data", "info", f"video:{tmp_path / 'notes.mp4'}"]), "notes.mp4")
+    assert not stdvsr_home.exists()  # before: an empty $STDVSR_HOME/videos/notes-<hash>/ was left
+    (stdvsr_home / "videos").mkdir(parents=True)  # folders that were there before stay
+    assert_user_error(CliRunner().invoke(cli, ["data", "info", f"video:{tmp_path / 'notes.mp4'}"]), "notes.mp4")
+    assert list(stdvsr_home.rglob("*")) == [stdvsr_home / "videos"]
 
 
 def test_corrupt_video_is_refused_unless_allow_short(tmp_path, stdvsr_home, demo_videos):

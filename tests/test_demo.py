@@ -89,6 +89,21 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(stdvsr_home, mon
     assert json.loads((stdvsr_home / "demo" / "manifest.json").read_text())["bytes"] == manifest["bytes"]
 
 
+def test_prepare_never_deletes_files_stdvsr_did_not_write(stdvsr_home):
+    from click.testing import CliRunner
+
+    from stdvsr.cli import cli
+    from tests.test_cli import assert_user_error
+
+    gt = stdvsr_home / "demo" / "GT"
+    (gt / "carphone").mkdir(parents=True)
+    (gt / "carphone" / "00000000.png").write_bytes(b"")
+    (gt / "precious.txt").write_text("mine")  # STDVSR_HOME pointed at a folder already in use
+    result = CliRunner().invoke(cli, ["data", "prepare", "demo", "--force"])
+    assert_user_error(result, f"demo folder {gt} holds {gt / 'precious.txt'}", "STDVSR_HOME")
+    assert (gt / "precious.txt").read_text() == "mine" and (gt / "carphone" / "00000000.png").exists()
+
+
 def test_stale_manifest_is_rebuilt(stdvsr_home, monkeypatch):
     root = stdvsr_home / "demo"
     (root / "GT").mkdir(parents=True)

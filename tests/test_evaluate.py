@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -262,3 +263,82 @@ def test_progress_lines_when_stderr_is_not_a_terminal(vid4, student, tmp_path, m
     lines = [line for line in result.stderr.splitlines() if line.startswith("evaluate: ")]
     # 6 frames × 2 rows in chunks of 3, counted in frames so one long clip shows progress too
     assert [line.split("  ")[0] for line in lines] == [f"evaluate: {n}/12 frames" for n in (3, 6, 9, 12)]
+
+
+# ------------------------------------------------------------------------------------------- issue #26 items
+def _no_scoring(monkeypatch):
+    import stdvsr.evaluate
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a frame was scored before the outputs were checked")
+
+    monkeypatch.setattr(stdvsr.evaluate, "upscale_frames", fail)
+    monkeypatch.setattr(stdvsr.evaluate, "bicubic", fail)
+
+
+@pytest.mark.parametrize("flag, name", [("--json", "r.json"), ("--csv", "r.csv"), ("--figures", "fig"),
+                                        ("--save-images", "sr")])
+@pytest.mark.parametrize("how", ["file-as-folder", "read-only"])
+def test_unwritable_outputs_are_refused_before_the_first_frame_is_scored(vid4, student, tmp_path, monkeypatch,
+                                                                          flag, name, how):
+    if how == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        blocker = tmp_path / "ro"
+        blocker.mkdir()
+        blocker.chmod(0o555)
+    else:
+        blocker = tmp_path / "blocker"
+        blocker.write_text("a file where a folder is needed")  # ENOTDIR, also as root
+    _no_scoring(monkeypatch)
+    args = ["evaluate", "--set", f"folder:{vid4 / 'GT' / 'city'}", "--bicubic", "--model", str(student[0]),
+            "--device", "cpu", "--figures", str(tmp_path / "figures"), flag, str(blocker / "sub" / name)]
+    result = CliRunner().invoke(cli, args)
+    assert_one_error_line(result, flag, str(blocker))
+    assert result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == [blocker.name]  # the check leaves nothing behind
+
+
+def test_tables_are_printed_and_other_files_written_when_one_cannot_be(vid4, student, tmp_path, monkeypatch):
+    import stdvsr.evaluate
+
+    # the location breaks after the up-front check (a disk filling up, a folder replaced while scoring)
+    monkeypatch.setattr(stdvsr.evaluate, "check_writable", lambda *args, **kwargs: None)
+    (tmp_path / "blocker").write_text("a file where a folder is needed")
+    bad_csv, good_json = tmp_path / "blocker" / "r.csv", tmp_path / "out" / "r.json"
+    result = CliRunner().invoke(cli, ["evaluate", "--set", f"folder:{vid4 / 'GT' / 'city'}", "--bicubic", "--device",
+                                      "cpu", "--figures", str(tmp_path / "blocker" / "fig"), "--json", str(good_json),
+                                      "--csv", str(bad_csv)])
+    assert "Average" in result.stdout  # the scores are not lost
+    assert json.loads(good_json.read_text())["models"][0]["name"] == "bicubic"
+    assert json.loads(good_json.read_text())["pictures"] == []  # the picture that failed is not listed
+    assert_one_error_line(result, "2 file(s) could not be written", f"--csv {bad_csv}", "--figures",
+                          "tables above")
+
+
+def test_empty_or_unknown_demo_clip_lists_are_refused(demo_home):
+    for spec in ("demo:", "demo: ", "demo:,"):
+        with pytest.raises(StdvsrError, match=f"dataset spec {spec}.*names no clip.*carphone"):
+            run(EvalConfig(set=spec, bicubic=True, max_figures=0, device="cpu"), show_progress=False)
+    with pytest.raises(StdvsrError, match="no demo clip named nonexistent; the demo clips are .*carphone"):
+        run(EvalConfig(set="demo:nonexistent", bicubic=True, max_figures=0, device="cpu"), show_progress=False)
+    for spec in ("folder:", "video:"):
+        with pytest.raises(StdvsrError, match="needs a path"):
+            run(EvalConfig(set=spec, bicubic=True, max_figures=0, device="cpu"), show_progress=False)
+    result = CliRunner().invoke(cli, ["evaluate", "--set", "demo:", "--bicubic", "--max-figures", "0"])
+    assert_one_error_line(result, "demo:", "names no clip", "carphone")
+    assert result.stdout == ""
+
+
+def test_video_set_is_scored_like_its_frames(vid4, tmp_path, stdvsr_home):
+    from tests.helpers import write_video
+
+    frames = [read_image(p) for p in sorted((vid4 / "GT" / "city").glob("*.png"))]
+    video = write_video(tmp_path / "city.mp4", frames)
+    from_video = run(EvalConfig(set=f"video:{video}", bicubic=True, max_figures=0, device="cpu"), show_progress=False)
+    decoded = next((stdvsr_home / "videos").glob("city-*")) / "city"
+    from_folder = run(EvalConfig(set=f"folder:{decoded}", bicubic=True, max_figures=0, device="cpu"),
+                      show_progress=False)
+    assert from_video["protocol"]["set"] == f"video:{video}"
+    assert from_video["models"][0]["average"] == from_folder["models"][0]["average"]
+    assert from_video["models"][0]["frames_scored"] == len(frames)

@@ -157,13 +157,72 @@ def test_video_in_frames_out(student, video, tmp_path):
 def test_refuses_to_overwrite_without_force(student, frame_folder, untiled, tmp_path):
     out = tmp_path / "sr"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    write_image(out / "00000000.png", np.zeros((8, 8, 3), np.uint8))  # a folder of stdvsr's own frames only
     assert_user_error(invoke(frame_folder, out, "--model", student), "already exists", "--force")
-    assert (out / "keep.txt").read_text() == "mine"
+    assert [p.name for p in out.iterdir()] == ["00000000.png"]
     assert invoke(frame_folder, out, "--model", student, "--force").exit_code == 0
-    assert not (out / "keep.txt").exists()
     np.testing.assert_array_equal(read_folder(out), untiled)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sr"]
+
+
+def test_force_never_deletes_files_stdvsr_did_not_write(student, frame_folder, untiled, tmp_path):
+    out = tmp_path / "sr"
+    write_image(out / "00000000.png", np.zeros((8, 8, 3), np.uint8))
+    (out / "precious.txt").write_text("mine")
+    (out / "sub").mkdir()
+    (out / "sub" / "notes.md").write_text("notes")
+    assert_user_error(invoke(frame_folder, out, "--model", student, "--force"), f"{out / 'precious.txt'}",
+                      "stdvsr did not write", "move your files")
+    assert (out / "precious.txt").read_text() == "mine" and (out / "sub" / "notes.md").read_text() == "notes"
+    (out / "precious.txt").unlink()  # the first foreign entry gone, the next one is named
+    assert_user_error(invoke(frame_folder, out, "--model", student, "--force"), f"{out / 'sub'}")
+    assert (out / "sub" / "notes.md").read_text() == "notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sr"]  # nothing written beside it either
+    (tmp_path / "file").write_text("a file where the frame folder would go")
+    assert_user_error(invoke(frame_folder, tmp_path / "file", "--model", student, "--force"), "is a file")
+    assert (tmp_path / "file").read_text().startswith("a file")
+
+
+def test_files_put_into_output_during_the_run_are_not_deleted_at_the_swap(tmp_path):
+    """``--force`` checks OUTPUT before the run and again at the swap: a file the user added meanwhile survives and
+    the new frames are kept beside it, not lost."""
+    from stdvsr.errors import StdvsrError
+    from stdvsr.upscale import frame_folder_writer
+
+    out = tmp_path / "sr"
+    write_image(out / "00000000.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(StdvsrError, match="new frames are kept in"):
+        with frame_folder_writer(out) as write:
+            write(np.full((8, 8, 3), 7, np.uint8))
+            (out / "added.txt").write_text("mine")
+    assert (out / "added.txt").read_text() == "mine" and (out / "00000000.png").is_file()
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("sr.")]
+    assert len(kept) == 1 and int(read_image(kept[0] / "00000000.png")[0, 0, 0]) == 7
+
+
+@pytest.mark.parametrize("where", ["cwd", "parent of cwd"])
+def test_force_never_deletes_the_current_directory(student, video, tmp_path, monkeypatch, where):
+    work = tmp_path / "work"
+    (work / "inner").mkdir(parents=True)
+    shutil.copy(video, tmp_path / "in.mp4")
+    monkeypatch.chdir(work if where == "cwd" else work / "inner")
+    out = "../work" if where == "cwd" else ".."
+    assert_user_error(invoke("../in.mp4" if where == "cwd" else "../../in.mp4", out, "--model", student, "--force"),
+                      "current directory", "never deletes it")
+    assert (work / "inner").is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "work"]
+    monkeypatch.chdir(work)
+    assert_user_error(invoke("../in.mp4", ".", "--model", student, "--force"), "is the current directory")
+
+
+def test_unwritable_output_is_refused_before_the_model_runs(student, frame_folder, tmp_path, monkeypatch):
+    import stdvsr.upscale
+
+    monkeypatch.setattr(stdvsr.upscale, "upscale_stream", lambda *a, **k: pytest.fail("upscaled before checking"))
+    (tmp_path / "blocker").write_text("a file where a folder is needed")  # ENOTDIR, also as root
+    assert_user_error(invoke(frame_folder, tmp_path / "blocker" / "sr.mp4", "--model", student), "OUTPUT",
+                      "blocker")
+    assert_user_error(invoke(frame_folder, tmp_path / "blocker" / "sr", "--model", student), "OUTPUT", "blocker")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
 
 
 @pytest.mark.parametrize("output", ["sr.mp4", "sr"])
