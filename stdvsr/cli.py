@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from stdvsr import __version__, options
+from stdvsr import __version__, interrupts, options
 from stdvsr.configs import (CacheConfig, DistillConfig, EvalConfig, ExportConfig, PlotConfig, ProfileConfig,
                             QuantizeConfig, TeacherConfig, UpscaleConfig)
 from stdvsr.errors import StdvsrError, Terminated, message, os_error
@@ -25,7 +25,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class StdvsrGroup(click.Group):
-    """Turns user errors into ``Error: …`` + exit 1 and hides tracebacks unless ``--debug``."""
+    """Turns user errors into ``Error: …`` + exit 1 and hides tracebacks unless ``--debug``; Ctrl-C and SIGTERM
+    into exit 130 and 143 (see :mod:`stdvsr.interrupts`)."""
 
     def main(self, args=None, *rest, **kwargs):
         # --debug is the root's option but errors say "rerun with --debug": accept it after the subcommand too
@@ -40,9 +41,12 @@ class StdvsrGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except Terminated:
-            click.echo("Terminated (SIGTERM); rerun the same command to continue (training: --resume auto)", err=True)
-            ctx.exit(128 + signal.SIGTERM)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): 130 / 143, as a shell reports them
+            if not interrupts.announced(e):  # the stage said what it saved; otherwise one generic line
+                click.echo(f"{interrupts.stopped_by(e)}; rerun the same command to continue (training: --resume auto)",
+                           err=True)
+            interrupts.exiting()
+            ctx.exit(128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT))
         except StdvsrError as e:
             if _debug(ctx):
                 raise
@@ -204,7 +208,8 @@ MODEL_ARG_FLAGS = ("num_feat", "num_frame", "deformable_groups", "num_extract_bl
 @click.option("--deformable-groups", type=int, help="Override the preset's DCN groups.")
 @click.option("--num-extract-block", type=int, help="Override the preset's feature-extraction blocks.")
 @click.option("--num-reconstruct-block", type=int, help="Override the preset's reconstruction blocks.")
-@click.option("--resume", help="auto (newest checkpoint in --out, if any) or a checkpoint path.")
+@click.option("--resume", help="auto (the newest checkpoint in --out that loads; none yet: start fresh) or a "
+                                 "checkpoint path.")
 @click.pass_context
 def train_teacher(ctx: click.Context, **opts) -> None:
     """Train an EDVR teacher with the Charbonnier loss (no public EDVR exists for the paper's BD degradation).
@@ -384,7 +389,8 @@ def evaluate(**opts) -> None:
 @config_file_option("TOML file whose keys fill the options below (flags win), e.g. pipelines/paper.toml for the "
                     "paper's settings.")
 @click_options(DistillConfig)
-@click.option("--resume", help="auto (newest checkpoint in --out, if any) or a checkpoint path.")
+@click.option("--resume", help="auto (the newest checkpoint in --out that loads; none yet: start fresh) or a "
+                                 "checkpoint path.")
 @click.pass_context
 def distill(ctx: click.Context, **opts) -> None:
     """Stage two: train a student against a teacher cache with Space-Time Distillation.
@@ -526,12 +532,8 @@ def plot(runs: tuple[Path, ...], **opts) -> None:
     print_runs(list(runs), list(cfg.labels) or None, path, folders, cfg.tensorboard)
 
 
-def _terminate(signum, frame) -> None:
-    raise Terminated()
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)  # a preempted job saves its finished steps, as on Ctrl-C
+    interrupts.install()  # Ctrl-C and SIGTERM (a preempted job) save the finished steps; a second one waits
     cli(prog_name="stdvsr")
 
 

@@ -34,7 +34,8 @@ class TrainingConfig:
     lr_step: int = option(200_000, "step schedule: multiply the lr by --lr-gamma every this many steps.",
                           type=click.IntRange(1))
     lr_gamma: float = option(0.5)
-    seed: int = option(0)
+    seed: int = option(0, "Seed of the initial weights, crops and batch order, 0 to 2**32-1.",
+                       type=click.IntRange(0, 2**32 - 1))
     workers: int = option(2, "DataLoader workers.", type=click.IntRange(0), resumable=True)
     device: str = option("auto", DEVICE_HELP, resumable=True)
     log_every: int = option(20, type=click.IntRange(1), resumable=True)
@@ -116,7 +117,8 @@ class DistillConfig(TrainingConfig):
     steps: int = redeclare(TrainingConfig, "steps", 2000)
     batch_size: int = redeclare(TrainingConfig, "batch_size", 2, help="Clips per step, per rank.")
     patch_size: int = redeclare(TrainingConfig, "patch_size", 64, type=click.IntRange(16),
-                                help="HR crop size, a multiple of 16 (the paper: 256).")
+                                help="HR crop size: a multiple of 16 for FastDVDnet and VESPCN, of 4 for VSRNet and "
+                                "VDSR (the paper: 256).")
     lr: float = redeclare(TrainingConfig, "lr", 2e-4, help="Peak Adam learning rate (the paper: 1e-4).")
     augment: str = option("none", "none: exact cached targets; approx: the same flip/rotation of inputs and targets "
                           "(a transformed target is not the teacher's output on the transformed input).",

@@ -48,7 +48,7 @@ from stdvsr.errors import StdvsrError
 from stdvsr.io import folder_lock
 from stdvsr.losses import ConvLSTM, charbonnier, kd_mean2, kd_mse, output_kd, sd_loss, td_loss
 from stdvsr.models import build_model, model_spec, read_checkpoint
-from stdvsr.options import check_fields, resumable
+from stdvsr.options import check_fields, flag_of, resumable
 from stdvsr.progress import stderr, training_progress
 from stdvsr.training import (RunFolder, StepBatches, StepTimes, check_schedule, latest_checkpoint, learning_rate,
                              loader_batches, loader_worker_init, resolve_device, resolved_specs, resume_run, rng_state,
@@ -116,11 +116,19 @@ def cache_tiers(needs: set[str], feature: str, stored: list[str], root) -> list[
 
 
 def check_cache(cfg: DistillConfig, reader: CacheReader, student: nn.Module) -> None:
-    """Refuse a cache whose settings cannot serve this student, naming the field."""
+    """Refuse a cache whose settings cannot serve this student, and a patch size the student cannot take, naming
+    the field."""
+    from stdvsr.export import SIZE_MULTIPLE
+
     fp = reader.fingerprint
     if student.scale != reader.scale:
         raise StdvsrError(f"cache {reader.root}: scale is ×{reader.scale} there but student {cfg.student} is "
                           f"×{student.scale}; build a ×{student.scale} cache")
+    lr_multiple = SIZE_MULTIPLE.get(model_spec(cfg.student)[0], 1)  # FastDVDnet and VESPCN downsample twice
+    if cfg.patch_size % (student.scale * lr_multiple):
+        why = f" × {lr_multiple} for its LR downsampling" if lr_multiple > 1 else ""
+        raise StdvsrError(f"--patch-size {cfg.patch_size} must be a multiple of {student.scale * lr_multiple} for "
+                          f"{cfg.student} ({student.scale} for the scale{why})")
     for name in ("degradation", "padding"):
         want = getattr(cfg, name)
         if want is not None and want != fp[name]:
@@ -139,11 +147,10 @@ def check_cache(cfg: DistillConfig, reader: CacheReader, student: nn.Module) -> 
 
 
 def validate_config(cfg: DistillConfig) -> None:
-    """Refuse settings that cannot train as labelled; types, choices and ranges come from the fields' options."""
+    """Refuse settings that cannot train as labelled, and levers that would have no effect; types, choices and
+    ranges come from the fields' options. (The patch size, which depends on the student, is checked with the cache
+    in :func:`check_cache`.)"""
     check_fields(cfg)
-    if cfg.patch_size % 16:
-        raise StdvsrError(f"--patch-size {cfg.patch_size} must be a multiple of 16 (4 for the scale × 4 for the "
-                          "students' LR downsampling)")
     if cfg.clip_frames < 1 or cfg.clip_frames % 2 == 0:
         raise StdvsrError(f"--clip-frames {cfg.clip_frames} must be odd, 2k+1: a centre frame with k on each side")
     if "td" in uses(cfg) and cfg.clip_frames < 3:
@@ -156,9 +163,38 @@ def validate_config(cfg: DistillConfig) -> None:
         if not np.isfinite(value) or value < 0:
             raise StdvsrError(f"--{name.replace('_', '-')} {value} must be a finite number ≥ 0")
     check_schedule(cfg)
-    if cfg.lambda_out > 0 and cfg.kd in ("none", "output"):
-        raise StdvsrError(f"--lambda-out adds output KD to a distillation loss; with --kd {cfg.kd} use --kd output "
-                          "(its weight is --lambda-sd)")
+    for f in dataclasses.fields(cfg):  # every other number (--td-forget-bias): NaN or inf cannot train
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not np.isfinite(value):
+            raise StdvsrError(f"{flag_of(f)} {value} must be a finite number")
+    if cfg.lambda_out > 0 and cfg.kd == "none":
+        raise StdvsrError("--lambda-out adds output KD to a distillation loss; with --kd none use --kd output "
+                          "instead (its weight is --lambda-sd)")
+    if cfg.lambda_out > 0 and cfg.kd == "output":
+        raise StdvsrError("--lambda-out adds output KD to another --kd; --kd output is output KD already (its weight "
+                          "is --lambda-sd): drop --lambda-out")
+    _refuse_unused_levers(cfg)
+    if cfg.kd_ramp and cfg.warmup_steps + cfg.kd_ramp > cfg.steps:
+        raise StdvsrError(f"--kd-ramp {cfg.kd_ramp} after --warmup-steps {cfg.warmup_steps} would reach full weight "
+                          f"at step {cfg.warmup_steps + cfg.kd_ramp}, past --steps {cfg.steps}; shorten the ramp or "
+                          "raise --steps")
+
+
+def _refuse_unused_levers(cfg: DistillConfig) -> None:
+    """A lever set to other than its default where it cannot act is refused, naming it, whether it came from a flag
+    or a --config file (a value equal to the default is never refused). The paper's own settings (λ, attention,
+    ConvLSTM size, warm-up) stay allowed under --kd none, so that one config file serves the baseline too; so does
+    --log-first, a logging option that logs nothing there."""
+    terms = uses(cfg)
+    unused = {"kd_ramp": not terms, "adapter": not terms & {"td", "mse"}, "td_forget_bias": "td" not in terms}
+    needs = {"kd_ramp": "a distillation term", "adapter": "L_TD or KD-MSE (--kd std, td or mse)",
+             "td_forget_bias": "L_TD's ConvLSTM (--kd std or td)"}
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for name, idle in unused.items():
+        value = getattr(cfg, name)
+        if idle and value != defaults[name]:
+            flag = flag_of(next(f for f in dataclasses.fields(cfg) if f.name == name))
+            raise StdvsrError(f"{flag} {value} has no effect with --kd {cfg.kd}: it acts on {needs[name]}; drop it")
 
 
 # ----------------------------------------------------------------------------------------------------- data
@@ -477,6 +513,9 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
     cfg, show = r.cfg, show_progress and r.rank == 0
     if r.start_step and show:
         stderr().print(f"resuming {cfg.out} from step {r.start_step} of {cfg.steps}", highlight=False, soft_wrap=True)
+    elif resume == "auto" and show:
+        stderr().print(f"--resume auto: no checkpoint in {Path(cfg.out) / 'checkpoints'}; starting fresh at step 1 of "
+                       f"{cfg.steps}", highlight=False, soft_wrap=True)
     start_time, times, val_psnr = time.perf_counter(), StepTimes(), None
     r.distiller.train()
     with r.folder.saving_on_interrupt(), loader_batches(r.loader) as batches, \
@@ -585,10 +624,9 @@ def _check_ranks_in_sync(r: SimpleNamespace) -> None:
 def _setup(cfg: DistillConfig, resume: str | None, explicit: set[str] | None) -> SimpleNamespace:
     """Everything a run trains with: the resolved config, the cache, the student inside its :class:`Distiller`
     (restored from the checkpoint when resuming), the optimizer, the batches, the validator and the run folder."""
-    validate_config(cfg)
-    cfg, ckpt = resume_run(cfg, resume, explicit, RESUMABLE_CHANGES, kind="distill")
-    r = SimpleNamespace(cfg=cfg)
-    r.rank, r.world, local_rank = torchrun_group()
+    rank, world, local_rank = torchrun_group()  # validate_config(cfg) ran in run()
+    cfg, ckpt = resume_run(cfg, resume, explicit, RESUMABLE_CHANGES, kind="distill", warn=rank == 0)
+    r = SimpleNamespace(cfg=cfg, rank=rank, world=world)
     r.device = resolve_device(cfg.device)
     if r.device.type == "cuda" and r.world > 1:
         r.device = torch.device("cuda", local_rank)

@@ -83,6 +83,9 @@ def _run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | Non
     center, val_psnr = model.num_frame // 2, None
     if ckpt is not None and show_progress:
         stderr().print(f"resuming {out} from step {start_step} of {cfg.steps}", highlight=False, soft_wrap=True)
+    elif resume == "auto" and show_progress:
+        stderr().print(f"--resume auto: no checkpoint in {out / 'checkpoints'}; starting fresh at step 1 of "
+                       f"{cfg.steps}", highlight=False, soft_wrap=True)
     start_time, data_wait = time.perf_counter(), 0.0
     model.train()
     with folder.saving_on_interrupt(), loader_batches(loader) as batches, \

@@ -17,6 +17,7 @@ from typing import Iterator, TypeVar
 import torch
 from torch import nn
 
+from stdvsr import interrupts
 from stdvsr.errors import StdvsrError
 from stdvsr.io import atomic_path
 from stdvsr.options import flag_of
@@ -109,11 +110,13 @@ class StepBatches(torch.utils.data.Sampler):
 
 
 def loader_worker_init(worker_id: int) -> None:
-    """DataLoader workers ignore SIGTERM: a scheduler signals the whole process group, and a worker dying first
-    would fail the main process's next batch before it can save; the main process ends its workers itself."""
+    """DataLoader workers ignore SIGTERM and SIGINT: a scheduler signals the whole process group, and so does
+    Ctrl-C in a terminal; a worker dying first would fail the main process's next batch before it can save. The
+    main process ends its workers itself."""
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _end_daemon_children() -> None:
@@ -210,24 +213,68 @@ def resolved_specs(cfg: Config) -> Config:
     return dataclasses.replace(cfg, **{n: resolve_spec(getattr(cfg, n)) for n in names})
 
 
+def _newest_intact(folder: Path, warn: bool) -> tuple[Path | None, dict | None]:
+    """The newest checkpoint in ``folder`` that loads, and its contents; ``(None, None)`` if there is none. Newer
+    ones that do not load (a disk that filled up, a copy cut short) are passed over with a warning naming them; if
+    none loads, that is an error."""
+    from stdvsr.models import read_checkpoint
+
+    bad = []
+    for path in sorted(folder.glob("step_*.pth"), reverse=True):
+        try:
+            ckpt = read_checkpoint(path, "--resume auto")
+        except StdvsrError as e:
+            bad.append((path, str(e)))
+            continue
+        if bad and warn:
+            from stdvsr.progress import stderr
+
+            names = ", ".join(p.name for p, _ in bad)
+            stderr().print(f"warning: --resume auto: {names} in {folder} cannot be loaded ({bad[0][1]}); resuming "
+                           f"from {path.name} (step {ckpt.get('step')}), the newest intact checkpoint",
+                           highlight=False, soft_wrap=True)
+        return path, ckpt
+    if bad:
+        raise StdvsrError(f"--resume auto: no checkpoint in {folder} can be loaded ({bad[0][1]}); move them away to "
+                          "start fresh, or pass --resume PATH")
+    return None, None
+
+
+def _as_set(f: dataclasses.Field, value) -> str:
+    """How a stored setting reads in a refusal: ``with 2``, ``without --td-forget-bias`` (None: the option was not
+    given), ``with --online-teacher`` / ``without --online-teacher``, ``with --no-augment``."""
+    flag = flag_of(f)
+    if value is None:
+        return f"without {flag} (its default)"
+    if isinstance(value, bool):
+        if flag.startswith("--no-"):  # --no-space-check sets check_space to False
+            return f"with {flag}" if not value else f"without {flag}"
+        if f.default is True:  # --augment/--no-augment
+            return f"with {flag}" if value else f"with --no-{flag[2:]}"
+        return f"with {flag}" if value else f"without {flag}"
+    return f"with {value!r}"
+
+
 def resume_run(cfg: Config, resume: str | None, explicit: set[str] | None, resumable: set[str],
-               kind: str = "stdvsr") -> tuple[Config, dict | None]:
+               kind: str = "stdvsr", warn: bool = True) -> tuple[Config, dict | None]:
     """The config and checkpoint a run continues from: ``(cfg, None)`` for a fresh run.
 
-    ``resume``: None, ``"auto"`` (the newest checkpoint in ``cfg.out``; none yet = fresh) or a checkpoint path. The
-    checkpoint's config is used; of the fields named in ``explicit`` (default: all), those in ``resumable`` override
-    it and any other that differs is an error naming the flag. A fresh run into a folder that already holds
-    checkpoints is refused. ``kind``: the checkpoint key that marks the stage (``"distill"``), checked if given.
+    ``resume``: None, ``"auto"`` (the newest checkpoint in ``cfg.out`` that loads, passing over newer ones that do
+    not with a warning if ``warn``; none yet = fresh) or a checkpoint path (which must load). The checkpoint's
+    config is used; of the fields named in ``explicit`` (default: all), those in ``resumable`` override it and any
+    other that differs is an error naming the flag. A fresh run into a folder that already holds checkpoints is
+    refused. ``kind``: the checkpoint key that marks the stage (``"distill"``), checked if given.
     """
-    from stdvsr.errors import StdvsrError
     from stdvsr.models import read_checkpoint
 
     cfg = resolved_specs(cfg)
     ckpt = None
     if resume is not None:
-        path = latest_checkpoint(Path(cfg.out) / "checkpoints") if resume == "auto" else Path(resume)
+        if resume == "auto":
+            path, ckpt = _newest_intact(Path(cfg.out) / "checkpoints", warn)
+        else:
+            path, ckpt = Path(resume), read_checkpoint(resume, "--resume")
         if path is not None:
-            ckpt = read_checkpoint(path)
             if "config" not in ckpt or (kind != "stdvsr" and kind not in ckpt):
                 raise StdvsrError(f"--resume {path} is not a checkpoint of this stage ({kind})")
             if ckpt.get("step", 0) > cfg.steps:
@@ -241,8 +288,9 @@ def resume_run(cfg: Config, resume: str | None, explicit: set[str] | None, resum
                 if mine == theirs:
                     continue
                 if name not in resumable:
-                    raise StdvsrError(f"--resume: {flag_of(fields[name])} is {mine!r} but {path} was trained with "
-                                      f"{theirs!r}; drop the flag or start a new --out folder")
+                    shown = "unset" if mine is None else repr(mine)
+                    raise StdvsrError(f"--resume: {flag_of(fields[name])} is {shown} but {path} was trained "
+                                      f"{_as_set(fields[name], theirs)}; drop the flag or start a new --out folder")
                 setattr(stored, name, mine)
             cfg = stored
     if ckpt is None and latest_checkpoint(Path(cfg.out) / "checkpoints") is not None:
@@ -301,39 +349,56 @@ class RunFolder:
             self.log.flush()
 
     def save(self, step: int) -> Path | None:
-        """Checkpoint ``step``; returns its path (None on a rank that does not write)."""
-        self.saved = step
+        """Checkpoint ``step``; returns its path (None on a rank that does not write). A Ctrl-C or SIGTERM during
+        the write waits for it (:func:`stdvsr.interrupts.deferred`)."""
         if not self.write:
+            self.saved = step
             return None
         path = self.out / "checkpoints" / f"step_{step:07d}.pth"
-        save_checkpoint(path, self.payload(step))
-        for old in sorted((self.out / "checkpoints").glob("step_*.pth"))[:-self.keep]:
-            old.unlink()
-        self.last = path
+        with interrupts.deferred():
+            save_checkpoint(path, self.payload(step))
+            self.saved, self.last = step, path
+            for old in sorted((self.out / "checkpoints").glob("step_*.pth"))[:-self.keep]:
+                old.unlink()
         return path
 
     @contextlib.contextmanager
     def updating(self, step: int):
-        """Around the weights' update to ``step``: afterwards the step counts as finished."""
-        self.in_update = True
-        yield
-        self.completed, self.in_update = step, False
+        """Around the weights' update to ``step``: afterwards the step counts as finished. A Ctrl-C or SIGTERM
+        inside waits for the update (:func:`stdvsr.interrupts.deferred`); a KeyboardInterrupt raised otherwise
+        (Python's own handler) marks the step unsaveable."""
+        with interrupts.deferred():
+            self.in_update = True
+            yield
+            self.completed, self.in_update = step, False
 
     @contextlib.contextmanager
     def saving_on_interrupt(self):
         """Ctrl-C / SIGTERM inside the block saves the finished steps (unless it landed mid-update), so
-        ``--resume auto`` loses nothing; any error closes the log (after the block, :meth:`close` does)."""
+        ``--resume auto`` loses nothing, and says what is saved (:func:`stdvsr.interrupts.announce`); any error
+        closes the log (after the block, :meth:`close` does)."""
         try:
             yield self
         except BaseException as e:
-            if isinstance(e, KeyboardInterrupt) and self.completed > self.saved and not self.in_update:
-                path = self.save(self.completed)
-                if path is not None:
-                    from stdvsr.progress import stderr
-
-                    stderr().print(f"Interrupted: saved step {self.completed} to {path}; continue with --resume auto")
+            if isinstance(e, KeyboardInterrupt):
+                self._save_on_interrupt(e)
             self.close()
             raise
+
+    def _save_on_interrupt(self, error: KeyboardInterrupt) -> None:
+        if not self.write:
+            interrupts.announce(error, None)  # the writing rank reports for all
+            return
+        if self.completed > self.saved and not self.in_update:
+            path = self.save(self.completed)
+            interrupts.announce(error, f"saved step {self.saved} to {path}; rerun with --resume auto to continue")
+            return
+        path = self.last or self.out / "checkpoints" / f"step_{self.saved:07d}.pth"
+        if self.saved and path.is_file():
+            interrupts.announce(error, f"step {self.saved} is saved in {path}; rerun with --resume auto to continue")
+        else:  # no step finished since the run (or its resumed checkpoint, kept elsewhere) started
+            since = f"after step {self.saved}" if self.saved else "yet"
+            interrupts.announce(error, f"no step finished {since}; nothing to save (rerun the same command)")
 
     def close(self) -> None:
         if self.log is not None:

@@ -5,6 +5,7 @@ exact resume, two gloo ranks stay identical, and bad caches / flags are refused 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import shutil
@@ -293,31 +294,39 @@ def test_resume_gives_the_uninterrupted_loss_sequence_and_weights(caches, tmp_pa
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _start_distill(cache_path: Path, out: Path, home: Path, steps: int) -> subprocess.Popen:
+    """``python -m stdvsr distill`` with tiny settings in a session of its own (a job, or a terminal's foreground
+    group), once it has logged 3 steps."""
+    import time
+
+    cmd = [sys.executable, "-m", "stdvsr", "distill", "--student", "fastdvdnet-quarter", "--cache", str(cache_path),
+           "--out", str(out), "--clip-frames", "3", "--patch-size", "32", "--steps", str(steps), "--warmup-steps",
+           "1", "--workers", "1", "--val-data", "none", "--device", "cpu", "--td-hidden", "4", "--log-every", "1",
+           "--ckpt-every", "1000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**sub_env(home), "COLUMNS": "200"})
+    log = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    return proc
+
+
 def test_sigterm_saves_the_finished_steps_and_resumes_exactly(caches, tmp_path):
     """A scheduler's SIGTERM (to the whole process group, DataLoader worker included) is handled like Ctrl-C: the
     finished steps are saved, exit status 143, and --resume auto ends with the uninterrupted run's weights."""
     import os
     import signal
-    import time
 
     kw = dict(kd="std", steps=60, warmup_steps=1, workers=1, ckpt_every=1000)
     straight, split = tmp_path / "straight", tmp_path / "split"
-    cmd = [sys.executable, "-m", "stdvsr.cli", "distill", "--student", "fastdvdnet-quarter", "--cache",
-           str(caches["trunk"]), "--out", str(split), "--clip-frames", "3", "--patch-size", "32", "--steps", "60",
-           "--warmup-steps", "1", "--workers", "1", "--val-data", "none", "--device", "cpu", "--td-hidden", "4",
-           "--log-every", "1", "--ckpt-every", "1000"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**sub_env(tmp_path), "COLUMNS": "200"})
-    log = split / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.is_file() and len(log.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
+    proc = _start_distill(caches["trunk"], split, tmp_path, steps=60)
     os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler does: every process of the job
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "Interrupted: saved step" in err and "Terminated (SIGTERM)" in err and "Traceback" not in err, err
+    assert "Terminated (SIGTERM): saved step" in err and "--resume auto" in err and "Traceback" not in err, err
     saved = sorted((split / "checkpoints").glob("step_*.pth"))
     assert len(saved) == 1 and 3 <= int(saved[0].stem.split("_")[1]) < 60
     threads = torch.get_num_threads()
@@ -332,16 +341,78 @@ def test_sigterm_saves_the_finished_steps_and_resumes_exactly(caches, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_two_ctrl_c_50_ms_apart_save_the_finished_steps_and_exit_130(caches, tmp_path):
+    """Ctrl-C signals the terminal's whole foreground group (DataLoader worker included); a second one 50 ms later
+    lands while the first is being handled. Both together: the finished steps are saved in a checkpoint that loads,
+    the line says which, exit 130 (not click's "Aborted!" and 1), no traceback."""
+    import os
+    import re
+    import signal
+    import time
+
+    from stdvsr.models import read_checkpoint
+
+    out = tmp_path / "run"
+    proc = _start_distill(caches["trunk"], out, tmp_path, steps=400)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and "Aborted!" not in err and "Exception ignored" not in err, err
+    said = re.search(r"Interrupted \(Ctrl-C\): saved step (\d+) to (\S+step_\d+\.pth); rerun with --resume auto", err)
+    assert said, err
+    saved = sorted((out / "checkpoints").glob("step_*.pth"))
+    assert [str(p) for p in saved] == [said.group(2)]
+    assert read_checkpoint(saved[0])["step"] == int(said.group(1)) >= 3
+
+
 def test_resume_refuses_changed_settings_and_a_different_cache(caches, tmp_path):
     out = tmp_path / "run"
     run(config(caches["trunk"], out, steps=1, ckpt_every=1), show_progress=False)
     with pytest.raises(StdvsrError, match="--lambda-td is 5.0 but"):
         run(config(caches["trunk"], out, steps=2, lambda_td=5.0), resume="auto", explicit={"lambda_td"},
             show_progress=False)
+    # a setting the run was started without reads as such, not as "was trained with None" / "with False"
+    with pytest.raises(StdvsrError, match=r"--td-forget-bias is 1.0 but .*step_0000001.pth was trained without "
+                                          r"--td-forget-bias \(its default\);"):
+        run(config(caches["trunk"], out, steps=2, td_forget_bias=1.0), resume="auto", explicit={"td_forget_bias"},
+            show_progress=False)
+    with pytest.raises(StdvsrError, match=r"--online-teacher is True but .* was trained without --online-teacher;"):
+        run(config(caches["trunk"], out, steps=2, online_teacher=True), resume="auto", explicit={"online_teacher"},
+            show_progress=False)
     with pytest.raises(StdvsrError, match="differs from the one this run started with: tiers"):
         run(config(caches["all"], out, steps=2), resume="auto", explicit={"cache", "steps"}, show_progress=False)
     with pytest.raises(StdvsrError, match="already holds checkpoints"):
         run(config(caches["trunk"], out, steps=2), show_progress=False)
+
+
+def test_resume_auto_says_when_it_starts_fresh_and_passes_over_a_truncated_newest_checkpoint(caches, tmp_path):
+    out = tmp_path / "run"
+    fresh = _cli_distill(caches["trunk"], out, "--steps", "3", "--ckpt-every", "1", "--workers", "0", "--resume", "auto")
+    assert fresh.exit_code == 0, fresh.output
+    assert f"--resume auto: no checkpoint in {out / 'checkpoints'}; starting fresh at step 1 of 3" in fresh.stderr
+    newest = out / "checkpoints" / "step_0000003.pth"
+    blob = newest.read_bytes()
+    newest.write_bytes(blob[:len(blob) // 2])  # a disk that filled up, a copy cut short
+    bad = tmp_path / "bad.pth"
+    shutil.copy(newest, bad)
+    resumed = _cli_distill(caches["trunk"], out, "--steps", "3", "--workers", "0", "--resume", "auto")
+    assert resumed.exit_code == 0, resumed.output
+    assert "step_0000003.pth" in resumed.stderr and "cannot be loaded" in resumed.stderr
+    assert "resuming from step_0000002.pth (step 2), the newest intact checkpoint" in resumed.stderr
+    assert f"resuming {out} from step 2 of 3" in resumed.stderr
+    assert torch.load(newest, weights_only=True)["step"] == 3  # step 3 done again, and saved whole
+    # a truncated file named explicitly stays an error
+    explicit = _cli_distill(caches["trunk"], tmp_path / "other", "--steps", "3", "--workers", "0", "--resume",
+                            str(bad))
+    assert_one_error_line(explicit, f"checkpoint {bad} is truncated")
+    # and so does a folder where no checkpoint loads
+    for path in (out / "checkpoints").glob("step_*.pth"):
+        path.write_bytes(b"")
+    broken = _cli_distill(caches["trunk"], out, "--steps", "3", "--workers", "0", "--resume", "auto")
+    assert_one_error_line(broken, "--resume auto: no checkpoint in", "can be loaded")
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(caches, tmp_path, monkeypatch):
@@ -386,15 +457,19 @@ def test_bad_caches_and_flags_are_refused(caches, tmp_path, teacher, data_root):
             run(config(kw.pop("cache", caches["trunk"]), tmp_path / "x", **kw), show_progress=False)
 
     refused("is not a teacher cache", cache=tmp_path / "nowhere")
+    from stdvsr.cache.layout import write_manifest
+
     incomplete = tmp_path / "incomplete.zarr"
     shutil.copytree(caches["trunk"], incomplete)
     manifest = json.loads((incomplete / "manifest.json").read_text())
     (incomplete / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    refused("was edited after the cache was written", cache=incomplete)  # a hand edit (#26)
+    write_manifest(incomplete, {**manifest, "complete": False})  # as stdvsr writes it: consistent, hashed
     refused("is incomplete", cache=incomplete)
     scaled = tmp_path / "x2.zarr"
     shutil.copytree(caches["trunk"], scaled)
     manifest["fingerprint"]["scale"] = 2
-    (scaled / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(scaled, manifest)
     refused("scale is ×2 there", cache=scaled)
     refused("degradation is 'bd' there, --degradation 'bi' here", degradation="bi")
     refused("padding is 'replicate' there", padding="reflection")
@@ -660,14 +735,60 @@ def test_log_first_probes_every_terms_gradient(caches, tmp_path):
 
 
 def test_lever_flags_are_validated(caches, tmp_path):
-    for kw, match in ((dict(kd="none", lambda_out=1.0), "--lambda-out adds output KD"),
-                      (dict(kd="output", lambda_out=1.0), "with --kd output use --kd output"),
+    for kw, match in ((dict(kd="none", lambda_out=1.0), "with --kd none use --kd output instead"),
+                      (dict(kd="output", lambda_out=1.0), "--kd output is output KD already .*: drop --lambda-out"),
+                      (dict(td_forget_bias=float("nan")), "--td-forget-bias nan must be a finite number"),
+                      (dict(td_forget_bias=float("inf")), "--td-forget-bias inf must be a finite number"),
+                      (dict(kd_ramp=10, steps=5, warmup_steps=1), "--kd-ramp 10 after --warmup-steps 1 would reach "
+                                                                  "full weight at step 11, past --steps 5"),
+                      (dict(kd="none", adapter="fit"), "--adapter fit has no effect with --kd none"),
+                      (dict(kd="none", td_forget_bias=1.0), "--td-forget-bias 1.0 has no effect with --kd none"),
+                      (dict(kd="none", kd_ramp=1), "--kd-ramp 1 has no effect with --kd none"),
+                      (dict(kd="sd", td_forget_bias=1.0), "--td-forget-bias 1.0 has no effect with --kd sd"),
+                      (dict(kd="output", adapter="fit"), "--adapter fit has no effect with --kd output"),
+                      (dict(seed=-1), "--seed -1 must be ≥ 0 and ≤ 4294967295"),
+                      (dict(seed=2**32), "--seed 4294967296 must be"),
                       (dict(lambda_out=-1.0), "--lambda-out -1.0 must be"),
                       (dict(adapter="zero"), "--adapter 'zero' is not one of default, fit"),
                       (dict(kd_ramp=-1), "--kd-ramp -1 must be ≥ 0"),
                       (dict(log_first=-2), "--log-first -2 must be ≥ 0")):
         with pytest.raises(StdvsrError, match=match):
             run(config(caches["trunk"], tmp_path / "bad", **kw), show_progress=False)
+
+
+def test_levers_at_their_defaults_pass_under_kd_none_from_flags_and_config_files(caches, tmp_path, monkeypatch):
+    """Only a value other than the default is refused, and a --config file counts like a flag; the settings are
+    checked once per run."""
+    calls = []
+    real = distill.validate_config
+    monkeypatch.setattr(distill, "validate_config", lambda cfg: (calls.append(cfg), real(cfg))[1])
+    ramp = tmp_path / "ramp.toml"
+    ramp.write_text("kd_ramp = 5\n")
+    refused = _cli_distill(caches["trunk"], tmp_path / "a", "--kd", "none", "--config", str(ramp), "--workers", "0")
+    assert_one_error_line(refused, "--kd-ramp 5 has no effect with --kd none")
+    defaults = tmp_path / "defaults.toml"
+    defaults.write_text('adapter = "default"\nkd_ramp = 0\nlog_first = 3\n')
+    calls.clear()
+    result = _cli_distill(caches["trunk"], tmp_path / "b", "--kd", "none", "--config", str(defaults), "--steps", "1",
+                          "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1
+    bad_seed = _cli_distill(caches["trunk"], tmp_path / "c", "--seed", "-1")
+    assert bad_seed.exit_code == 2 and "Invalid value for '--seed'" in bad_seed.stderr
+    assert "internal error" not in bad_seed.stderr
+
+
+def test_students_without_lr_downsampling_take_any_patch_size_the_scale_divides(caches, tmp_path):
+    """VDSR and VSRNet work at HR (or on upsampled LR) throughout: a 40-pixel patch (LR 10) trains; FastDVDnet
+    halves its LR twice, so it needs multiples of 16, and says so."""
+    result = run(config(caches["trunk"], tmp_path / "vdsr", student="vdsr", patch_size=40, steps=1),
+                 show_progress=False)
+    assert Path(result["student"]).is_file()
+    with pytest.raises(StdvsrError, match=r"--patch-size 40 must be a multiple of 16 for fastdvdnet-quarter \(4 for "
+                                          r"the scale × 4 for its LR downsampling\)"):
+        run(config(caches["trunk"], tmp_path / "fdv", patch_size=40), show_progress=False)
+    with pytest.raises(StdvsrError, match=r"--patch-size 42 must be a multiple of 4 for vdsr \(4 for the scale\)"):
+        run(config(caches["trunk"], tmp_path / "v42", student="vdsr", patch_size=42), show_progress=False)
 
 
 def test_step_times_report_windows_and_run_means():

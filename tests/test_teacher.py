@@ -251,14 +251,40 @@ def test_cli_runs_and_reports(tiny_frames, tmp_path):
             "--num-extract-block", "1", "--num-reconstruct-block", "1", "--data", f"folder:{tiny_frames}",
             "--val-data", f"folder:{tiny_frames}", "--steps", "4", "--batch-size", "2", "--patch-size", "32",
             "--workers", "0", "--device", "cpu", "--out", str(out), "--val-every", "4", "--val-stride", "3"]
-    result = CliRunner().invoke(cli, args)
+    result = CliRunner().invoke(cli, [*args, "--resume", "auto"])
     assert result.exit_code == 0, result.output
+    assert f"--resume auto: no checkpoint in {out / 'checkpoints'}; starting fresh at step 1 of 4" in result.stderr
     assert "held-out Y-PSNR" in result.stdout and "bicubic" in result.stdout and (out / "teacher.pth").is_file()
     again = CliRunner().invoke(cli, [*args, "--resume", "auto", "--patch-size", "48"])
     assert again.exit_code == 1 and "Error: --resume: --patch-size is 48" in again.stderr
     bad = CliRunner().invoke(cli, ["train-teacher", "--weights", str(tmp_path / "none.pth"),
                                    "--data", f"folder:{tiny_frames}", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.output
+
+
+def test_ctrl_c_saves_the_finished_steps_says_so_and_exits_130(tiny_frames, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = train_teacher.charbonnier
+
+    def interrupted(pred, target):  # Ctrl-C during step 3
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(pred, target)
+
+    monkeypatch.setattr(train_teacher, "charbonnier", interrupted)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train-teacher", "--num-feat", "8", "--num-frame", "3", "--deformable-groups",
+                                      "2", "--num-extract-block", "1", "--num-reconstruct-block", "1", "--data",
+                                      f"folder:{tiny_frames}", "--val-data", "none", "--steps", "10", "--batch-size",
+                                      "2", "--patch-size", "32", "--workers", "0", "--device", "cpu", "--out",
+                                      str(out)])
+    saved = out / "checkpoints" / "step_0000002.pth"
+    assert result.exit_code == 130, result.output
+    assert f"Interrupted (Ctrl-C): saved step 2 to {saved}; rerun with --resume auto to continue" in result.stderr
+    assert "Aborted!" not in result.output and read_checkpoint(saved)["step"] == 2
+    bad_seed = CliRunner().invoke(cli, ["train-teacher", "--seed", "-1", "--out", str(tmp_path / "x")])
+    assert bad_seed.exit_code == 2 and "Invalid value for '--seed'" in bad_seed.stderr
 
 
 def test_cli_preset_choices_follow_the_registry():

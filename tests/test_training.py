@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+
+import pytest
+import torch
+
+from stdvsr.errors import Terminated
 
 LEFTOVER_WORKER = textwrap.dedent("""
     import torch
@@ -32,3 +39,73 @@ def test_a_process_exits_even_when_a_sigterm_ignoring_worker_outlives_its_loop()
     2026-12-03). With it: SIGTERM, a second's grace, then SIGKILL."""
     proc = subprocess.run([sys.executable, "-c", LEFTOVER_WORKER], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "reached the end" in proc.stdout, proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ interrupts
+@pytest.fixture()
+def our_signal_handlers():
+    """stdvsr's SIGINT / SIGTERM handling (what ``stdvsr.cli.main`` installs) in this process, for one test."""
+    from stdvsr import interrupts
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupts.install()
+    yield
+    for s, handler in before.items():
+        signal.signal(s, handler)
+
+
+def test_a_signal_inside_a_deferred_block_waits_for_it_and_a_second_is_ignored(our_signal_handlers, capfd):
+    from stdvsr import interrupts
+
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of a save
+            reached.append("after the first Ctrl-C")
+            os.kill(os.getpid(), signal.SIGTERM)
+            reached.append("after a SIGTERM on top")
+    assert reached == ["after the first Ctrl-C", "after a SIGTERM on top"]
+    os.kill(os.getpid(), signal.SIGINT)  # stopping already: ignored outside a block as well
+    assert "already stopping" in capfd.readouterr().err
+
+
+def test_ctrl_c_during_a_checkpoint_write_lets_it_finish_and_says_what_is_saved(our_signal_handlers, tmp_path,
+                                                                                  capsys):
+    """The write of step 1 is under way when Ctrl-C comes: it completes (a checkpoint that loads, not a
+    half-written temporary), then the run stops and names it."""
+    from stdvsr.models import read_checkpoint
+    from stdvsr.training import RunFolder
+
+    def payload(step: int) -> dict:
+        os.kill(os.getpid(), signal.SIGINT)
+        return {"step": step, "params": {"w": torch.arange(1000.0)}}
+
+    folder = RunFolder(tmp_path, {}, payload, start_step=0, resumed=False, keep=3)
+    with pytest.raises(KeyboardInterrupt):
+        with folder.saving_on_interrupt():
+            with folder.updating(1):
+                pass
+            folder.save(1)
+            raise AssertionError("the interrupt did not stop the run")
+    saved = tmp_path / "checkpoints" / "step_0000001.pth"
+    assert read_checkpoint(saved)["step"] == 1 and sorted(os.listdir(saved.parent)) == [saved.name]
+    assert f"Interrupted (Ctrl-C): step 1 is saved in {saved}; rerun with --resume auto" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error, code, line", [(KeyboardInterrupt, 130, "Interrupted (Ctrl-C); rerun the same"),
+                                               (Terminated, 143, "Terminated (SIGTERM); rerun the same")])
+def test_an_interrupted_command_that_saves_nothing_exits_130_or_143_with_one_line(monkeypatch, error, code, line):
+    """Commands without their own interrupt line (evaluate, upscale, …) still exit as a shell reports a signal —
+    not click's "Aborted!" and 1, which a scheduler cannot tell from an error."""
+    import stdvsr.profile
+    from click.testing import CliRunner
+
+    from stdvsr.cli import cli
+
+    def stopped(*args, **kwargs):
+        raise error()
+
+    monkeypatch.setattr(stdvsr.profile, "run", stopped)
+    result = CliRunner().invoke(cli, ["profile", "--model", "vdsr", "--no-timing"])
+    assert result.exit_code == code, result.output
+    assert result.stderr.strip().splitlines() == [line + " command to continue (training: --resume auto)"]
