@@ -312,7 +312,12 @@ def cache_group() -> None:
 @click.argument("path", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def cache_info(path: str, as_json: bool) -> None:
-    """Print a cache's manifest (fingerprint), completion and sizes per tier.
+    """Print a cache's manifest (fingerprint, views), completion and sizes per tier.
+
+    Completion is counted on disk (progress records, shards / part files), not taken from the manifest: clips
+    whose record or arrays are gone are listed, and the same cache-teacher command writes them again. A manifest
+    edited by hand is refused (it carries a hash of itself); one written before stdvsr hashed its manifests is
+    shown as unprotected.
 
     \b
     Example:
@@ -329,18 +334,24 @@ def cache_info(path: str, as_json: bool) -> None:
 
 @cache_group.command("verify", context_settings=CONTEXT)
 @click.argument("path", type=click.Path(file_okay=False))
-@click.option("--sources", is_flag=True, help="Also re-hash the dataset's frames the teacher read.")
+@click.option("--sources", is_flag=True, help="Also re-hash the dataset's frames the teacher read and degrade them as "
+              "the manifest says: the result must be the stored LR frames.")
 @click.option("--data", help="Dataset spec to check --sources against, if the dataset moved.")
 @click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
 def cache_verify(path: str, sources: bool, data: str | None, as_json: bool) -> None:
-    """Re-check every clip: completion record, shards on disk, content hashes, no NaN/inf. Exit 1 on problems.
+    """Re-check every clip: completion record, shards on disk, content hashes, no NaN/inf. Exit 1 on problems,
+    naming each clip and the smallest fix (most often: run the same cache-teacher command again, which writes
+    the clips whose record or arrays are gone; a corrupted clip after deleting its progress record).
+
+    --sources also re-reads the dataset's frames and degrades them as the manifest records: a manifest whose
+    settings were changed by hand, even with its hash recomputed, no longer matches the stored LR frames.
 
     \b
     Example:
-      stdvsr cache verify cache/demo-edvr.zarr
+      stdvsr cache verify cache/demo-edvr.zarr --sources
     """
-    from stdvsr.cache.check import print_problems, verify
-    from stdvsr.cache.layout import read_manifest
+    from stdvsr.cache.check import advice, print_problems, verify
+    from stdvsr.cache.layout import MANIFEST_HASH, UNPROTECTED, read_manifest
 
     manifest = read_manifest(Path(path))
     total = len(manifest["clips"]) if manifest else 0
@@ -351,13 +362,10 @@ def cache_verify(path: str, sources: bool, data: str | None, as_json: bool) -> N
         click.echo(json.dumps(problems, indent=1))
     elif problems:
         print_problems(path, problems)
-    if problems and all(p["problem"].startswith("not written yet") for p in problems):
-        raise StdvsrError(f"cache {path} is incomplete: {len(problems)} clip(s) not written yet; run the same "
-                          "stdvsr cache-teacher command again to finish it")
-    if problems:  # a cache is not repaired in place: a rebuild writes every clip again (same settings, same bytes)
-        raise StdvsrError(f"cache {path}: {len(problems)} problem(s) found; delete {path} and run the same stdvsr "
-                          "cache-teacher command again to rebuild it")
-    stdout().print(f"cache {path}: all {total} clips intact", highlight=False)
+    if problems:
+        raise StdvsrError(advice(path, problems))
+    note = "" if MANIFEST_HASH in manifest else f" (manifest {UNPROTECTED})"
+    stdout().print(f"cache {path}: all {total} clips intact{note}", highlight=False)
 
 
 # ----------------------------------------------------------------------------------------------- evaluate

@@ -594,16 +594,19 @@ def xor_bytes(path: Path, offset: int, count: int = 16) -> None:
         f.write(bytes(b ^ 0xFF for b in data))
 
 
-def assert_problems(root: Path, clip: str, *fragments: str) -> None:
+def assert_problems(root: Path, clip: str, *fragments: str, redo: bool = False) -> None:
     problems = verify(root)
     assert problems and {p["clip"] for p in problems} == {clip}, problems
     text = " | ".join(p["problem"] for p in problems)
     for fragment in fragments:
         assert fragment in text, text
     result = CliRunner().invoke(cli, ["cache", "verify", str(root)])
-    # the advice is one that works: a complete cache is not resumed, so deleting records would change nothing
-    assert_one_error_line(result, f"{len(problems)} problem(s) found; delete {root} and run the same stdvsr "
-                                  "cache-teacher command again")
+    # the smallest fix, naming the clip: a rerun writes a clip whose pieces are gone; a corrupted one, once its
+    # progress record is deleted (tests/test_cache_integrity.py follows both pieces of advice)
+    index = {"a": 0, "b": 1, "c": 2, "d": 3}[clip]
+    first = f"delete progress/{index:07d}.json inside {root}, then " if redo else ""
+    assert_one_error_line(result, f"{len(problems)} problem(s) found in clip(s) {clip}; {first}run the same stdvsr "
+                                  "cache-teacher command again to write that clip again")
     assert re.search(rf"│ {clip} +│ ", result.stdout), result.stdout  # the table lists the clip
     json_result = CliRunner().invoke(cli, ["cache", "verify", "--json", str(root)])
     assert json_result.exit_code == 1
@@ -622,13 +625,13 @@ def test_verify_zarr(tmp_path, built, teacher, data_root):
     damaged = Path(shutil.copytree(built["zarr"], tmp_path / "corrupt.zarr"))
     shard = damaged / "48x80" / "feat_sr" / "c" / "2" / "0" / "0" / "0"
     xor_bytes(shard, shard.stat().st_size // 2)
-    assert_problems(damaged, "c", "feat_sr")
+    assert_problems(damaged, "c", "feat_sr", redo=True)
     # uncompressed: the chunk still decodes, only the content hash can tell
     raw = uncompressed(tmp_path, teacher, data_root, "zarr")
     assert verify(raw) == []
     shard = raw / "72x88" / "trunk" / "c" / "1" / "0" / "0" / "0"
     xor_bytes(shard, shard.stat().st_size // 2, count=2)
-    assert_problems(raw, "d", "trunk: content differs")
+    assert_problems(raw, "d", "trunk: content differs", redo=True)
     assert "unreadable" not in str(verify(raw))
 
 
@@ -664,7 +667,7 @@ def test_verify_hdf5(tmp_path, built, teacher, data_root):
     with h5py.File(damaged / parts["c"], "r") as f:
         chunk = f["clips/2/feat_sr"].id.get_chunk_info(1)
     xor_bytes(damaged / parts["c"], chunk.byte_offset + chunk.size // 2)
-    assert_problems(damaged, "c", "feat_sr")
+    assert_problems(damaged, "c", "feat_sr", redo=True)
     # uncompressed: the chunk's checksum catches it (the content hash would, too)
     raw = uncompressed(tmp_path, teacher, data_root, "hdf5")
     assert verify(raw) == []
@@ -673,7 +676,7 @@ def test_verify_hdf5(tmp_path, built, teacher, data_root):
         chunk = f["clips/3/trunk"].id.get_chunk_info(1)
     xor_bytes(raw / part, chunk.byte_offset + chunk.size // 2, count=2)
     # caches since #16 carry HDF5's fletcher32 checksum: the chunk fails to read (distill stops, naming the clip)
-    assert_problems(raw, "d", "trunk: unreadable", "filter returned failure")
+    assert_problems(raw, "d", "trunk: unreadable", "filter returned failure", redo=True)
 
 
 # ----------------------------------------------------------------------------------------------- 8. errors
@@ -881,7 +884,7 @@ def test_views_are_fingerprinted_and_old_caches_still_work(tmp_path, teacher, vi
     with one_thread():
         build(old, teacher, views_root, rank=0, world_size=2)
     manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["fingerprint"]["views"]
+    del manifest["fingerprint"]["views"], manifest["manifest_sha256"]  # nor a hash of the manifest (#26)
     (old / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     with pytest.raises(StdvsrError, match=r"other settings: views is 1 there, 2 now"):
         build(old, teacher, views_root, views=2, rank=1, world_size=2)

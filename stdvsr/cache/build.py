@@ -15,7 +15,9 @@ input; docs/ARCHITECTURE.md). Each view costs one more teacher pass and as many 
 Crash safety: a clip is done when its progress record exists, and the record is written (fsynced) only after the
 clip's data is durable. A killed run re-run with the same command removes the unfinished clips' pieces and
 recomputes them; clips are independent (the teacher's batch is windows of one clip), so the arrays end identical
-to an uninterrupted run. Scale-out: rank r of N (``torchrun`` or ``--rank/--world-size``) writes the clips
+to an uninterrupted run. The same command also writes again the finished clips whose progress record, shards or
+part file are gone (counted on disk, also when the manifest says complete), keeping the rest. Scale-out: rank r
+of N (``torchrun`` or ``--rank/--world-size``) writes the clips
 ``i ≡ r (mod N)``, hence whole shards; the last step (``complete`` in the manifest, HDF5's virtual datasets) is
 written once every record exists.
 """
@@ -36,10 +38,10 @@ import torch
 from rich.table import Table
 from torch.nn import functional as F
 
-from stdvsr import __version__
+from stdvsr import __version__, interrupts
 from stdvsr.cache.layout import (FEATURE_POINT, FORMAT_VERSION, HEAD, MANIFEST, PROGRESS, array_layout,
                                  estimate_bytes, first_difference, lookup, parse_tiers, plan_clips, quantise,
-                                 read_manifest, sources_sha256)
+                                 read_manifest, sources_sha256, write_manifest)
 from stdvsr.cache.stores import backend
 from stdvsr.configs import CacheConfig
 from stdvsr.data import (degrade, load_clips, parse_spec, read_hr, read_lq_from_disk, resolve_spec,
@@ -156,6 +158,32 @@ def read_records(root: Path) -> dict[int, dict]:
     return records
 
 
+def record_path(index: int) -> str:
+    """A clip's progress record, relative to the cache folder."""
+    return f"{PROGRESS}/{index:07d}.json"
+
+
+def not_intact(root: Path, manifest: dict, records: dict[int, dict]) -> dict[int, str]:
+    """Finished clips that are not whole on disk: ``index → what is missing``, counted on disk (one walk per array),
+    not read from the manifest. A complete manifest's clip lacking its progress record is one; so is any clip
+    with a record (or, complete, its manifest entry) whose shards / part file are gone. Unfinished clips of an
+    incomplete cache are not (they are simply not written yet)."""
+    complete = bool(manifest.get("complete"))
+    finished = [c for c in manifest["clips"] if complete or c["index"] in records]
+    absent = backend(root, manifest).missing_all(finished, records)
+    out = {}
+    for clip in finished:
+        what = []
+        if clip["index"] not in records:
+            what.append(f"progress record {record_path(clip['index'])} missing")
+        pieces = absent.get(clip["index"], [])
+        if pieces:
+            what.append(f"missing on disk: {pieces[0]}" + (f" and {len(pieces) - 1} more" if len(pieces) > 1 else ""))
+        if what:
+            out[clip["index"]] = "; ".join(what)
+    return out
+
+
 # ------------------------------------------------------------------------------------------- distribution
 def _distribution(cfg: CacheConfig) -> tuple[int, int, bool]:
     """``(rank, world_size, has_process_group)``: explicit flags, else torchrun's environment, else 1 process."""
@@ -208,7 +236,7 @@ def create(root: Path, manifest: dict, model) -> None:
         (tmp / PROGRESS).mkdir()
         with atomic_path(tmp / HEAD) as t:
             torch.save(head_state(model), t)
-        write_text(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n", durable=True)
+        write_manifest(tmp, manifest)
         os.replace(tmp, root)
     finally:
         if tmp.exists():
@@ -315,7 +343,7 @@ def process_clip(model, clip, rec: dict, group: dict, cfg: CacheConfig, store, d
 
 
 def _write_record(root: Path, record: dict) -> None:
-    write_text(Path(root) / PROGRESS / f"{record['index']:07d}.json", json.dumps(record) + "\n", durable=True)
+    write_text(Path(root) / record_path(record["index"]), json.dumps(record) + "\n", durable=True)
 
 
 # ------------------------------------------------------------------------------------------------- finalise
@@ -340,8 +368,7 @@ def finalise(root: Path, manifest: dict, records: dict[int, dict]) -> dict:
         "read_s": round(sum(r.get("read_s", 0) for r in records.values()), 3),
     }
     manifest["complete"] = True
-    write_text(root / MANIFEST, json.dumps(manifest, indent=1) + "\n", durable=True)
-    return manifest
+    return write_manifest(root, manifest)
 
 
 # ------------------------------------------------------------------------------------------------------ run
@@ -388,15 +415,28 @@ def _run(cfg: CacheConfig, show_progress: bool, held: contextlib.ExitStack) -> d
     if existing is None and root.exists() and any(root.iterdir()):
         raise StdvsrError(f"--out {root} exists and is not a stdvsr cache (no {MANIFEST}); choose another --out "
                           "or delete the folder")
+    records, damaged = {}, {}
     if existing is not None:
         check_fingerprint(existing["fingerprint"], manifest["fingerprint"], root)
         manifest = existing
+        records = read_records(root)
+        # finished clips whose record, shards or part file are gone are written again (their stale record first
+        # removed, by the rank that owns the clip), so the same command repairs what `cache verify` reports missing
+        damaged = not_intact(root, existing, records)
+        for index in damaged:
+            records.pop(index, None)
         if existing.get("complete"):
+            if not damaged and not backend(root, existing).join_missing():
+                if rank == 0:
+                    console.print(f"cache {root} is complete ({len(existing['clips'])} clips); nothing to do",
+                                  highlight=False)
+                return _result(root, existing, processed=0, seconds=0.0, rank=rank)
             if rank == 0:
-                console.print(f"cache {root} is complete ({len(existing['clips'])} clips); nothing to do",
-                              highlight=False)
-            return _result(root, existing, processed=0, seconds=0.0, rank=rank)
-    records = read_records(root) if existing is not None else {}
+                names = ", ".join(by_index[i]["name"] for i in sorted(damaged)) or "the join cache.h5"
+                console.print(f"cache {root} is marked complete but not whole on disk ({names}); writing "
+                              f"{'that' if len(damaged) < 2 else 'those'} again", highlight=False)
+            if rank == 0 or not pg:  # incomplete until the repair is finished, so nothing reads it meanwhile
+                manifest = write_manifest(root, {**existing, "complete": False})
     todo = [r for r in manifest["clips"] if r["index"] % world == rank and r["index"] not in records]
     # every rank checks (and fails) alike, so no rank is left waiting at a barrier for one that stopped
     _check_space(root, sum(estimate_bytes(manifest["layout"]["arrays"],
@@ -417,21 +457,44 @@ def _run(cfg: CacheConfig, show_progress: bool, held: contextlib.ExitStack) -> d
     if rank == 0 and records:
         console.print(f"resuming {root}: {len(records)} of {len(manifest['clips'])} clips already done",
                       highlight=False)
+    try:
+        processed, seconds = _write_clips(root, manifest, model.to(device), clips, todo, damaged, cfg, device,
+                                          rank, show_progress)
+        barrier(pg)
+        records = read_records(root)
+        if ((rank == 0 or not pg) and len(records) == len(manifest["clips"]) and not manifest.get("complete")
+                and not not_intact(root, manifest, records)):
+            manifest = finalise(root, manifest, records)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (stdvsr.errors.Terminated): the CLI exits 130 / 143
+        interrupts.announce(e, f"{len(read_records(root))} of {len(manifest['clips'])} clips of {root} are written "
+                               "and kept; run the same stdvsr cache-teacher command again to write the rest"
+                            if rank == 0 or not pg else None)
+        raise
+    barrier(pg)
+    manifest = read_manifest(root)
+    return _result(root, manifest, processed=processed, seconds=seconds, rank=rank, world=world,
+                   done=len(records))
+
+
+def _write_clips(root: Path, manifest: dict, model, clips, todo: list[dict], damaged: dict[int, str],
+                 cfg: CacheConfig, device, rank: int, show_progress: bool) -> tuple[int, float]:
+    """Run the teacher over this rank's ``todo`` clips and write them, each followed by its progress record;
+    returns ``(clips written, seconds)``."""
     store = backend(root, manifest, rank)
     store.start_part(0)
-    model = model.to(device)
-    groups = manifest["groups"]
+    groups, layout = manifest["groups"], manifest["layout"]["arrays"]
     t0 = time.perf_counter()
     processed = 0
     pending: dict[int, dict] = {}
-    layout = manifest["layout"]["arrays"]
     with work_progress(len(todo), "teacher", enabled=show_progress and rank == 0) as bar:
         for rec in todo:
-            result = process_clip(model, clips[rec["index"]], by_index[rec["index"]], groups[rec["group"]],
-                                  cfg, store, device, cfg.store)
+            if rec["index"] in damaged:  # a stale record must not outlive the pieces it vouches for
+                (root / record_path(rec["index"])).unlink(missing_ok=True)
+            result = process_clip(model, clips[rec["index"]], rec, groups[rec["group"]], cfg, store, device,
+                                  cfg.store)
             pending[rec["index"]] = result
             t = time.perf_counter()
-            done = store.end_clip(by_index[rec["index"]])
+            done = store.end_clip(rec)
             result["write_s"] = round(result["write_s"] + time.perf_counter() - t, 4)
             for clip, extra in done:  # Zarr: this clip; HDF5: the clips of a part that was just closed
                 _write_record(root, {**pending.pop(clip["index"]), **extra, "rank": rank})
@@ -439,16 +502,7 @@ def _run(cfg: CacheConfig, show_progress: bool, held: contextlib.ExitStack) -> d
             bar.advance(1, sum(estimate_bytes(layout, [rec], cfg.store).values()))
         for clip, extra in store.close():
             _write_record(root, {**pending.pop(clip["index"]), **extra, "rank": rank})
-    seconds = time.perf_counter() - t0
-
-    barrier(pg)
-    records = read_records(root)
-    if (rank == 0 or not pg) and len(records) == len(manifest["clips"]) and not manifest.get("complete"):
-        manifest = finalise(root, manifest, records)
-    barrier(pg)
-    manifest = read_manifest(root)
-    return _result(root, manifest, processed=processed, seconds=seconds, rank=rank, world=world,
-                   done=len(records))
+    return processed, time.perf_counter() - t0
 
 
 def _result(root: Path, manifest: dict, processed: int, seconds: float, rank: int = 0, world: int = 1,

@@ -9,26 +9,35 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from stdvsr.cache.build import read_records
-from stdvsr.cache.layout import HEAD, estimate_bytes, read_manifest, sources_sha256
-from stdvsr.cache.stores import backend
+from stdvsr.cache.build import not_intact, read_records, record_path
+from stdvsr.cache.layout import (HEAD, MANIFEST, MANIFEST_HASH, UNPROTECTED, estimate_bytes, read_manifest,
+                                 sources_sha256)
+from stdvsr.cache.stores import VDS, backend
+from stdvsr.errors import StdvsrError
 from stdvsr.io import mib
 from stdvsr.progress import stdout
 
 
 def info(path: str | Path) -> dict:
-    """The manifest's settings, completion, and raw (uncompressed) vs stored bytes per tier."""
+    """The manifest's settings, completion counted on disk (progress records and arrays, not the manifest's word),
+    what is missing, whether the manifest is protected by its hash, and raw (uncompressed) vs stored bytes per tier."""
     root = Path(path)
     manifest = read_manifest(root, required=True)
     fp = manifest["fingerprint"]
     records = read_records(root)
-    done = len(manifest["clips"]) if manifest.get("complete") else len(records)
+    broken = not_intact(root, manifest, records)
+    store = backend(root, manifest)
+    missing = [{"clip": c["name"], "problem": broken[c["index"]]} for c in manifest["clips"] if c["index"] in broken]
+    if store.join_missing():
+        missing.append({"clip": "-", "problem": f"missing on disk: {VDS} (the join of the part files)"})
+    done = sum(1 for c in manifest["clips"] if c["index"] in records and c["index"] not in broken)
     raw = estimate_bytes(manifest["layout"]["arrays"], manifest["clips"], fp["tiers"])
-    stored = (manifest.get("summary") or {}).get("stored_bytes") or backend(root, manifest).stored_bytes()
     summary = manifest.get("summary") or {}
+    stored = (None if missing else summary.get("stored_bytes")) or store.stored_bytes()
     return {
-        "path": str(root), "format": fp["format"], "complete": bool(manifest.get("complete")),
-        "clips": len(manifest["clips"]), "clips_done": done,
+        "path": str(root), "format": fp["format"], "complete": bool(manifest.get("complete")) and not missing,
+        "clips": len(manifest["clips"]), "clips_done": done, "missing": missing,
+        "manifest_protected": MANIFEST_HASH in manifest,
         "frames": sum(c["frames"] for c in manifest["clips"]),
         "teacher": fp["teacher"], "data": fp["data"], "views": fp.get("views", 1),
         "degradation": fp["degradation"], "scale": fp["scale"],
@@ -41,12 +50,52 @@ def info(path: str | Path) -> dict:
     }
 
 
+#: How a problem found by :func:`verify` is fixed, from the smallest fix up (see :func:`advice`).
+RERUN, REDO, SOURCES, REBUILD = "rerun", "redo", "sources", "rebuild"
+#: LR frames re-derived by ``--sources`` may differ from the stored ones by float rounding (another thread count
+#: sums the blur in another order: ~1e-7); bd vs bi differ by ~1e-2 on any textured frame.
+LQ_TOL = 1e-4
+
+
+def _blake2b(a: np.ndarray) -> "hashlib.blake2b":
+    return hashlib.blake2b(memoryview(np.ascontiguousarray(a)).cast("B"), digest_size=16)
+
+
+def _rederive_lq(clip, record: dict, stored: np.ndarray, fp: dict, hr_size, chunk: int = 16) -> str | None:
+    """Degrade the clip's source frames as the manifest says (``degradation``, ``scale``, ``mod_crop``; views
+    transformed first) and compare with the LR frames the teacher read: ``stored``, the clip's intact ``lq``
+    (equal to the record's hash, or within :data:`LQ_TOL` where only rounding differs). Returns what differs."""
+    from stdvsr.data import degrade, read_hr, read_lq_from_disk
+
+    digest, worst = hashlib.blake2b(digest_size=16), 0.0
+    for start in range(0, len(clip), chunk):
+        frames = range(start, min(start + chunk, len(clip)))
+        try:
+            if fp["lq_from_disk"]:
+                lq = read_lq_from_disk(clip, frames, fp["degradation"], tuple(hr_size), fp["scale"])
+            else:
+                lq = degrade(read_hr(clip, frames, fp["scale"], fp["mod_crop"]), fp["degradation"], fp["scale"])
+        except (StdvsrError, OSError) as e:
+            return f"cannot re-derive them ({e})"
+        a = lq.numpy()
+        digest.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+        part = stored[frames.start:frames.stop]
+        if part.shape != a.shape:
+            return f"they are {tuple(part.shape[1:])} per frame, re-derived {tuple(a.shape[1:])}"
+        worst = max(worst, float(np.abs(part - a).max()))
+    if digest.hexdigest() == record["hashes"].get("lq") or worst <= LQ_TOL:
+        return None
+    return f"they differ by up to {worst:.3g}"
+
+
 def verify(path: str | Path, sources: bool = False, data: str | None = None, progress=None) -> list[dict]:
-    """Re-check every clip; returns the problems found (``[]`` = intact).
+    """Re-check every clip; returns the problems found (``[]`` = intact), each ``{"clip", "problem", "fix"}``.
 
     Per clip: a progress record exists (completion), every shard / part holding it is on disk, each tier read
     back hashes to what was written, float tiers hold no NaN/inf; with ``sources`` the dataset's frames still hash
-    to what the teacher read. ``progress(n)`` is called after each clip.
+    to what the teacher read, and degrading them as the manifest records (degradation, scale, views) gives the
+    stored LR frames — which catches a manifest edited even with its hash recomputed. ``fix`` says how to mend it
+    (:func:`advice`). ``progress(n)`` is called after each clip.
     """
     import torch
 
@@ -56,56 +105,103 @@ def verify(path: str | Path, sources: bool = False, data: str | None = None, pro
     records = read_records(root)
     store = backend(root, manifest)
     problems: list[dict] = []
+
+    def problem(clip: str, text: str, fix: str) -> None:
+        problems.append({"clip": clip, "problem": text, "fix": fix})
+
     try:
         torch.load(root / HEAD, map_location="cpu", weights_only=True)
     except Exception as e:
-        problems.append({"clip": "-", "problem": f"{HEAD} unreadable ({type(e).__name__})"})
+        problem("-", f"{HEAD} unreadable ({type(e).__name__})", REBUILD)
+    joined = not store.join_missing()  # without cache.h5 nothing reads back; the same command writes it again
+    if not joined:
+        problem("-", f"missing on disk: {VDS} (the join of the part files)", RERUN)
     dataset = None
     if sources:
         from stdvsr.cache.reader import CacheReader
 
         dataset = CacheReader(root, data=data, require_complete=False).dataset_clips()
+    complete = bool(manifest.get("complete"))
+    again = not_intact(root, manifest, records)  # what the same cache-teacher command writes again by itself
     for clip in manifest["clips"]:
         name = clip["name"]
-        record = records.get(clip["index"]) or (clip if "hashes" in clip else None)
+        record = records.get(clip["index"]) or (clip if complete and "hashes" in clip else None)
         if record is None:
-            problems.append({"clip": name, "problem": "not written yet (run the same cache-teacher command again)"})
+            problem(name, "not written yet (run the same cache-teacher command again)", RERUN)
             if progress:
                 progress(1)
             continue
+        if clip["index"] not in records:
+            problem(name, f"progress record {record_path(clip['index'])} missing", RERUN)
         missing = store.missing(clip, record)
+        fix = RERUN if clip["index"] in again else REDO
         for piece in missing:
-            problems.append({"clip": name, "problem": f"missing on disk: {piece}"})
-        if not missing or fp["format"] == "zarr":
+            problem(name, f"missing on disk: {piece}", fix)
+        lq = None
+        if joined and (not missing or fp["format"] == "zarr"):
             for tier in ["lq", *fp["tiers"]]:
                 try:
                     arr, scales = store.read(clip, tier, slice(0, clip["frames"]), slice(None), slice(None))
                 except Exception as e:  # a corrupted chunk fails to decode
-                    problems.append({"clip": name, "problem": f"{tier}: unreadable ({type(e).__name__}: {e})"[:300]})
+                    problem(name, f"{tier}: unreadable ({type(e).__name__}: {e})"[:300], fix)
                     continue
                 for key, a in ((tier, arr), (f"{tier}_scale", scales)):
                     if a is None:
                         continue
-                    h = hashlib.blake2b(memoryview(np.ascontiguousarray(a)).cast("B"), digest_size=16)
-                    if h.hexdigest() != record["hashes"].get(key):
-                        problems.append({"clip": name, "problem": f"{key}: content differs from what was written "
-                                                                  "(corrupted or missing chunk)"})
+                    intact = _blake2b(a).hexdigest() == record["hashes"].get(key)
+                    if not intact:
+                        problem(name, f"{key}: content differs from what was written (corrupted or missing chunk)",
+                                fix)
+                    elif key == "lq":
+                        lq = a
                     if a.dtype.kind == "f" and not np.isfinite(a).all():
-                        problems.append({"clip": name, "problem": f"{key}: holds NaN/inf"})
+                        problem(name, f"{key}: holds NaN/inf", fix)
         if dataset is not None:
             c = dataset[clip["index"]]
             paths = list(c.frames) + (list(c.lq_frames[fp["degradation"]]) if fp["lq_from_disk"] else [])
             try:
                 digest = sources_sha256(paths)
-            except OSError as e:
+            except (OSError, KeyError) as e:
                 digest = f"unreadable: {e}"
             if digest != record["source_sha256"]:
-                problems.append({"clip": name, "problem": "source frames changed since the cache was built"})
+                problem(name, "source frames changed since the cache was built", SOURCES)
+            elif lq is not None:  # the sources the teacher read, and intact LR frames: one follows from the other
+                differs = _rederive_lq(c, record, lq, fp, manifest["groups"][clip["group"]]["hr_size"])
+                if differs:
+                    problem(name, f"lq: the source frames degraded as {MANIFEST} records ({fp['degradation']} "
+                                  f"×{fp['scale']}) are not the LR frames the teacher read: {differs}; {MANIFEST} "
+                                  "does not describe this cache (edited?)", REBUILD)
         if progress:
             progress(1)
-    if manifest.get("complete") and len(records) != len(manifest["clips"]):
-        problems.append({"clip": "-", "problem": f"{len(manifest['clips']) - len(records)} progress records missing"})
     return problems
+
+
+def advice(path: str | Path, problems: list[dict]) -> str:
+    """The one ``Error:`` line for :func:`verify`'s problems: the smallest fix that mends all of them."""
+    root = Path(path)
+    fixes = {p["fix"] for p in problems}
+    clips = sorted({p["clip"] for p in problems if p["clip"] != "-"})
+    names = ", ".join(clips[:5]) + (f" and {len(clips) - 5} more" if len(clips) > 5 else "")
+    if all(p["problem"].startswith("not written yet") for p in problems):
+        return (f"cache {root} is incomplete: {len(problems)} clip(s) not written yet; run the same stdvsr "
+                "cache-teacher command again to finish it")
+    head = f"cache {root}: {len(problems)} problem(s) found" + (f" in clip(s) {names}" if names else "")
+    if REBUILD in fixes:
+        what = [p["problem"] for p in problems if p["fix"] == REBUILD][0]
+        if what.startswith(HEAD):
+            return f"{head}; {HEAD} is unreadable: delete {root} and run the same stdvsr cache-teacher command again"
+        return (f"{head}; {MANIFEST} does not describe the stored data (the LR frames are not the sources degraded "
+                f"as it says): restore the original {MANIFEST}, or delete {root} and rebuild it with stdvsr "
+                "cache-teacher")
+    if SOURCES in fixes:
+        return (f"{head}; the dataset's frames changed since the cache was built: restore them (or pass --data "
+                f"with the original dataset), or delete {root} and rebuild it with stdvsr cache-teacher")
+    redo = sorted({record_path(c["index"]) for c in read_manifest(root, required=True)["clips"]
+                   for p in problems if p["fix"] == REDO and p["clip"] == c["name"]})
+    first = (f"delete {' '.join(redo[:5])}{' …' if len(redo) > 5 else ''} inside {root}, then " if redo else "")
+    what = "that clip" if len(clips) == 1 else "those clips" if clips else VDS
+    return (f"{head}; {first}run the same stdvsr cache-teacher command again to write {what} again (the intact "
+            "clips are kept)")
 
 
 def print_info(r: dict) -> None:
@@ -115,14 +211,28 @@ def print_info(r: dict) -> None:
     table.add_column("field")
     table.add_column("value")
     t = r["teacher"]
+    if r["complete"]:
+        status = "complete"
+    elif r["missing"]:
+        shown = "; ".join(f"{m['clip']}: {m['problem']}" for m in r["missing"][:3])
+        more = f"; and {len(r['missing']) - 3} more" if len(r["missing"]) > 3 else ""
+        status = (f"not whole: {r['clips_done']} of {r['clips']} clips on disk ({shown}{more}); run the same stdvsr "
+                  "cache-teacher command again to write the missing ones")
+    else:
+        status = f"incomplete: {r['clips_done']} of {r['clips']} clips done"
+    views = r["views"]
     rows = [
-        ("status", "complete" if r["complete"] else f"incomplete: {r['clips_done']} of {r['clips']} clips done"),
+        ("status", status),
+        ("manifest", "protected by its sha256" if r["manifest_protected"] else UNPROTECTED),
         ("format", f"{r['format']}, chunk {r['chunk']} LR px, {'compressed' if r['compress'] else 'uncompressed'}"),
         ("teacher", f"{t['name']} {json.dumps(t['kwargs'])}"),
         ("weights sha256", t["weights_sha256"]),
         ("data", f"{r['data']['spec']} split {r['data']['split']}"
                  + (f", first {r['data']['max_clips']} clips" if r["data"]["max_clips"] else "")),
         ("clips / frames", f"{r['clips']} / {r['frames']}"),
+        ("views", "1 (the clips as they are)" if views == 1 else
+                  f"{views} (each clip also cached through {views - 1} flip{'s' if views > 2 else ''}"
+                  f"{' and transposes' if views > 4 else ''}, as clips CLIP@t1..t{views - 1})"),
         ("frame sizes", ", ".join(f"{k} ({g['frames']} frames)" for k, g in r["groups"].items())),
         ("degradation", f"{r['degradation']} ×{r['scale']}"),
         ("window", f"{r['num_frame']} frames, {r['padding']} padding"),

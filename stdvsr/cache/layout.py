@@ -7,6 +7,12 @@ it holds ``manifest.json`` (fingerprint, clip table, array layout; ``complete`` 
 stored array). Completion is only ever read from these records — never inferred from array data, because a
 missing Zarr shard silently reads back as zeros.
 
+The manifest carries ``manifest_sha256``, a hash over everything else in it, written with it and checked on every
+open: a hand-edited manifest (say degradation bd → bi) is refused rather than trusted. Someone who also recomputes
+the hash is caught by ``cache verify --sources``, which re-derives the LR frames from the sources with the recorded
+degradation and compares them with what was stored. Manifests written before #26 carry no hash; they still open,
+reported as unprotected.
+
 Clips are grouped by frame size; each group has one array per tier with all its clips' frames end to end along
 axis 0 (Vimeo90K: one group of 452,284 frames). A clip's frames are a contiguous range of rows.
 """
@@ -24,10 +30,15 @@ import torch
 
 from stdvsr.errors import StdvsrError
 from stdvsr.names import TIERS
-from stdvsr.io import image_size, sha256_file
+from stdvsr.io import image_size, sha256_file, write_text
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+#: The manifest's own key holding :func:`manifest_sha256`; absent from manifests written before #26.
+MANIFEST_HASH = "manifest_sha256"
+#: What ``cache info`` / ``cache verify`` say about a manifest without :data:`MANIFEST_HASH`.
+UNPROTECTED = (f"unprotected: no {MANIFEST_HASH} (written before stdvsr hashed its manifests, #26); edits to it "
+               "cannot be detected, `cache verify --sources` still re-derives the LR frames")
 HEAD = "head.pth"
 PROGRESS = "progress"
 #: LR pixels of trunk around a crop that make the rebuilt F^SR exact: upconv1 (3×3 at LR) needs 1 LR pixel,
@@ -200,9 +211,25 @@ def dequantise(q: np.ndarray, s: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(q)).float() * scales
 
 
+def manifest_sha256(manifest: dict) -> str:
+    """sha256 of the manifest without its :data:`MANIFEST_HASH` entry, over canonical JSON (sorted keys, no
+    whitespace), so a re-indented file still matches and any changed value does not."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_HASH}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_manifest(root: str | Path, manifest: dict) -> dict:
+    """Write ``manifest.json`` (atomically, fsynced) with its hash — the one writer of it; returns what it wrote."""
+    manifest = {**{k: v for k, v in manifest.items() if k != MANIFEST_HASH}, MANIFEST_HASH: manifest_sha256(manifest)}
+    write_text(Path(root) / MANIFEST, json.dumps(manifest, indent=1) + "\n", durable=True)
+    return manifest
+
+
 def read_manifest(root: str | Path, required: bool = False) -> dict | None:
     """The cache's ``manifest.json`` — the one reader of it (build, reader, info/verify). None when ``root`` holds no
-    manifest, or with ``required`` an error saying ``root`` is not a cache; a manifest that does not parse is damage."""
+    manifest, or with ``required`` an error saying ``root`` is not a cache; a manifest that does not parse is damage,
+    one whose :data:`MANIFEST_HASH` does not match was edited after it was written (refused, see the module doc)."""
     root = Path(root)
     path = root / MANIFEST
     if not path.is_file():
@@ -210,7 +237,15 @@ def read_manifest(root: str | Path, required: bool = False) -> dict | None:
             raise StdvsrError(f"{root} is not a teacher cache (no {MANIFEST}); build one with stdvsr cache-teacher")
         return None
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StdvsrError(f"{path} is not valid JSON ({e}); the cache is damaged — delete {root} and rebuild "
                           "it") from None
+    if not isinstance(manifest, dict):
+        raise StdvsrError(f"{path} is not a teacher cache manifest; the cache is damaged — delete {root} and rebuild "
+                          "it")
+    if MANIFEST_HASH in manifest and manifest[MANIFEST_HASH] != manifest_sha256(manifest):
+        raise StdvsrError(f"{path} was edited after the cache was written (it no longer matches its "
+                          f"{MANIFEST_HASH}), so its settings cannot be trusted; restore the original {MANIFEST}, or "
+                          f"delete {root} and rebuild it with stdvsr cache-teacher")
+    return manifest

@@ -147,7 +147,8 @@ class CacheReader:
     # --------------------------------------------------------------------------------------------------- read
     def _damaged(self, clip: dict, what: str) -> StdvsrError:
         return StdvsrError(f"cache {self.root}: clip {clip['name']} is damaged ({what}); `stdvsr cache verify "
-                           f"{self.root}` lists every damaged clip — rebuild the cache with stdvsr cache-teacher")
+                           f"{self.root}` lists every damaged clip and the smallest fix (most often: run the same "
+                           "stdvsr cache-teacher command again)")
 
     def _check_pieces(self, clip: dict) -> None:
         """Refuse a clip with a shard or part file missing, once per clip and process: the stores read a missing

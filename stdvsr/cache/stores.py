@@ -122,6 +122,38 @@ class ZarrBackend:
                 out.append(str(d.relative_to(self.root)))
         return out
 
+    def _rows_on_disk(self, key: str) -> set[int]:
+        """Rows (frames) of array ``key`` whose shard is on disk: one walk over the array, not one per frame."""
+        base = self.root / key / "c"
+        rows = set()
+        for folder, _, files in os.walk(base):
+            parts = Path(folder).relative_to(base).parts
+            if parts and parts[0].isdigit() and any(not f.endswith(".partial") for f in files):
+                rows.add(int(parts[0]))
+        return rows
+
+    def missing_all(self, clips: list[dict], records: dict[int, dict]) -> dict[int, list[str]]:
+        """:meth:`missing` for many clips at once (``cache info``, resume): ``index → shards not on disk``, only
+        clips that have any missing."""
+        present: dict[str, set[int]] = {}
+        out: dict[int, list[str]] = {}
+        for clip in clips:
+            rows = range(clip["offset"], clip["offset"] + clip["frames"])
+            missing = []
+            for key, a in self.layout.items():
+                if a["group"] != clip["group"]:
+                    continue
+                for k in (key, _scale_key(key)) if a["quantised"] else (key,):
+                    if k not in present:
+                        present[k] = self._rows_on_disk(k)
+                    missing += [f"{k}/c/{row}" for row in rows if row not in present[k]]
+            if missing:
+                out[clip["index"]] = missing
+        return out
+
+    def join_missing(self) -> bool:
+        return False  # Zarr has no join step
+
     def stored_bytes(self) -> dict[str, int]:
         """Bytes on disk per tier (all groups)."""
         out: dict[str, int] = {}
@@ -269,6 +301,21 @@ class HDF5Backend:
                         if a["group"] == clip["group"] and f"clips/{clip['index']}/{a['tier']}" not in f]
         except OSError as e:
             return [f"{record['part']} (unreadable: {e})"]
+
+    def missing_all(self, clips: list[dict], records: dict[int, dict]) -> dict[int, list[str]]:
+        """``index → [part file]`` for the clips whose part file (named in their record, or the manifest's entry
+        of a complete cache) is not on disk."""
+        parts = {p.name for p in self._parts()}
+        out: dict[int, list[str]] = {}
+        for clip in clips:
+            part = (records.get(clip["index"]) or clip).get("part")
+            if part is not None and part not in parts:
+                out[clip["index"]] = [part]
+        return out
+
+    def join_missing(self) -> bool:
+        """The manifest says complete but ``cache.h5`` (the join of the parts, written last) is not on disk."""
+        return bool(self.manifest.get("complete")) and not (self.root / VDS).is_file()
 
     def stored_bytes(self) -> dict[str, int]:
         """Bytes on disk per tier, from the HDF5 storage size of each dataset."""
