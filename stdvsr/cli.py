@@ -453,7 +453,12 @@ def export(quantize: str | None, **opts) -> None:
 
     --quantize int8 also writes <stem>.int8.onnx (ONNX Runtime static quantisation, QDQ) calibrated on
     --calib-windows LR windows drawn with --seed from --calibrate, then scores PyTorch fp32, ONNX fp32 and ONNX int8
-    on --check-set (Y-PSNR, SSIM, ms per frame in ONNX Runtime on this CPU) and writes <stem>.quant.json.
+    on --check-set (Y-PSNR, SSIM, ms per frame in ONNX Runtime on this CPU) and writes <stem>.quant.json. An int8
+    graph that loses more than 0.1 dB Y-PSNR against PyTorch there (a well-calibrated student loses about 0.005 dB)
+    exits 1 and is kept only as <stem>.int8.rejected.onnx with <stem>.quant.rejected.json — not removed, so it can
+    be inspected or renamed without rerunning the check, but under a name no deployment picks up — unless
+    --accept-drop; the fp32 file is kept either way. Fewer calibration frames than --calib-windows, or calibration
+    frames from --check-set, are warned about.
 
     \b
     Examples:
@@ -469,8 +474,10 @@ def export(quantize: str | None, **opts) -> None:
         if opts["format"] != "onnx":
             raise StdvsrError(f"--quantize {quantize} writes ONNX; drop --format {opts['format']}")
         return _export_int8(from_cli(QuantizeConfig, opts))
-    if opts["calibrate"]:
-        raise StdvsrError("--calibrate is only used with --quantize int8; add --quantize int8 or drop it")
+    for flag in ("calibrate", "accept_drop"):
+        if opts[flag]:
+            raise StdvsrError(f"--{flag.replace('_', '-')} is only used with --quantize int8; add --quantize int8 "
+                              "or drop it")
     cfg = from_cli(ExportConfig, opts)
     with stderr().status(f"exporting {cfg.model} to {cfg.format}"):
         result = run(cfg)
@@ -478,10 +485,14 @@ def export(quantize: str | None, **opts) -> None:
 
 
 def _export_int8(cfg) -> None:
-    from stdvsr.quantize import print_report, run
+    from stdvsr.quantize import Int8Rejected, print_report, run
 
-    with stderr().status(f"exporting {cfg.model} to ONNX, quantising to int8 and scoring on {cfg.check_set}"):
-        result = run(cfg)
+    try:
+        with stderr().status(f"exporting {cfg.model} to ONNX, quantising to int8 and scoring on {cfg.check_set}"):
+            result = run(cfg)
+    except Int8Rejected as e:
+        print_report(e.result, cfg)  # the numbers the refusal is about, then its Error line
+        raise
     print_report(result, cfg)
 
 
@@ -525,7 +536,9 @@ def plot(runs: tuple[Path, ...], **opts) -> None:
     Three panels: every loss term (log scale), the learning rate, and the held-out Y-PSNR with bicubic dashed.
     Several runs share the axes, one colour each (loss terms by line style). Probe and other event rows are
     skipped, and a resumed run's repeated steps count once (the latest). Every run also writes RUN/curves.png
-    when it ends.
+    when it ends. Series of up to 20 points get markers; NaN/inf steps are drawn as red × at the top of their
+    panel and warned about; lines that are not JSON rows are skipped with a warning (count, first line number);
+    a metrics.jsonl with no JSON row at all (binary) is an error, even beside good runs.
 
     \b
     Examples:

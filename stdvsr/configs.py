@@ -225,9 +225,10 @@ class ExportConfig:
     out: str | None = option(None, "Output file. Default: next to --model, <stem>.onnx or <stem>.torchscript.pt.",
                              type=click.Path(dir_okay=False))
     opset: int = option(17, "ONNX opset.", type=click.IntRange(MIN_OPSET, MAX_OPSET))
-    force: bool = option(False, "Overwrite --out if it exists (with --quantize also <stem>.int8.onnx and "
-                         "<stem>.quant.json).")
-    seed: int = option(0, "Seed of the calibration draw and check inputs.")
+    force: bool = option(False, "Overwrite --out if it exists (with --quantize also <stem>.int8.onnx, "
+                         "<stem>.quant.json and their .rejected twins).")
+    seed: int = option(0, "Seed of the calibration draw and check inputs, 0 to 2**32-1.",
+                       type=click.IntRange(0, 2**32 - 1))
     tolerance: float = option(1e-4, "Largest |exported − PyTorch| accepted by the check.", cli=False)
 
 
@@ -235,9 +236,15 @@ class ExportConfig:
 class QuantizeConfig(ExportConfig):
     """``export --quantize int8``: the export's settings and the calibration's."""
     calibrate: str | None = option(None, "int8 calibration data: a teacher cache (its LR frames) or a dataset spec "
-                                   "(demo, folder:PATH, ...; LR = BD x4 of its training split).", type=click.STRING,
+                                   "(demo, folder:PATH, video:FILE, ...; LR = BD x4 of its training split, all "
+                                   "frames of a folder, video or Vid4).", type=click.STRING,
                                    metavar="CACHE_DIR|SPEC")
     calib_windows: int = option(32, "LR windows drawn for calibration.", type=click.IntRange(1, MAX_CALIB_WINDOWS))
+    accept_drop: bool = option(False, "Keep <stem>.int8.onnx even if it loses more than 0.1 dB Y-PSNR against "
+                               "PyTorch on --check-set. Without it such a file is kept only as "
+                               "<stem>.int8.rejected.onnx (report <stem>.quant.rejected.json), a name no "
+                               "deployment picks up by mistake but one you can inspect or rename without rerunning "
+                               "the check, and export exits 1; the fp32 .onnx is kept either way.")
     check_set: str = option("demo:carphone", "Held-out set the int8 check scores: an evaluate set (demo, demo:CLIP, "
                             "folder:PATH) or vid4:ROOT, vimeo90k-test:ROOT.")
     activations: str = option(ACTIVATIONS[0], "int8 activation type.", type=click.Choice(ACTIVATIONS), cli=False)

@@ -37,7 +37,7 @@ from torch import nn
 from stdvsr.configs import ExportConfig
 from stdvsr.errors import StdvsrError
 from stdvsr.infer import MULTIPLE, padded_size
-from stdvsr.io import atomic_path, mib
+from stdvsr.io import atomic_path, check_writable, mib
 from stdvsr.models import STUDENTS, load_model, model_spec, read_checkpoint
 from stdvsr.names import MIN_OPSET
 from stdvsr.options import check_fields
@@ -60,7 +60,7 @@ def default_out(model: str | Path, fmt: str) -> Path:
 def load_student(path: str | Path) -> tuple[nn.Module, str, str]:
     """``(model, name, architecture)`` of the student in a stdvsr checkpoint; EDVR and non-stdvsr files are refused."""
     path = Path(path).expanduser()
-    spec = read_checkpoint(path).get("model")
+    spec = read_checkpoint(path, "--model").get("model")
     if not (isinstance(spec, dict) and isinstance(spec.get("name"), str)):
         raise StdvsrError(f"{path} is not a stdvsr checkpoint (no model name inside); export takes a checkpoint "
                           "written by stdvsr, e.g. runs/distill/student.pth from `stdvsr distill`")
@@ -71,7 +71,7 @@ def load_student(path: str | Path) -> tuple[nn.Module, str, str]:
                           "target; distil a student with `stdvsr distill` and export its student.pth instead")
     if arch not in STUDENTS:
         raise StdvsrError(f"{path} holds {spec['name']!r}, not a student; export takes one of {', '.join(STUDENTS)}")
-    model, _ = load_model(path)
+    model, _ = load_model(path, flag="--model")
     return model, spec["name"], arch
 
 
@@ -98,13 +98,14 @@ def run(cfg: ExportConfig) -> dict:
     if not Path(cfg.model).expanduser().is_file():
         raise StdvsrError(f"--model {cfg.model} does not exist; give a student checkpoint, e.g. "
                           "runs/distill/student.pth")
+    model, name, arch = load_student(cfg.model)  # first: an .onnx --model is named as such, not as the --out
     out = Path(cfg.out).expanduser() if cfg.out else default_out(cfg.model, cfg.format)
     if out.resolve() == Path(cfg.model).expanduser().resolve():
         raise StdvsrError(f"--out {out} is the checkpoint itself; choose another path")
     if out.exists() and not cfg.force:
         raise StdvsrError(f"{out} already exists; pass --force to overwrite it or choose another --out")
+    check_writable(out, "--out")
 
-    model, name, arch = load_student(cfg.model)
     if cfg.format == "onnx" and cfg.opset < MIN_OPSET_FOR.get(arch, MIN_OPSET):
         raise StdvsrError(f"--opset {cfg.opset}: {arch} needs opset {MIN_OPSET_FOR[arch]} or newer (GridSample for "
                           "its warp); use the default 17")

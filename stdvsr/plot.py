@@ -4,14 +4,17 @@ and optionally converted to TensorBoard event files.
 
 The rows read are the ones both stages write: ``{"step", "loss" | "loss_<term>"…, "lr", …}`` per logged step and
 ``{"step", "val_psnr", "bicubic_psnr"}`` per validation; rows with an ``event`` (gradient probes, the ConvLSTM
-freeze, the ranks' digests) are not curves and are skipped. matplotlib is imported only when a picture is drawn,
-so ``import stdvsr`` stays light.
+freeze, the ranks' digests) are not curves and are skipped. What the curves cannot show is shown another way:
+series of few points get markers (one point is no line), NaN/inf steps a red × at the top of their panel, and
+skipped garbage lines a warning; a file with no JSON row at all is refused. matplotlib is imported only when a
+picture is drawn, so ``import stdvsr`` stays light.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from stdvsr.configs import PlotConfig
@@ -26,39 +29,83 @@ _TERM_ORDER = ("total", "rec", "sd", "td", "mse", "mean2", "output")
 _TERM_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)), (0, (8, 3)))
 
 Series = dict[str, dict[int, float]]  # key → {step: value}, steps ascending
+FEW_POINTS = 20       # series with at most this many points are drawn with markers
+NONFINITE = "non-finite"  # legend entry of the red × marking steps whose value is NaN or ±inf
 
 
-def read_metrics(path: str | Path) -> Series:
+@dataclass
+class RunLog:
+    """A ``metrics.jsonl`` as read: ``series`` (finite values), ``nonfinite`` (``{key: [step, …]}`` whose value
+    was NaN or ±inf, what a diverged run logs) and ``bad_lines`` (1-based numbers of lines that are not JSON rows)."""
+    path: Path
+    series: Series
+    nonfinite: dict[str, list[int]]
+    bad_lines: list[int]
+
+
+def read_metrics(path: str | Path) -> RunLog:
     """Every numeric column of a ``metrics.jsonl`` as ``{key: {step: value}}``, steps ascending.
 
-    ``event`` rows, booleans, non-finite values and unparsable lines (a killed run's half-written last line) are
-    skipped. A resumed run appends after its checkpoint, so the file may step back (or repeat a step's key): the
-    later rows replace every earlier row from that step on — the interrupted attempt's tail is dropped and each
-    step keeps its last occurrence.
+    ``event`` rows, booleans and rows without an integer step are skipped; so is a last line without its newline
+    (a killed or still running run's half-written row). Other lines that are not JSON objects (garbage, binary)
+    are skipped and listed in ``bad_lines``; a file with such lines and no row at all is refused. Non-finite values
+    are kept apart in ``nonfinite``. A resumed run appends after its checkpoint, so the file may step back (or
+    repeat a step's key): the later rows replace every earlier row from that step on — the interrupted attempt's
+    tail is dropped and each step keeps its last occurrence.
     """
-    series: Series = {}
+    path = Path(path)
+    series: dict[str, dict[int, float]] = {}
+    bad, rows = [], 0
     last = -1
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(row, dict) or "event" in row:
-                continue
-            step = row.get("step")
-            if not isinstance(step, int) or isinstance(step, bool):
-                continue
-            values = {k: float(v) for k, v in row.items()
-                      if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-            if step < last or any(step in series.get(k, ()) for k in values):
-                for column in series.values():
-                    for s in [s for s in column if s >= step]:
-                        del column[s]
-            last = step
-            for k, v in values.items():
-                series.setdefault(k, {})[step] = v
-    return {k: dict(sorted(v.items())) for k, v in series.items() if v}
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip() or (number == len(lines) and number > 1 and not raw.endswith(b"}")):
+            continue  # blank, or the half-written last line (the file ends without a newline)
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError is one
+            row = None
+        if not isinstance(row, dict):
+            bad.append(number)
+            continue
+        rows += 1
+        if "event" in row:
+            continue
+        step = row.get("step")
+        if not isinstance(step, int) or isinstance(step, bool):
+            continue
+        values = {k: float(v) for k, v in row.items()
+                  if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if step < last or any(step in series.get(k, ()) for k in values):
+            for column in series.values():
+                for s in [s for s in column if s >= step]:
+                    del column[s]
+        last = step
+        for k, v in values.items():
+            series.setdefault(k, {})[step] = v
+    if bad and not rows:
+        raise StdvsrError(f"{path} is not a metrics log: none of its {len(bad)} line(s) is a JSON row (line {bad[0]} "
+                          "is the first; a binary or foreign file?); give the metrics.jsonl a stdvsr distill or "
+                          "train-teacher run writes")
+    finite = {k: {s: v for s, v in sorted(c.items()) if math.isfinite(v)} for k, c in series.items()}
+    nonfinite = {k: sorted(s for s, v in c.items() if not math.isfinite(v)) for k, c in series.items()}
+    return RunLog(path, {k: v for k, v in finite.items() if v}, {k: v for k, v in nonfinite.items() if v}, bad)
+
+
+def _warn_about(log: RunLog) -> None:
+    """Say what of ``log`` the picture cannot show as curves: skipped lines and non-finite steps."""
+    from stdvsr.progress import stderr
+
+    if log.bad_lines:
+        stderr().print(f"Warning: {log.path}: skipped {len(log.bad_lines)} line(s) that are not JSON rows (first: "
+                       f"line {log.bad_lines[0]})", soft_wrap=True, highlight=False)
+    steps = sorted({s for c in log.nonfinite.values() for s in c})
+    if steps:
+        keys = ", ".join(k for k, c in log.nonfinite.items() if steps[0] in c)
+        stderr().print(f"Warning: {log.path}: non-finite values (NaN/inf) at {len(steps)} step(s), first step "
+                       f"{steps[0]} ({keys}); drawn as red × at the top of their panel", soft_wrap=True,
+                       highlight=False)
 
 
 def loss_terms(series: Series) -> dict[str, dict[int, float]]:
@@ -90,16 +137,20 @@ def _labels(runs: list[Path], labels: list[str] | None) -> list[str]:
     return [str(r) if names.count(n) > 1 else n for r, n in zip(runs, names)]
 
 
-def load_runs(runs: list[Path], labels: list[str] | None = None) -> dict[str, Series]:
-    """``{label: read_metrics(run/metrics.jsonl)}``; a missing folder, file or a run without rows is an error."""
+def load_runs(runs: list[Path], labels: list[str] | None = None, warn: bool = False) -> dict[str, RunLog]:
+    """``{label: read_metrics(run/metrics.jsonl)}``; a missing folder, file or a run without rows is an error.
+    ``warn``: print each run's skipped lines and non-finite steps (once per command: the picture's reading)."""
     runs = [Path(r) for r in runs]
     loaded = {}
     for run, label in zip(runs, _labels(runs, labels)):
-        series = read_metrics(_metrics_file(run))
-        if not series:
+        log = read_metrics(_metrics_file(run))
+        if not log.series and not log.nonfinite:
             raise StdvsrError(f"{run / METRICS} has no logged step yet; plot it after the run's first --log-every "
                               "steps")
-        loaded[label] = series
+        loaded[label] = log
+    if warn:
+        for log in loaded.values():
+            _warn_about(log)
     return loaded
 
 
@@ -113,14 +164,17 @@ def plot_runs(runs: list[Path], out: Path, labels: list[str] | None = None) -> P
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise StdvsrError(f"cannot write {out}: the curves are a PNG; give --out a name ending in .png")
-    return _draw(load_runs(runs, labels), out)
+    return _draw(load_runs(runs, labels, warn=True), out)
 
 
 def write_run_plot(run_dir: str | Path) -> Path | None:
     """Write ``run_dir/curves.png`` from ``run_dir/metrics.jsonl``; ``None`` (and no file) when nothing is logged."""
     run_dir = Path(run_dir)
     path = run_dir / METRICS
-    if not path.is_file() or not read_metrics(path):
+    if not path.is_file():
+        return None
+    log = read_metrics(path)
+    if not log.series and not log.nonfinite:
         return None
     return plot_runs([run_dir], run_dir / CURVES)
 
@@ -131,7 +185,13 @@ def _positive(column: dict[int, float]) -> tuple[list[int], list[float]]:
     return [s for s, _ in pairs], [v for _, v in pairs]
 
 
-def _draw(runs: dict[str, Series], out: Path) -> Path:
+def _marker(steps: list) -> dict:
+    # a line through one point is invisible (a 20-step run logged once) and a few points hide among the grid lines
+    return {"marker": "o", "ms": 4} if len(steps) <= FEW_POINTS else {}
+
+
+def curves_figure(runs: dict[str, RunLog]):
+    """The three panels of :func:`plot_runs` as a matplotlib ``Figure`` (Agg canvas), not yet saved."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -142,19 +202,22 @@ def _draw(runs: dict[str, Series], out: Path) -> Path:
     ax_loss, ax_lr, ax_psnr = fig.subplots(1, 3, sharex=True)
     palette = [f"C{i}" for i in range(10)]
     single = len(runs) == 1
-    terms = list(dict.fromkeys(t for s in runs.values() for t in loss_terms(s)))
+    terms = list(dict.fromkeys(t for log in runs.values() for t in loss_terms(log.series)))
     style = {t: _TERM_STYLES[i % len(_TERM_STYLES)] for i, t in enumerate(terms)}
+    bad_steps = {ax: set() for ax in (ax_loss, ax_lr, ax_psnr)}  # non-finite values, per panel
 
-    for n, (label, series) in enumerate(runs.items()):
+    for n, (label, log) in enumerate(runs.items()):
+        series = log.series
         colour = palette[n % len(palette)]
         for i, (term, column) in enumerate(loss_terms(series).items()):
             steps, values = _positive(column)
             if single:
-                ax_loss.plot(steps, values, color=palette[i % len(palette)], lw=1.2, label=term)
+                ax_loss.plot(steps, values, color=palette[i % len(palette)], lw=1.2, label=term, **_marker(steps))
             else:
-                ax_loss.plot(steps, values, color=colour, ls=style[term], lw=1.2)
+                ax_loss.plot(steps, values, color=colour, ls=style[term], lw=1.2, **_marker(steps))
         if "lr" in series:
-            ax_lr.plot(*_positive(series["lr"]), color=colour, lw=1.5, label=label)
+            steps, values = _positive(series["lr"])
+            ax_lr.plot(steps, values, color=colour, lw=1.5, label=label, **_marker(steps))
         if "val_psnr" in series:
             col = series["val_psnr"]
             ax_psnr.plot(list(col), list(col.values()), color=colour, marker="o", ms=3, lw=1.5,
@@ -162,7 +225,16 @@ def _draw(runs: dict[str, Series], out: Path) -> Path:
         if "bicubic_psnr" in series:
             col = series["bicubic_psnr"]
             ax_psnr.plot(list(col), list(col.values()), color=colour, ls="--", lw=1.2,
-                         label="bicubic" if single else None)
+                         label="bicubic" if single else None, **_marker(list(col)))
+        for key, steps in log.nonfinite.items():
+            ax = (ax_loss if key == "loss" or key.startswith("loss_") else ax_lr if key == "lr" else
+                  ax_psnr if key in ("val_psnr", "bicubic_psnr") else None)
+            if ax is not None:
+                bad_steps[ax].update(steps)
+    for ax, steps in bad_steps.items():
+        if steps:  # x at the step, y at the panel's top (axes coordinates): NaN has no place on the value axis
+            ax.plot(sorted(steps), [0.97] * len(steps), ls="none", marker="x", ms=8, mew=2, color="red",
+                    transform=ax.get_xaxis_transform(), clip_on=False, label=NONFINITE)
 
     ax_loss.set(title="training loss terms", xlabel="step", yscale="log")
     ax_lr.set(title="learning rate", xlabel="step", yscale="log")
@@ -173,6 +245,7 @@ def _draw(runs: dict[str, Series], out: Path) -> Path:
         # colours name the runs, line styles the loss terms
         handles = [Line2D([], [], color=palette[n % len(palette)], lw=2, label=label) for n, label in enumerate(runs)]
         handles += [Line2D([], [], color="black", ls=style[t], lw=1.2, label=t) for t in terms]
+        handles += [line for line in ax_loss.get_lines() if line.get_label() == NONFINITE]
         ax_loss.legend(handles=handles, fontsize=8)
         ax_lr.legend(fontsize=8)
     if ax_psnr.has_data():
@@ -180,11 +253,17 @@ def _draw(runs: dict[str, Series], out: Path) -> Path:
     else:
         ax_psnr.text(0.5, 0.5, "no validation rows\n(--val-data none, or before --val-every)", ha="center",
                      va="center", transform=ax_psnr.transAxes, color="grey")
+    if single and bad_steps[ax_lr]:
+        ax_lr.legend(fontsize=8)
     for ax in (ax_loss, ax_lr, ax_psnr):
         ax.grid(True, which="major", alpha=0.3)
     ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps (the x axis is shared)
     fig.suptitle(next(iter(runs)) if single else " vs ".join(runs), fontsize=11)
+    return fig
 
+
+def _draw(runs: dict[str, RunLog], out: Path) -> Path:
+    fig = curves_figure(runs)
     try:
         with atomic_path(out) as tmp:
             fig.savefig(tmp, format="png")
@@ -212,7 +291,8 @@ def write_tensorboard(runs: list[Path], logdir: str | Path, labels: list[str] | 
     """
     SummaryWriter = require_tensorboard()
     folders = []
-    for label, series in load_runs([Path(r) for r in runs], labels).items():
+    for label, log in load_runs([Path(r) for r in runs], labels).items():
+        series = log.series
         folder = Path(logdir) / label.replace("/", "_")
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -244,12 +324,16 @@ def print_runs(runs: list[Path], labels: list[str] | None, path: Path, folders: 
     table = Table(title=f"Curves written to {path}")
     for col in ("run", "last step", "last loss", "val Y-PSNR (dB)", "best (step)", "bicubic (dB)"):
         table.add_column(col, justify="left" if col == "run" else "right")
-    for label, series in load_runs(runs, labels).items():
-        loss = series.get("loss_total") or series.get("loss") or {}
+    for label, log in load_runs(runs, labels).items():
+        series = log.series
+        key = "loss_total" if "loss_total" in series or "loss_total" in log.nonfinite else "loss"
+        loss, bad_loss = series.get(key, {}), log.nonfinite.get(key, [])
         val, bicubic = series.get("val_psnr", {}), series.get("bicubic_psnr", {})
         best = max(val, key=val.get) if val else None
-        table.add_row(label, str(max(max(c) for c in series.values())),
-                      f"{loss[max(loss)]:.4g}" if loss else "-", f"{val[max(val)]:.2f}" if val else "-",
+        last_loss = ("non-finite" if bad_loss and (not loss or bad_loss[-1] > max(loss)) else
+                     f"{loss[max(loss)]:.4g}" if loss else "-")
+        last_step = max(max(c) for c in [*series.values(), *log.nonfinite.values()])
+        table.add_row(label, str(last_step), last_loss, f"{val[max(val)]:.2f}" if val else "-",
                       f"{val[best]:.2f} ({best})" if val else "-", f"{bicubic[max(bicubic)]:.2f}" if bicubic else "-")
     console.print(table)
     if folders:

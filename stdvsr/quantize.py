@@ -23,6 +23,11 @@ of a held-out set (default ``demo:carphone``, BD ×4) and reports Y-PSNR/SSIM un
 sessions are built with the same options and thread count and timed interleaved (frame by frame, alternating
 which goes first) after untimed warm-up runs. PyTorch is the quality reference only and is not timed. A fixed-size
 graph takes frames padded (replicate, bottom/right) to its size; frames larger than it are refused up front.
+
+An int8 graph that loses more than :data:`MAX_INT8_DROP_DB` there is not shipped silently: unless
+``accept_drop``, it and its report keep names that say so (``<stem>.int8.rejected.onnx``,
+``<stem>.quant.rejected.json``) and :class:`Int8Rejected` is raised; the fp32 file, checked on its own, stays.
+Fewer windows than asked (a short source) and calibration frames of the check set are warned about.
 """
 
 from __future__ import annotations
@@ -48,42 +53,79 @@ from stdvsr.errors import StdvsrError
 from stdvsr.export import SIZE_MULTIPLE, ExportConfig, default_out, load_student, parse_lq_size, require_onnx
 from stdvsr.export import run as export_fp32
 from stdvsr.infer import pad_bottom_right, padded_size
-from stdvsr.io import atomic_path, image_size, mib, write_text
+from stdvsr.io import atomic_path, check_writable, image_size, mib, write_text
 from stdvsr.metrics import VideoMetrics, tensor_to_uint8
 from stdvsr.names import ACTIVATIONS as ACTIVATION_TYPES
 from stdvsr.options import check_fields
-from stdvsr.progress import stdout
+from stdvsr.progress import stderr, stdout
 
 MIN_OPSET_INT8 = 13          # per-channel DequantizeLinear (its ``axis`` attribute) is opset 13
 ACTIVATIONS = ACTIVATION_TYPES[0]  # the default: see README "Deploying a student" for how it was chosen
 WARMUP = 2                   # untimed runs of each runner before the check's timing
+# Largest Y-PSNR loss (PyTorch fp32 − ONNX int8, dB) on the check set that keeps the int8 file without
+# --accept-drop: the demo student loses 0.004-0.006 dB (README "Deploying a student"), random-weight students
+# -0.001..0.001 dB (VDSR gains 0.32 dB: int8 clamps its out-of-range output); 0.1 dB is 20× the documented loss.
+MAX_INT8_DROP_DB = 0.1
+REJECTED = ".rejected"       # tag in the names of an int8 file and report that failed the check (int8_path)
 
 
-def int8_path(fp32: str | Path) -> Path:
-    """``runs/distill/student.onnx`` → ``runs/distill/student.int8.onnx``."""
+def int8_path(fp32: str | Path, tag: str = "") -> Path:
+    """``runs/distill/student.onnx`` → ``runs/distill/student.int8.onnx`` (``tag`` :data:`REJECTED`:
+    ``student.int8.rejected.onnx``)."""
     fp32 = Path(fp32)
-    return fp32.with_name(fp32.stem + ".int8.onnx")
+    return fp32.with_name(f"{fp32.stem}.int8{tag}.onnx")
 
 
-def report_path(fp32: str | Path) -> Path:
-    """``runs/distill/student.onnx`` → ``runs/distill/student.quant.json``."""
+def report_path(fp32: str | Path, tag: str = "") -> Path:
+    """``runs/distill/student.onnx`` → ``runs/distill/student.quant.json`` (or ``student.quant.rejected.json``)."""
     fp32 = Path(fp32)
-    return fp32.with_name(fp32.stem + ".quant.json")
+    return fp32.with_name(f"{fp32.stem}.quant{tag}.json")
+
+
+class Int8Rejected(StdvsrError):
+    """The int8 graph lost more than :data:`MAX_INT8_DROP_DB` on the check set; ``result`` is what :func:`run`
+    returns otherwise, its files under their rejected names."""
+
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result
 
 
 # ---------------------------------------------------------------------------------------------- calibration
 @dataclass
 class _Source:
     """Clips to draw LR windows from: ``lengths[i]`` frames of LR size ``sizes[i]``; ``read(i, frames)`` gives
-    the LR frames ``(len(frames), 3, h, w)`` of clip i."""
+    the LR frames ``(len(frames), 3, h, w)`` of clip i. ``lr`` says what those frames are (quant.json's
+    ``calibration.lr``); ``files()`` lists the HR frame files they come from (empty where they cannot be found: a
+    cache whose dataset moved), to tell whether calibration saw the check set."""
     kind: str
     lengths: list[int]
     sizes: list[tuple[int, int]]
     read: Callable[[int, list[int]], torch.Tensor]
+    lr: str
+    files: Callable[[], set[Path]]
+
+
+def _clip_names(names: list[str], limit: int = 4) -> str:
+    return ", ".join(names[:limit]) + (f", … ({len(names)} clips)" if len(names) > limit else "")
+
+
+def _spec_lr(spec: str, clips: list) -> str:
+    """What the LR frames of a dataset spec's training split are, true for every spec kind."""
+    kind, arg = spec.partition(":")[0], spec.partition(":")[2]
+    frames = sum(len(c) for c in clips)
+    what = f"{frames} frame(s) of {len(clips)} clip(s): {_clip_names([c.name for c in clips])}"
+    where = {"demo": "the named demo clips" if arg else "the demo training split",
+             "vimeo90k": "the Vimeo90K training list",
+             "vid4": "every Vid4 clip",
+             "folder": "every clip of the folder",
+             "video": "the video's decoded frames"}[kind]
+    return f"BD ×4 of {where}, {what}"
 
 
 def open_source(source: str) -> _Source:
-    """A teacher cache folder (its stored ``lq`` frames) or a dataset spec (BD ×4 of its training split)."""
+    """A teacher cache folder (its stored ``lq`` frames) or a dataset spec (BD ×4 of its training split; folder,
+    video and Vid4 specs have no split: all their frames)."""
     path = Path(source).expanduser()
     if path.is_dir():
         from stdvsr.cache.layout import MANIFEST
@@ -101,8 +143,18 @@ def open_source(source: str) -> _Source:
             lq = reader.read_lq(clips[i]["index"], range(lo, hi))
             return lq[[f - lo for f in frames]]
 
+        def cache_files() -> set[Path]:
+            try:
+                return {Path(f).resolve() for c in reader.dataset_clips() for f in c.frames}
+            except StdvsrError:  # the cache's dataset moved: its frames cannot be compared with the check set's
+                return set()
+
+        fp = reader.fingerprint
+        lr = (f"the cache's stored lq frames ({str(fp.get('degradation', 'bd')).upper()} ×{reader.scale} of "
+              f"{fp['data']['spec']}, split {fp['data']['split']}), {sum(c['frames'] for c in clips)} frame(s) of "
+              f"{len(clips)} clip(s)")
         return _Source("cache", [c["frames"] for c in clips],
-                       [tuple(reader.groups[c["group"]]["lr_size"]) for c in clips], read_cache)
+                       [tuple(reader.groups[c["group"]]["lr_size"]) for c in clips], read_cache, lr, cache_files)
     if source.partition(":")[0] not in SPEC_KINDS:
         raise StdvsrError(f"--calibrate {source} is neither a teacher cache folder nor a dataset spec; give a cache "
                           "built by stdvsr cache-teacher (e.g. cache/demo.zarr) or a spec such as demo or "
@@ -116,7 +168,8 @@ def open_source(source: str) -> _Source:
     def read_spec(i: int, frames: list[int]) -> torch.Tensor:
         return degrade(read_hr(clips[i], frames, 4, mod_crop=True), "bd", 4)
 
-    return _Source("dataset", [len(c) for c in clips], sizes, read_spec)
+    return _Source("dataset", [len(c) for c in clips], sizes, read_spec, _spec_lr(source, clips),
+                   lambda: {Path(f).resolve() for c in clips for f in c.frames})
 
 
 def _checked(src: _Source, source: str) -> _Source:
@@ -314,17 +367,19 @@ def run(cfg: QuantizeConfig) -> dict:
     if not Path(cfg.model).expanduser().is_file():
         raise StdvsrError(f"--model {cfg.model} does not exist; give a student checkpoint, e.g. "
                           "runs/distill/student.pth")
+    model, name, arch = load_student(cfg.model)  # first: an .onnx --model is named as such, not as an existing file
     fp32 = Path(cfg.out).expanduser() if cfg.out else default_out(cfg.model, "onnx")
     if fp32.suffix != ".onnx":
         raise StdvsrError(f"--out {fp32}: with --quantize int8 the fp32 file must end in .onnx (the int8 file is "
                           f"written beside it as <stem>.int8.onnx)")
     int8, report = int8_path(fp32), report_path(fp32)
-    for path in (fp32, int8, report):
+    rejected_int8, rejected_report = int8_path(fp32, REJECTED), report_path(fp32, REJECTED)
+    for path in (fp32, int8, report, rejected_int8, rejected_report):
         if path.exists() and not cfg.force:
             raise StdvsrError(f"{path} already exists; pass --force to overwrite it or choose another --out")
+        check_writable(path, "--out")
 
     # everything that can be refused is refused before a file is written
-    model, name, arch = load_student(cfg.model)
     multiple = SIZE_MULTIPLE.get(arch, 1)
     source = _checked(open_source(cfg.calibrate), cfg.calibrate)
     clips, set_name, _ = check_clips(cfg.check_set)
@@ -336,67 +391,105 @@ def run(cfg: QuantizeConfig) -> dict:
             raise StdvsrError(f"--check-set {cfg.check_set}: clip {clip.name} has LR frames {ch}×{cw} (H×W), larger "
                               f"than the graph's --lq-size {h}x{w}; export at --lq-size "
                               "{}x{} or larger, or with --dynamic".format(*padded_size(ch, cw)))
+    overlap = _check_overlap(source, clips)
     windows = calibration_windows(source, model.num_frame, (h, w), cfg.calib_windows, cfg.seed)
+    if len(windows) < cfg.calib_windows:
+        _warn(f"--calib-windows {cfg.calib_windows} asked, but --calibrate {cfg.calibrate} has only "
+              f"{sum(source.lengths)} frame(s) and each centres at most one window: calibrating on {len(windows)} "
+              "window(s); activation ranges from so few frames may clip other video (give a source with more "
+              "frames, e.g. --calibrate demo)")
+    if overlap:
+        _warn(f"--calibrate {cfg.calibrate} holds {overlap} frame(s) of --check-set {cfg.check_set}: the check is "
+              "not held out and overstates int8's quality on other video; calibrate on other clips (e.g. "
+              "--calibrate demo, whose training clips are not carphone)")
 
     exported = export_fp32(ExportConfig(model=cfg.model, format="onnx", lq_size=cfg.lq_size, dynamic=cfg.dynamic,
                                         out=str(fp32), opset=cfg.opset, force=cfg.force, seed=cfg.seed))
     threads = cfg.threads or torch.get_num_threads()
-    info, size = _write_int8(fp32, int8, windows, cfg, model.num_frame, arch, threads)
-
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the untimed reference: no idle OpenMP workers spinning while ONNX Runtime is timed
-    try:
-        check = score(model, {"onnx-fp32": ort_runner(fp32, threads), "onnx-int8": ort_runner(int8, threads)},
-                      cfg.check_set, (h, w), cfg.dynamic, multiple)
-    finally:
-        torch.set_num_threads(torch_threads)
+    # The int8 graph is written under the name that says it failed and takes its real name only once the check
+    # passed: a run killed while scoring leaves no int8 file that looks valid.
+    with atomic_path(rejected_int8) as staged:
+        info, size = _write_int8(fp32, staged, int8, windows, cfg, model.num_frame, arch, threads)
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the untimed reference: no idle OpenMP workers spinning while ONNX Runtime is timed
+        try:
+            check = score(model, {"onnx-fp32": ort_runner(fp32, threads), "onnx-int8": ort_runner(staged, threads)},
+                          cfg.check_set, (h, w), cfg.dynamic, multiple)
+        finally:
+            torch.set_num_threads(torch_threads)
     check["threads"] = threads
     rows = {r["name"]: r for r in check["rows"]}
     check["int8_psnr_drop"] = rows["pytorch-fp32"]["psnr"] - rows["onnx-int8"]["psnr"]
     check["int8_speedup"] = rows["onnx-fp32"]["ms_per_frame"] / rows["onnx-int8"]["ms_per_frame"]
+    check["max_int8_psnr_drop"] = MAX_INT8_DROP_DB
+    too_lossy = not check["int8_psnr_drop"] <= MAX_INT8_DROP_DB  # `not <=` also catches NaN
+    accepted = not too_lossy or cfg.accept_drop
+    check["accepted"] = accepted
+    if accepted:
+        rejected_int8.replace(int8)
+    kept, json_path = (int8, report) if accepted else (rejected_int8, rejected_report)
+    for stale in ((rejected_int8, rejected_report) if accepted else (int8, report)):
+        stale.unlink(missing_ok=True)  # an earlier run's (only there with --force): never beside a newer verdict
 
     import onnxruntime as ort
 
     result = {"model": name, "arch": arch, "checkpoint": str(cfg.model), "lq_size": [h, w], "dynamic": cfg.dynamic,
               "opset": cfg.opset, "size_multiple": multiple, "export": exported,
-              "int8": {"path": str(int8), "bytes": size, **info, "onnxruntime": ort.__version__,
-                       "calibration": {"source": cfg.calibrate, "windows": len(windows), "seed": cfg.seed,
-                                       "method": "MinMax",
-                                       "lr": {"cache": "the cache's lq frames",
-                                              "dataset": "BD ×4 of its training split"}[source.kind]}},
-              "check": check, "json": str(report)}
-    write_text(report, json.dumps(result, indent=1))
+              "int8": {"path": str(kept), "bytes": size, **info, "onnxruntime": ort.__version__,
+                       "calibration": {"source": cfg.calibrate, "windows": len(windows),
+                                       "windows_asked": cfg.calib_windows, "seed": cfg.seed, "method": "MinMax",
+                                       "lr": source.lr, "check_frames_seen": overlap}},
+              "check": check, "json": str(json_path)}
+    write_text(json_path, json.dumps(result, indent=1))
+    if not accepted:
+        few = (f", calibrated on {len(windows)} of the {cfg.calib_windows} windows asked"
+               if len(windows) < cfg.calib_windows else "")
+        raise Int8Rejected(
+            f"the int8 graph loses {check['int8_psnr_drop']:.2f} dB Y-PSNR against PyTorch on {check['set']} (more "
+            f"than {MAX_INT8_DROP_DB} dB; a well-calibrated student loses about 0.005 dB){few}; it is kept as "
+            f"{rejected_int8} with its report {rejected_report}, and {fp32} is good; calibrate on more frames like "
+            f"those you deploy on (e.g. --calibrate demo), or pass --accept-drop --force to keep it as {int8}",
+            result)
     return result
 
 
-def _write_int8(fp32: Path, int8: Path, windows: list[np.ndarray], cfg: QuantizeConfig, frames: int, arch: str,
-                threads: int) -> tuple[dict, int]:
-    """Quantise ``fp32`` into ``int8`` (atomically), kept only if the int8 graph runs at the export's sizes (with
-    --dynamic also at another size and batch) and returns finite frames of the right shape. Returns the
-    quantisation's summary and the file's size."""
+def _check_overlap(source: _Source, check: list) -> int:
+    """How many HR frame files of the check set's clips the calibration source also holds (compared by path)."""
+    held_out = {Path(f).resolve() for clip in check for f in clip.frames}
+    return len(held_out & source.files()) if held_out else 0
+
+
+def _warn(text: str) -> None:
+    stderr().print(f"Warning: {text}", soft_wrap=True, highlight=False)
+
+
+def _write_int8(fp32: Path, out: Path, int8: Path, windows: list[np.ndarray], cfg: QuantizeConfig, frames: int,
+                arch: str, threads: int) -> tuple[dict, int]:
+    """Quantise ``fp32`` into ``out`` (a temporary file, renamed by the caller to ``int8`` or its rejected name),
+    which must run at the export's sizes (with --dynamic also at another size and batch) and return finite frames
+    of the right shape. Returns the quantisation's summary and the file's size."""
     h, w = parse_lq_size(cfg.lq_size)
-    with atomic_path(int8) as tmp:
-        info = quantize_int8(fp32, tmp, windows, cfg.activations)
-        runner = ort_runner(tmp, threads)
-        for b, ch, cw in [(1, h, w)] + ([(2, h + 4, w + 8)] if cfg.dynamic else []):
-            lq = torch.rand(b, frames, 3, ch, cw, generator=torch.Generator().manual_seed(cfg.seed))
-            try:
-                got = runner(lq)
-            except Exception as e:  # ONNX Runtime errors of every kind
-                detail = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                hint = "; export without --dynamic" if b == 2 else ""
-                raise StdvsrError(f"the int8 graph of {arch} fails on input {tuple(lq.shape)} ({detail}); nothing "
-                                  f"was written to {int8}{hint}") from None
-            if got.shape != (b, 3, 4 * ch, 4 * cw) or not torch.isfinite(got).all():
-                raise StdvsrError(f"the int8 graph of {arch} returned shape {tuple(got.shape)} or non-finite values "
-                                  f"for input {tuple(lq.shape)}; nothing was written to {int8}; rerun with --debug "
-                                  "and report it")
-        return info, tmp.stat().st_size
+    info = quantize_int8(fp32, out, windows, cfg.activations)
+    runner = ort_runner(out, threads)
+    for b, ch, cw in [(1, h, w)] + ([(2, h + 4, w + 8)] if cfg.dynamic else []):
+        lq = torch.rand(b, frames, 3, ch, cw, generator=torch.Generator().manual_seed(cfg.seed))
+        try:
+            got = runner(lq)
+        except Exception as e:  # ONNX Runtime errors of every kind
+            detail = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            hint = "; export without --dynamic" if b == 2 else ""
+            raise StdvsrError(f"the int8 graph of {arch} fails on input {tuple(lq.shape)} ({detail}); nothing "
+                              f"was written to {int8}{hint}") from None
+        if got.shape != (b, 3, 4 * ch, 4 * cw) or not torch.isfinite(got).all():
+            raise StdvsrError(f"the int8 graph of {arch} returned shape {tuple(got.shape)} or non-finite values "
+                              f"for input {tuple(lq.shape)}; nothing was written to {int8}; rerun with --debug "
+                              "and report it")
+    return info, out.stat().st_size
 
 
 def print_report(result: dict, cfg: QuantizeConfig) -> None:
     """What `stdvsr export --quantize int8` prints: the fp32 export's check, then fp32 against int8 on the held-out
-    set (Y-PSNR, SSIM, ms per frame) and the files written."""
+    set (Y-PSNR, SSIM, ms per frame) and the files written (under their rejected names if the check failed)."""
     from stdvsr.export import print_export
 
     print_export(result["export"])
@@ -413,7 +506,8 @@ def print_report(result: dict, cfg: QuantizeConfig) -> None:
     o.print(table)
     o.print(f"int8 − PyTorch fp32: {-check['int8_psnr_drop']:+.3f} dB Y-PSNR; ONNX int8 runs "
             f"{check['int8_speedup']:.2f}× as fast as ONNX fp32 here", soft_wrap=True, highlight=False)
-    o.print(f"wrote {result['int8']['path']} ({mib(result['int8']['bytes'])} MB, QDQ int8, calibrated on "
+    verb = "wrote" if check["accepted"] else f"loses more than {check['max_int8_psnr_drop']} dB: kept as"
+    o.print(f"{verb} {result['int8']['path']} ({mib(result['int8']['bytes'])} MB, QDQ int8, calibrated on "
             f"{result['int8']['calibration']['windows']} windows of {cfg.calibrate}, seed {cfg.seed}) and "
             f"{result['json']}",
             soft_wrap=True, highlight=False)

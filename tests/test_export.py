@@ -172,3 +172,16 @@ def test_dynamic_export_states_the_size_it_takes(tmp_path, name, multiple):
         with pytest.raises(Exception, match="broadcast"):
             runner(odd)
         assert runner(torch.rand(1, model.num_frame, 3, 36, 44)).shape == (1, 3, 144, 176)
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_seed_outside_numpys_range_is_refused_naming_the_flag(tmp_path, seed):
+    """--seed -1 crashed with an internal error (numpy's generator takes 0..2**32-1)."""
+    ckpt = save_checkpoint(tmp_path, "vdsr")
+    for extra in ((), ("--quantize", "int8", "--calibrate", "demo")):
+        result = run_cli("--model", str(ckpt), "--seed", seed, *extra)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "Invalid value for '--seed'" in result.stderr and "0<=x<=4294967295" in result.stderr
+    with pytest.raises(StdvsrError, match=r"--seed .* must be ≥ 0 and ≤ 4294967295"):
+        run(ExportConfig(model=str(ckpt), format="torchscript", lq_size="16x24", seed=int(seed)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vdsr.pth"]

@@ -312,3 +312,60 @@ def test_big_presets_get_gradients_everywhere(name):
     (out.sr.mean() + out.feat_sr.mean()).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"no finite gradient for {missing}"
+
+
+def _onnx_file(path) -> "Path":
+    """A real (tiny) ONNX model: one Identity node, as any ONNX exporter writes it (a protobuf ModelProto)."""
+    onnx = pytest.importorskip("onnx", reason="onnx is not installed: pip install 'stdvsr[export]'")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("lq", TensorProto.FLOAT, [1, 3])
+    y = helper.make_tensor_value_info("sr", TensorProto.FLOAT, [1, 3])
+    graph = helper.make_graph([helper.make_node("Identity", ["lq"], ["sr"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, producer_name="pytorch"), str(path))
+    return path
+
+
+def test_an_onnx_file_is_named_as_an_onnx_export_not_as_unsafe_pickle(tmp_path):
+    """An .onnx passed as --model said "needs pickled code"; recognised by its bytes too, whatever its name."""
+    from stdvsr.models import load_model, read_checkpoint, save_random
+
+    onnx_path = _onnx_file(tmp_path / "student.onnx")
+    renamed = tmp_path / "student_onnx.pth"
+    renamed.write_bytes(onnx_path.read_bytes())
+    for path in (onnx_path, renamed):
+        with pytest.raises(StdvsrError, match="is an ONNX export") as refused:
+            load_model(path, flag="--model")
+        assert "--model cannot read" in str(refused.value) and ".pth checkpoint it was exported from" \
+            in str(refused.value) and "pickled" not in str(refused.value)
+    # a PyTorch checkpoint given an .onnx name is still read as what its bytes are
+    misnamed = save_random("vsrnet", tmp_path / "vsrnet.onnx")
+    assert read_checkpoint(misnamed)["model"]["name"] == "vsrnet"
+
+
+@pytest.mark.parametrize("command", [
+    ["evaluate", "--set", "FRAMES"],
+    ["upscale", "IN", "OUT"],
+    ["export"],
+    ["export", "--quantize", "int8", "--calibrate", "FRAMES"],
+])
+def test_onnx_as_model_is_one_line_in_every_command(tmp_path, command):
+    from click.testing import CliRunner
+
+    from stdvsr.cli import cli
+    from stdvsr.io import write_image
+    from tests.helpers import write_video
+
+    onnx_path = _onnx_file(tmp_path / "student.onnx")
+    frames = [torch.randint(0, 256, (32, 48, 3), dtype=torch.uint8).numpy() for _ in range(2)]
+    write_video(tmp_path / "in.mp4", frames)
+    for i, frame in enumerate(frames):
+        write_image(tmp_path / "frames" / f"{i:08d}.png", frame)
+    names = {"IN": str(tmp_path / "in.mp4"), "OUT": str(tmp_path / "out.mp4"),
+             "FRAMES": f"folder:{tmp_path / 'frames'}"}
+    args = [names.get(a, a) for a in command]
+    result = CliRunner().invoke(cli, [*args, "--model", str(onnx_path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: ") and "is an ONNX export" in lines[-1] and "--model" in lines[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "in.mp4", "student.onnx"]

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from stdvsr import train_teacher
 from stdvsr.cli import cli
 from stdvsr.errors import StdvsrError
-from stdvsr.plot import loss_terms, plot_runs, read_metrics, write_run_plot, write_tensorboard
+from stdvsr.plot import (curves_figure, load_runs, loss_terms, plot_runs, read_metrics, write_run_plot,
+                         write_tensorboard)
 from tests.test_cli import assert_user_error
 from tests.test_teacher import tiny_config, tiny_frames  # noqa: F401  (tiny_frames is a fixture)
 
@@ -63,7 +64,7 @@ def test_events_are_skipped_and_a_resume_keeps_each_steps_last_row(tmp_path):
     path = write_rows(tmp_path / "metrics.jsonl", first, tail='{"step": 8, "loss_to')
     with open(path, "a") as f:
         f.write("\n" + "".join(json.dumps(r) + "\n" for r in resumed))
-    series = read_metrics(path)
+    series = read_metrics(path).series
     assert series["loss_total"] == {1: 1, 2: 2, 3: 3, 4: 4, 5: 105, 6: 106, 7: 107, 8: 108, 9: 109}
     assert list(series["loss_total"]) == sorted(series["loss_total"])
     # validation at 6 came from both attempts: the resumed one wins; 3 only from the first, 9 only from the second
@@ -78,14 +79,14 @@ def test_events_are_skipped_and_a_resume_keeps_each_steps_last_row(tmp_path):
 def test_a_repeated_step_at_the_resume_point_replaces_the_earlier_attempts_rows(tmp_path):
     # same step as the last row (log_every 3, checkpoint at 3, killed after 6's log and validation)
     rows = distill_rows([3, 6]) + distill_rows([6], offset=50, val_every=100)
-    series = read_metrics(write_rows(tmp_path / "metrics.jsonl", rows))
+    series = read_metrics(write_rows(tmp_path / "metrics.jsonl", rows)).series
     assert series["loss_total"] == {3: 3, 6: 56}
     assert series["val_psnr"] == pytest.approx({3: 25.3})  # the interrupted attempt's 6 is gone with it
 
 
 def test_teacher_rows_have_a_single_loss_term(tmp_path):
     rows = [{"step": s, "loss": 1 / s, "lr": 4e-4, "data_wait": 0.1, "elapsed": s} for s in (1, 2, 3)]
-    series = read_metrics(write_rows(tmp_path / "metrics.jsonl", rows))
+    series = read_metrics(write_rows(tmp_path / "metrics.jsonl", rows)).series
     assert loss_terms(series) == {"loss": {1: 1.0, 2: 0.5, 3: pytest.approx(1 / 3)}}
 
 
@@ -150,6 +151,98 @@ def test_cli_errors_are_one_line_naming_the_path(tmp_path):
     assert not list(tmp_path.rglob("*.png"))
 
 
+# ------------------------------------------------------------------------------------- damaged and odd logs
+def test_a_binary_metrics_file_is_an_error_naming_it_even_beside_good_runs(tmp_path):
+    good = write_rows(tmp_path / "good" / "metrics.jsonl", distill_rows(range(1, 4))).parent
+    binary = tmp_path / "binary" / "metrics.jsonl"
+    binary.parent.mkdir()
+    binary.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)) + b"\n\x00\xff\n")
+    with pytest.raises(StdvsrError, match="not a metrics log"):
+        read_metrics(binary)
+    for runs in ([binary.parent], [good, binary.parent]):
+        assert_user_error(run("plot", *map(str, runs)), f"{binary} is not a metrics log", "line 1")
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_garbage_lines_are_skipped_with_a_warning_naming_the_file_and_first_line(tmp_path):
+    rows = [json.dumps(r) for r in distill_rows(range(1, 7))]
+    lines = rows[:2] + ["not json {", "[1, 2]"] + rows[2:-1] + ["\x00\x00garbage"] + rows[-1:]
+    path = tmp_path / "run" / "metrics.jsonl"
+    path.parent.mkdir()
+    path.write_text("\n".join(lines) + "\n")
+    log = read_metrics(path)
+    assert log.bad_lines == [3, 4, len(lines) - 1]
+    assert log.series["loss_total"] == {s: s for s in range(1, 7)}  # the good rows all survive
+    result = run("plot", str(path.parent))
+    assert result.exit_code == 0, result.output
+    assert f"Warning: {path}: skipped 3 line(s) that are not JSON rows (first: line 3)" in result.stderr
+    assert_png(path.parent / "curves.png")
+    # a killed run's half-written last line is normal: not counted, no warning
+    clean = write_rows(tmp_path / "killed" / "metrics.jsonl", distill_rows(range(1, 4)), tail='{"step": 4, "lo')
+    assert read_metrics(clean).bad_lines == []
+    assert "Warning" not in run("plot", str(clean.parent)).stderr
+
+
+def _pixels_at(fig, ax, x: float, y: float, radius: int = 3) -> np.ndarray:
+    """The rendered RGB pixels around data point (x, y) of ``ax``."""
+    fig.canvas.draw()
+    img = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    px, py = ax.transData.transform((x, y))
+    row, col = img.shape[0] - int(round(py)), int(round(px))
+    return img[row - radius:row + radius + 1, col - radius:col + radius + 1]
+
+
+def test_runs_with_few_rows_are_drawn_with_markers(tmp_path):
+    # a 20-step run logged once (--log-every 20): one row, a line through one point is invisible without a marker
+    one = write_rows(tmp_path / "one" / "metrics.jsonl", [{"step": 20, "loss_total": 0.5, "loss_rec": 0.3,
+                                                           "lr": 1e-4}]).parent
+    fig = curves_figure(load_runs([one]))
+    ax_loss, ax_lr, _ = fig.axes[:3]
+    assert [line.get_marker() for line in ax_loss.get_lines()] == ["o", "o"]
+    assert [line.get_marker() for line in ax_lr.get_lines()] == ["o"]
+    # the point is drawn: matplotlib's C0 (#1f77b4) where step 20, loss 0.5 lands, not the white background
+    patch = _pixels_at(fig, ax_loss, 20, 0.5)
+    assert (np.abs(patch - [0x1F, 0x77, 0xB4]).sum(axis=2) < 40).sum() >= 5
+    assert_png(write_run_plot(one))
+    # a long run keeps plain lines
+    many = write_rows(tmp_path / "many" / "metrics.jsonl", distill_rows(range(1, 40), val_every=100)).parent
+    lines = curves_figure(load_runs([many])).axes[0].get_lines()
+    assert {line.get_marker() for line in lines if len(line.get_xdata())} == {"None"}
+
+
+def test_non_finite_steps_are_marked_red_and_warned(tmp_path):
+    rows = distill_rows(range(1, 7))
+    for r in rows:
+        if r.get("step") == 4 and "loss_total" in r and "event" not in r:
+            r["loss_total"], r["loss_rec"] = float("nan"), float("inf")
+        if r.get("step") == 6 and "val_psnr" in r:
+            r["val_psnr"] = float("nan")
+    path = write_rows(tmp_path / "nan" / "metrics.jsonl", rows)  # json.dumps writes NaN / Infinity
+    log = read_metrics(path)
+    assert log.nonfinite == {"loss_total": [4], "loss_rec": [4], "val_psnr": [6]}
+    assert 4 not in log.series["loss_total"] and log.series["val_psnr"] == pytest.approx({3: 25.3})
+    fig = curves_figure({"nan": log})
+    marks = {ax.get_title(): [line for line in ax.get_lines() if line.get_label() == "non-finite"]
+             for ax in fig.axes[:3]}
+    loss_marks = marks["training loss terms"]
+    assert len(loss_marks) == 1 and list(loss_marks[0].get_xdata()) == [4]
+    assert loss_marks[0].get_marker() == "x" and loss_marks[0].get_color() == "red"
+    assert [list(m.get_xdata()) for m in marks["held-out Y-PSNR (dB), bicubic dashed"]] == [[6]]
+    assert marks["learning rate"] == []
+    assert "non-finite" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    result = run("plot", str(path.parent))
+    assert result.exit_code == 0, result.output
+    assert f"Warning: {path}: non-finite values (NaN/inf) at 2 step(s), first step 4 (loss_total, loss_rec)" \
+        in result.stderr
+    # several runs: the marker gets its legend entry among the runs' and terms' handles
+    other = write_rows(tmp_path / "ok" / "metrics.jsonl", distill_rows(range(1, 7))).parent
+    fig = curves_figure(load_runs([path.parent, other]))
+    assert "non-finite" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    # a run whose every value is non-finite still plots: the markers are all there is
+    nan_only = write_rows(tmp_path / "nan_only" / "metrics.jsonl", [{"step": 2, "loss_total": float("nan")}])
+    assert_png(write_run_plot(nan_only.parent))
+
+
 # ------------------------------------------------------------------------------------------------ TensorBoard
 def test_tensorboard_event_files_hold_the_curves(tmp_path):
     pytest.importorskip("tensorboard")
@@ -180,7 +273,7 @@ def test_curves_of_a_real_tiny_teacher_run(tiny_frames, tmp_path):  # noqa: F811
     out = tmp_path / "teacher"
     train_teacher.run(tiny_config(tiny_frames, out, steps=4, val_every=2, ckpt_every=4, val_clips=1),
                       show_progress=False)
-    series = read_metrics(out / "metrics.jsonl")
+    series = read_metrics(out / "metrics.jsonl").series
     assert sorted(series["loss"]) == [1, 2, 3, 4] and sorted(series["val_psnr"]) == [2, 4]
     assert write_run_plot(out) == out / "curves.png"
     assert_png(out / "curves.png")

@@ -73,6 +73,10 @@ def read_checkpoint(path: str | Path, flag: str = "--weights/--resume") -> dict:
     path = Path(path).expanduser()
     if not path.is_file():
         raise StdvsrError(f"checkpoint {path} does not exist; check the path given to {flag}")
+    if _is_onnx(path):
+        raise StdvsrError(f"{path} is an ONNX export (a graph for ONNX Runtime, e.g. from stdvsr export), which "
+                          f"{flag} cannot read: stdvsr loads PyTorch checkpoints; pass the .pth checkpoint it was "
+                          "exported from (e.g. runs/distill/student.pth)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -86,6 +90,17 @@ def read_checkpoint(path: str | Path, flag: str = "--weights/--resume") -> dict:
     if not isinstance(obj, dict):
         raise StdvsrError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def _is_onnx(path: Path) -> bool:
+    """An ONNX file: a protobuf ``ModelProto`` starts with field 1 (``ir_version``, a small varint: bytes 0x08,
+    1..31), where PyTorch files start with a zip header (``PK``) or a pickle (0x80); a ``*.onnx`` name counts too
+    unless the bytes are PyTorch's."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return False
+    return path.suffix.lower() == ".onnx" or (len(head) == 2 and head[0] == 0x08 and 0 < head[1] < 32)
 
 
 def _unpickler_reason(error: Exception) -> str:
