@@ -15,6 +15,8 @@ from stdvsr.names import (ACTIVATIONS, ADAPTERS, AUGMENTS, DEFAULT_TIERS, DEGRAD
 from stdvsr.options import REQUIRED, option, redeclare
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N."
+#: Every --seed: what numpy's and Python's generators accept (a negative seed was an internal error, #26).
+SEED = click.IntRange(0, 2**32 - 1)
 ARCH_HELP = ("Architecture of --model files that do not record it (a raw state dict, BasicSR's {'params': …} / "
              "{'params_ema': …}): a model or preset name such as edvr-m, edvr-l, fastdvdnet, vdsr.")
 
@@ -35,7 +37,7 @@ class TrainingConfig:
                           type=click.IntRange(1))
     lr_gamma: float = option(0.5)
     seed: int = option(0, "Seed of the initial weights, crops and batch order, 0 to 2**32-1.",
-                       type=click.IntRange(0, 2**32 - 1))
+                       type=SEED)
     workers: int = option(2, "DataLoader workers.", type=click.IntRange(0), resumable=True)
     device: str = option("auto", DEVICE_HELP, resumable=True)
     log_every: int = option(20, type=click.IntRange(1), resumable=True)
@@ -228,7 +230,7 @@ class ExportConfig:
     force: bool = option(False, "Overwrite --out if it exists (with --quantize also <stem>.int8.onnx, "
                          "<stem>.quant.json and their .rejected twins).")
     seed: int = option(0, "Seed of the calibration draw and check inputs, 0 to 2**32-1.",
-                       type=click.IntRange(0, 2**32 - 1))
+                       type=SEED)
     tolerance: float = option(1e-4, "Largest |exported − PyTorch| accepted by the check.", cli=False)
 
 

@@ -151,6 +151,8 @@ def check_fields(cfg) -> None:
         elif isinstance(kind, (click.FloatRange, click.types.FloatParamType)):
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise StdvsrError(f"{flag} {value!r} must be a number")
+            if math.isinf(value):  # within an open-ended range perhaps, but no setting means anything at infinity
+                raise StdvsrError(f"{flag} {value} must be a finite number")
         elif kind is click.BOOL and not isinstance(value, bool):
             raise StdvsrError(f"{flag} {value!r} must be true or false")
         if isinstance(kind, (click.IntRange, click.FloatRange)):

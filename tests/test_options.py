@@ -47,6 +47,8 @@ def test_shared_training_fields_are_declared_once_and_redeclared_only_for_anothe
     (CacheConfig(format="tar"), "--format 'tar' is not one of zarr, hdf5"),
     (CacheConfig(preset="edvr-xl"), "--preset 'edvr-xl' is not one of edvr-s, edvr-m, edvr-l"),
     (UpscaleConfig(input="a.mp4", output="b.mp4", model="s.pth", fps=float("nan")), "--fps nan must be > 0"),
+    (UpscaleConfig(input="a.mp4", output="b.mp4", model="s.pth", fps=float("inf")), "--fps inf must be a finite number"),
+    (DistillConfig(lr=float("inf")), "--lr inf must be a finite number"),
     (ExportConfig(model="s.pth", opset=9), "--opset 9 must be ≥ 11 and ≤ 20"),
 ])
 def test_settings_made_in_python_are_checked_like_the_command_line(cfg, message):
