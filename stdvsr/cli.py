@@ -281,11 +281,17 @@ def cache_teacher(**opts) -> None:
     frames are transformed, then degraded, then the teacher runs on them, so a flipped training sample gets the
     teacher's exact targets. Each view costs one more teacher pass and as many bytes as the clips themselves.
 
+    --degradation none caches your own LR footage (video:FILE, or folder:ROOT with one folder of frames per clip):
+    the frames are the teacher's input as given, no ground truth is read or stored, views flip the LR frames
+    before the teacher runs, and --store defaults to sr, the teacher's output frames (what a student adapting to
+    the footage reads).
+
     \b
     Examples:
       stdvsr cache-teacher                                        # demo teacher on the demo set
       stdvsr cache-teacher --max-clips 2 --out cache/smoke.zarr   # a quick check
       stdvsr cache-teacher --views 4 --out cache/demo-views4.zarr # + flipped views, exact targets (4× cost)
+      stdvsr cache-teacher --data video:my_clip.mp4 --degradation none  # your LR footage, no GT: SR targets
       stdvsr cache-teacher --weights EDVR_L_BD.pth --preset edvr-l \\
           --data vimeo90k:/data/vimeo_septuplet --dtype int8 --device cuda --batch-size 7
       torchrun --nproc_per_node 4 -m stdvsr cache-teacher --data vimeo90k:/data/vimeo_septuplet ...
@@ -343,15 +349,16 @@ def cache_verify(path: str, sources: bool, data: str | None, as_json: bool) -> N
     naming each clip and the smallest fix (most often: run the same cache-teacher command again, which writes
     the clips whose record or arrays are gone; a corrupted clip after deleting its progress record).
 
-    --sources also re-reads the dataset's frames and degrades them as the manifest records: a manifest whose
-    settings were changed by hand, even with its hash recomputed, no longer matches the stored LR frames.
+    --sources also re-reads the dataset's frames and degrades them as the manifest records (LR footage: reads
+    them as given): a manifest whose settings were changed by hand, even with its hash recomputed, no longer
+    matches the stored LR frames.
 
     \b
     Example:
       stdvsr cache verify cache/demo-edvr.zarr --sources
     """
     from stdvsr.cache.check import advice, print_problems, verify
-    from stdvsr.cache.layout import MANIFEST_HASH, UNPROTECTED, read_manifest
+    from stdvsr.cache.layout import MANIFEST_HASH, UNPROTECTED, has_ground_truth, read_manifest
 
     manifest = read_manifest(Path(path))
     total = len(manifest["clips"]) if manifest else 0
@@ -365,6 +372,8 @@ def cache_verify(path: str, sources: bool, data: str | None, as_json: bool) -> N
     if problems:
         raise StdvsrError(advice(path, problems))
     note = "" if MANIFEST_HASH in manifest else f" (manifest {UNPROTECTED})"
+    if not has_ground_truth(manifest["fingerprint"]):
+        note += " (LR footage: no ground truth; --sources compares the frames as given)"
     stdout().print(f"cache {path}: all {total} clips intact{note}", highlight=False)
 
 

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 
 import click
 
-from stdvsr.names import (ACTIVATIONS, ADAPTERS, AUGMENTS, DEFAULT_TIERS, DEGRADATIONS, DTYPES, EVAL_DEGRADATIONS,
-                          EXPORT_FORMATS, FEATURES, FORMATS, FRAME_MODES, KD_MODES, MAPPINGS, MAX_CALIB_WINDOWS,
-                          MAX_OPSET, MIN_OPSET, PADDING_MODES, SCHEDULES, SD_NORMS, student_names, teacher_presets)
+from stdvsr.names import (ACTIVATIONS, ADAPTERS, AUGMENTS, CACHE_DEGRADATIONS, DEGRADATIONS, DTYPES,
+                          EVAL_DEGRADATIONS, EXPORT_FORMATS, FEATURES, FORMATS, FRAME_MODES, KD_MODES, MAPPINGS,
+                          MAX_CALIB_WINDOWS, MAX_OPSET, MIN_OPSET, PADDING_MODES, SCHEDULES, SD_NORMS, student_names,
+                          teacher_presets)
 from stdvsr.options import REQUIRED, option, redeclare
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N."
@@ -154,12 +155,16 @@ class CacheConfig:
                              type=click.Path(file_okay=False))
     format: str = option("zarr", "Zarr v3 with sharding, or HDF5 part files joined by a virtual dataset.",
                          type=click.Choice(FORMATS), aliases=("fmt",))
-    store: str | tuple = option(",".join(DEFAULT_TIERS), "Comma list of tiers besides the LR input: trunk (F^LR + "
-                                "the head, serves SD and TD), attention (M^T, HR), feat_sr (F^SR, HR, 16× trunk at 64 "
-                                "ch), sr (teacher output).", type=click.STRING)
+    store: str | tuple | None = option(None, "Comma list of tiers besides the LR input: trunk (F^LR + the head, "
+                                       "serves SD and TD), attention (M^T, HR), feat_sr (F^SR, HR, 16× trunk at 64 "
+                                       "ch), sr (teacher output, HR, 3 ch). Default: trunk; sr with --degradation "
+                                       "none.", type=click.STRING)
     dtype: str = option("fp16", "Storage of trunk / feat_sr; int8 has one scale per frame and channel (half the "
                         "size).", type=click.Choice(DTYPES))
-    degradation: str = option("bd", type=click.Choice(DEGRADATIONS))
+    degradation: str = option("bd", "How the teacher's LR input is made from the --data frames: bd (the paper) or "
+                              "bi of the HR frames; none: the frames are the LR input as given (your own footage, "
+                              "video:FILE or folder:ROOT): no ground truth is read or stored.",
+                              type=click.Choice(CACHE_DEGRADATIONS))
     lq_from_disk: bool = option(False, "Use the dataset's own LR frames (Vid4 BDx4/BIx4).")
     mod_crop: bool = option(False, "Crop frames to a multiple of the scale instead of refusing them.")
     padding: str = option("replicate", "Frame padding of windows at clip ends (the paper: replicate).",

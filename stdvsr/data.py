@@ -409,6 +409,13 @@ def read_hr(clip: Clip, indices: Sequence[int], scale: int = 4, mod_crop: bool =
     return dihedral(to_tensor([f[:h, :w] for f in frames]), clip.transform).contiguous()
 
 
+def read_footage(clip: Clip, indices: Sequence[int]) -> torch.Tensor:
+    """Frames ``indices`` of LR footage (``cache-teacher --degradation none``) as the teacher's input, float32
+    ``(T, 3, h, w)``: read as given (nothing degraded, any size), one size per clip, the clip's ``transform``
+    applied — a view of footage is its LR frames transformed, and the teacher then runs on them."""
+    return read_hr(clip, indices, scale=1)
+
+
 def read_lq_from_disk(clip: Clip, indices: Sequence[int], degradation: str, hr_size: tuple[int, int],
                       scale: int = 4) -> torch.Tensor:
     """The clip's on-disk LR frames of ``degradation`` (Vid4's BDx4/BIx4), checked against the HR size."""

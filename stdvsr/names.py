@@ -36,12 +36,19 @@ def teacher_presets() -> list[str]:
 # data (stdvsr.data)
 PADDING_MODES = ("replicate", "reflection", "reflection_circle", "circle")
 DEGRADATIONS = ("bd", "bi")
+#: ``cache-teacher --degradation none``: the dataset's frames *are* the LR input (a user's own footage): read as
+#: given, nothing degraded, no ground truth read or stored.
+NO_DEGRADATION = "none"
+CACHE_DEGRADATIONS = (*DEGRADATIONS, NO_DEGRADATION)
 # the teacher cache (stdvsr.cache)
 FORMATS = ("zarr", "hdf5")
 DTYPES = ("fp16", "int8")
 #: Optional tiers ``--store`` chooses from; ``lq`` (the teacher's float32 input frames) is always stored.
 TIERS = ("trunk", "attention", "feat_sr", "sr")
 DEFAULT_TIERS = ("trunk",)
+#: A footage cache's default: the teacher's SR frames (3 channels at HR), the target a student reads without
+#: re-running the teacher's head each step (which costs more than the student itself).
+FOOTAGE_TIERS = ("sr",)
 # distillation (stdvsr.distill, stdvsr.losses)
 KD_MODES = ("std", "sd", "td", "none", "mse", "mean2", "output")
 FEATURES = ("sr", "lr")

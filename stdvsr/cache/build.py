@@ -12,6 +12,11 @@ first and then degraded, and the teacher runs on that LR input, so a flipped or 
 the teacher's exact targets (a transformed cached target would not be the teacher's output on the transformed
 input; docs/ARCHITECTURE.md). Each view costs one more teacher pass and as many bytes as the clip itself.
 
+LR footage (``degradation`` ``none``; issue #22): the dataset's frames are the teacher's input as given — a user's
+own video with no HR original. Nothing is degraded, no ground truth is read or stored (the manifest says so:
+:func:`stdvsr.cache.layout.has_ground_truth`), the default tier is the teacher's SR frames, and a view is the LR
+frames transformed, on which the teacher runs: its targets are exact as well.
+
 Crash safety: a clip is done when its progress record exists, and the record is written (fsynced) only after the
 clip's data is durable. A killed run re-run with the same command removes the unfinished clips' pieces and
 recomputes them; clips are independent (the teacher's batch is windows of one clip), so the arrays end identical
@@ -39,16 +44,17 @@ from rich.table import Table
 from torch.nn import functional as F
 
 from stdvsr import __version__, interrupts
-from stdvsr.cache.layout import (FEATURE_POINT, FORMAT_VERSION, HEAD, MANIFEST, PROGRESS, array_layout,
-                                 estimate_bytes, first_difference, lookup, parse_tiers, plan_clips, quantise,
-                                 read_manifest, sources_sha256, write_manifest)
+from stdvsr.cache.layout import (FEATURE_POINT, FORMAT_VERSION, HEAD, MANIFEST, MIN_FOOTAGE_SIZE, PROGRESS,
+                                 array_layout, estimate_bytes, first_difference, lookup, parse_tiers, plan_clips,
+                                 quantise, read_manifest, sources_sha256, write_manifest)
 from stdvsr.cache.stores import backend
 from stdvsr.configs import CacheConfig
-from stdvsr.data import (degrade, load_clips, parse_spec, read_hr, read_lq_from_disk, resolve_spec,
-                         window_indices, with_views)
+from stdvsr.data import (check_clip, degrade, load_clips, parse_spec, read_footage, read_hr, read_lq_from_disk,
+                         resolve_spec, window_indices, with_views)
 from stdvsr.distributed import barrier, end_process_group, torchrun_group
 from stdvsr.errors import StdvsrError
 from stdvsr.io import atomic_path, folder_lock, mib, sha256_file, size_text, write_text
+from stdvsr.names import DEFAULT_TIERS, FOOTAGE_TIERS, NO_DEGRADATION
 from stdvsr.options import check_fields
 from stdvsr.progress import stderr, stdout, work_progress
 from stdvsr.training import resolve_device
@@ -59,7 +65,21 @@ FP16_MAX = 65504.0
 def default_out(cfg: CacheConfig) -> Path:
     data = cfg.data.replace(":", "-").replace("/", "_").strip("_") or "data"
     suffix = f"-{cfg.split}" if cfg.split != "train" else ""
+    suffix += "-lr" if footage(cfg) else ""  # a footage cache of a folder never meets that folder's GT cache
     return Path("cache") / f"{data}{suffix}-{cfg.teacher}.{cfg.format}"
+
+
+def footage(cfg: CacheConfig) -> bool:
+    """``--degradation none``: the ``--data`` frames are LR footage, the teacher's input as given (no GT)."""
+    return cfg.degradation == NO_DEGRADATION
+
+
+def store_tiers(cfg: CacheConfig) -> tuple[str, ...]:
+    """The tiers ``--store`` names, or its default: ``trunk`` (serves SD and TD through the cached head), and for
+    footage ``sr`` (the teacher's output, what a student adapting to footage reads every step)."""
+    if cfg.store is None:
+        return FOOTAGE_TIERS if footage(cfg) else DEFAULT_TIERS
+    return parse_tiers(cfg.store)
 
 
 # ------------------------------------------------------------------------------------------------- teacher
@@ -101,8 +121,8 @@ def head_state(model) -> dict:
 # ------------------------------------------------------------------------------------------------ manifest
 def make_manifest(cfg: CacheConfig, teacher_info: dict, model, clips) -> dict:
     scale = 4
-    records, groups = plan_clips(clips, scale, cfg.mod_crop)
-    tiers = parse_tiers(cfg.store)
+    records, groups = plan_clips(clips, scale, cfg.mod_crop, lr_input=footage(cfg))
+    tiers = store_tiers(cfg)
     layout = array_layout(groups, tiers, model.upconv1.in_channels, cfg.dtype, scale, cfg.chunk)
     fingerprint = {
         "format_version": FORMAT_VERSION,
@@ -299,7 +319,12 @@ def process_clip(model, clip, rec: dict, group: dict, cfg: CacheConfig, store, d
     t0 = time.perf_counter()
     indices = range(len(clip))
     hr_size = tuple(group["hr_size"])
-    if cfg.lq_from_disk:
+    if footage(cfg):
+        lq = read_footage(clip, indices)
+        if tuple(lq.shape[-2:]) != tuple(group["lr_size"]):
+            raise StdvsrError(f"clip {clip.name} changed size since the cache was planned; rebuild the cache")
+        sources = list(clip.frames)
+    elif cfg.lq_from_disk:
         lq = read_lq_from_disk(clip, indices, cfg.degradation, hr_size, 4)
         sources = [*clip.frames, *clip.lq_frames[cfg.degradation]]
     else:
@@ -380,6 +405,26 @@ def _validate(cfg: CacheConfig) -> None:
     if cfg.views > 1 and cfg.lq_from_disk:
         raise StdvsrError("--views needs LR frames made from the transformed HR frames; drop --lq-from-disk or "
                           "use --views 1")
+    if footage(cfg):
+        for flag, given in (("--lq-from-disk", cfg.lq_from_disk), ("--mod-crop", cfg.mod_crop)):
+            if given:  # both are about HR frames, which footage does not have
+                raise StdvsrError(f"{flag} applies to HR frames and their LR twins; with --degradation none the "
+                                  f"--data frames are the LR input as given: drop {flag}")
+    store_tiers(cfg)  # an unknown tier is refused before the teacher loads
+
+
+def check_clips(clips, cfg: CacheConfig, num_frame: int) -> None:
+    """Refuse, before anything is written, clips the teacher cannot run over: shorter than the window allows with
+    ``--padding``, and (footage) frames of mixed sizes within a clip or smaller than :data:`MIN_FOOTAGE_SIZE`."""
+    for clip in clips:
+        for t in (0, len(clip) - 1):  # the windows at the clip's ends reach furthest beyond it
+            window_indices(t, len(clip), num_frame, cfg.padding)
+        if footage(cfg):
+            h, w = check_clip(clip, scale=1)  # every frame's header: one size per clip
+            if min(h, w) < MIN_FOOTAGE_SIZE:
+                raise StdvsrError(f"frames of clip {clip.name} ({clip.frames[0]}) are {w}×{h}: LR footage needs at "
+                                  f"least {MIN_FOOTAGE_SIZE}×{MIN_FOOTAGE_SIZE} pixels (the teacher aligns frames at "
+                                  "1/4 of their size); use larger footage")
 
 
 def run(cfg: CacheConfig, show_progress: bool = True) -> dict:
@@ -394,7 +439,7 @@ def run(cfg: CacheConfig, show_progress: bool = True) -> dict:
 
 def _run(cfg: CacheConfig, show_progress: bool, held: contextlib.ExitStack) -> dict:
     _validate(cfg)
-    cfg = dataclasses.replace(cfg, store=parse_tiers(cfg.store))
+    cfg = dataclasses.replace(cfg, store=store_tiers(cfg))
     root = Path(cfg.out) if cfg.out else default_out(cfg)
     rank, world, pg = _distribution(cfg)
     held.enter_context(folder_lock(root, "--out", rank))  # one writer per rank: the ranks share the folder
@@ -407,6 +452,7 @@ def _run(cfg: CacheConfig, show_progress: bool, held: contextlib.ExitStack) -> d
     clips = load_clips(cfg.data, cfg.split)
     if cfg.max_clips:
         clips = clips[:cfg.max_clips]
+    check_clips(clips, cfg, model.num_frame)
     clips = with_views(clips, cfg.views)  # after --max-clips, which counts the dataset's clips
     manifest = make_manifest(cfg, teacher_info, model, clips)
     by_index = {r["index"]: r for r in manifest["clips"]}

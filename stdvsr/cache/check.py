@@ -10,8 +10,8 @@ import numpy as np
 from rich.table import Table
 
 from stdvsr.cache.build import not_intact, read_records, record_path
-from stdvsr.cache.layout import (HEAD, MANIFEST, MANIFEST_HASH, UNPROTECTED, estimate_bytes, read_manifest,
-                                 sources_sha256)
+from stdvsr.cache.layout import (HEAD, MANIFEST, MANIFEST_HASH, UNPROTECTED, estimate_bytes, has_ground_truth,
+                                 read_manifest, sources_sha256)
 from stdvsr.cache.stores import VDS, backend
 from stdvsr.errors import StdvsrError
 from stdvsr.io import mib
@@ -40,7 +40,7 @@ def info(path: str | Path) -> dict:
         "manifest_protected": MANIFEST_HASH in manifest,
         "frames": sum(c["frames"] for c in manifest["clips"]),
         "teacher": fp["teacher"], "data": fp["data"], "views": fp.get("views", 1),
-        "degradation": fp["degradation"], "scale": fp["scale"],
+        "degradation": fp["degradation"], "ground_truth": has_ground_truth(fp), "scale": fp["scale"],
         "num_frame": fp["num_frame"], "padding": fp["padding"], "tiers": ["lq", *fp["tiers"]], "dtype": fp["dtype"],
         "chunk": fp["chunk"], "compress": fp["compress"], "feature_point": fp["feature_point"],
         "stdvsr": fp["stdvsr"], "created": manifest.get("created"),
@@ -63,15 +63,18 @@ def _blake2b(a: np.ndarray) -> "hashlib.blake2b":
 
 def _rederive_lq(clip, record: dict, stored: np.ndarray, fp: dict, hr_size, chunk: int = 16) -> str | None:
     """Degrade the clip's source frames as the manifest says (``degradation``, ``scale``, ``mod_crop``; views
-    transformed first) and compare with the LR frames the teacher read: ``stored``, the clip's intact ``lq``
-    (equal to the record's hash, or within :data:`LQ_TOL` where only rounding differs). Returns what differs."""
-    from stdvsr.data import degrade, read_hr, read_lq_from_disk
+    transformed first) — for LR footage read them as given — and compare with the LR frames the teacher read:
+    ``stored``, the clip's intact ``lq`` (equal to the record's hash, or within :data:`LQ_TOL` where only rounding
+    differs). Returns what differs."""
+    from stdvsr.data import degrade, read_footage, read_hr, read_lq_from_disk
 
     digest, worst = hashlib.blake2b(digest_size=16), 0.0
     for start in range(0, len(clip), chunk):
         frames = range(start, min(start + chunk, len(clip)))
         try:
-            if fp["lq_from_disk"]:
+            if not has_ground_truth(fp):
+                lq = read_footage(clip, frames)
+            elif fp["lq_from_disk"]:
                 lq = read_lq_from_disk(clip, frames, fp["degradation"], tuple(hr_size), fp["scale"])
             else:
                 lq = degrade(read_hr(clip, frames, fp["scale"], fp["mod_crop"]), fp["degradation"], fp["scale"])
@@ -168,9 +171,11 @@ def verify(path: str | Path, sources: bool = False, data: str | None = None, pro
             elif lq is not None:  # the sources the teacher read, and intact LR frames: one follows from the other
                 differs = _rederive_lq(c, record, lq, fp, manifest["groups"][clip["group"]]["hr_size"])
                 if differs:
-                    problem(name, f"lq: the source frames degraded as {MANIFEST} records ({fp['degradation']} "
-                                  f"×{fp['scale']}) are not the LR frames the teacher read: {differs}; {MANIFEST} "
-                                  "does not describe this cache (edited?)", REBUILD)
+                    how = (f"read as given (LR footage, degradation none, as {MANIFEST} records)"
+                           if not has_ground_truth(fp) else
+                           f"degraded as {MANIFEST} records ({fp['degradation']} ×{fp['scale']})")
+                    problem(name, f"lq: the source frames {how} are not the LR frames the teacher read: {differs}; "
+                                  f"{MANIFEST} does not describe this cache (edited?)", REBUILD)
         if progress:
             progress(1)
     return problems
@@ -234,7 +239,10 @@ def print_info(r: dict) -> None:
                   f"{views} (each clip also cached through {views - 1} flip{'s' if views > 2 else ''}"
                   f"{' and transposes' if views > 4 else ''}, as clips CLIP@t1..t{views - 1})"),
         ("frame sizes", ", ".join(f"{k} ({g['frames']} frames)" for k, g in r["groups"].items())),
-        ("degradation", f"{r['degradation']} ×{r['scale']}"),
+        ("degradation", f"{r['degradation']} ×{r['scale']}" if r["ground_truth"] else
+                        f"none: the frames are LR footage, read as given; the teacher upscales ×{r['scale']}"),
+        ("ground truth", "the dataset's HR frames (read when training, not stored)" if r["ground_truth"] else
+                         "none (LR footage): the teacher's outputs are the only targets"),
         ("window", f"{r['num_frame']} frames, {r['padding']} padding"),
         ("tiers", ", ".join(r["tiers"]) + f" ({r['dtype']})"),
         ("feature point", r["feature_point"]),

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from stdvsr.errors import StdvsrError
-from stdvsr.names import TIERS
+from stdvsr.names import NO_DEGRADATION, TIERS
 from stdvsr.io import image_size, sha256_file, write_text
 
 FORMAT_VERSION = 1
@@ -48,6 +48,15 @@ HEAD_MARGIN = 2
 FEATURE_POINT = ("trunk = EDVR F^LR (reconstruction output, input of upconv1); F^SR = lrelu(conv_hr(·)) "
                  "(input of conv_last); attention = sum_c F^SR^2")
 INT8_MAX = 127
+#: The smallest LR frame edge of footage (``--degradation none``): EDVR aligns at 1/1, 1/2 and 1/4 of it, so at
+#: 8 LR pixels its coarsest level is 2×2; below, the alignment convolutions see little but padding.
+MIN_FOOTAGE_SIZE = 8
+
+
+def has_ground_truth(fingerprint: dict) -> bool:
+    """Whether a cache's clips have ground truth (HR frames that were degraded into its LR input): not a cache of
+    LR footage, whose frames *are* the LR input (``degradation`` ``none``)."""
+    return fingerprint["degradation"] != NO_DEGRADATION
 
 
 def tier_info(tier: str, trunk_channels: int, dtype: str) -> dict:
@@ -78,9 +87,10 @@ def parse_tiers(text: str | Sequence[str]) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------------------------------- plan
-def plan_clips(clips, scale: int, mod_crop: bool) -> tuple[list[dict], dict]:
+def plan_clips(clips, scale: int, mod_crop: bool, lr_input: bool = False) -> tuple[list[dict], dict]:
     """Assign every clip a size group and a row offset in it. Reads only the first frame's header per clip; a
-    transposing view (``clip.transform`` ≥ 4) of a W×H clip is H×W.
+    transposing view (``clip.transform`` ≥ 4) of a W×H clip is H×W. ``lr_input``: the frames are LR footage, so
+    the HR size (of the teacher's output) is ``scale`` times theirs.
 
     Returns ``(clip records, groups)``; a group is ``{"hr_size", "lr_size", "trunk_size", "frames"}`` where
     ``trunk_size`` is the LR size padded to the multiple of 4 EDVR needs (the trunk is stored padded so that the
@@ -89,6 +99,8 @@ def plan_clips(clips, scale: int, mod_crop: bool) -> tuple[list[dict], dict]:
     records, groups = [], {}
     for index, clip in enumerate(clips):
         h, w = image_size(clip.frames[0])
+        if lr_input:
+            h, w = h * scale, w * scale
         if not mod_crop and (h % scale or w % scale):
             raise StdvsrError(f"frames of clip {clip.name} ({clip.frames[0]}) are {w}×{h}, not divisible by scale "
                               f"{scale}; crop them to a multiple of {scale} or pass --mod-crop")

@@ -3,7 +3,8 @@
 :class:`CacheReader` opens the manifest once and the arrays lazily in each process (so it can be handed to
 DataLoader workers). :meth:`CacheReader.read` returns, for a clip, a range of its frames and an HR crop box, the
 LR input the teacher saw, the HR ground truth (decoded from the dataset's frames), and the stored tiers cropped
-to the box. The trunk comes with a margin of :data:`HEAD_MARGIN` LR pixels (zeros and a ``valid`` mask beyond
+to the box (a cache of LR footage, ``--degradation none``, has no ground truth: its samples carry no ``gt``). The
+trunk comes with a margin of :data:`HEAD_MARGIN` LR pixels (zeros and a ``valid`` mask beyond
 the frame), which is what :class:`TeacherHead` needs to rebuild F^SR and SR *exactly* for the crop: the crop of
 the head's output on the whole frame equals the head's output on the margin-padded crop, cropped.
 """
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stdvsr.cache.layout import HEAD, HEAD_MARGIN, PROGRESS, dequantise, read_manifest
+from stdvsr.cache.layout import HEAD, HEAD_MARGIN, PROGRESS, dequantise, has_ground_truth, read_manifest
 from stdvsr.cache.stores import backend
 from stdvsr.errors import StdvsrError
 
@@ -112,6 +113,8 @@ class CacheReader:
         self.scale: int = self.fingerprint["scale"]
         self.num_frame: int = self.fingerprint["num_frame"]
         self.views: int = self.fingerprint.get("views", 1)  # absent from caches written before --views existed
+        #: False for a cache of LR footage (``--degradation none``): no HR frames exist, samples carry no ``gt``.
+        self.has_gt: bool = has_ground_truth(self.fingerprint)
         from stdvsr.data import resolve_spec
 
         self.data = resolve_spec(data) if data else self.fingerprint["data"]["spec"]
@@ -125,6 +128,14 @@ class CacheReader:
 
     def head(self) -> TeacherHead:
         return TeacherHead.load(self.root / HEAD)
+
+    def require_ground_truth(self, needed_by: str) -> None:
+        """Refuse, in one line, a cache of LR footage to a consumer that needs ground truth (``needed_by``, e.g.
+        ``"the reconstruction loss L_rec"``): such a cache holds the teacher's targets only."""
+        if not self.has_gt:
+            raise StdvsrError(f"cache {self.root} is LR footage without ground truth (built with --degradation "
+                              f"none), so it cannot serve {needed_by}; train against the teacher's outputs only, or "
+                              "use a cache built from HR frames (--degradation bd or bi)")
 
     def dataset_clips(self):
         """The dataset's :class:`stdvsr.data.Clip` objects (for the HR frames), one per cached clip (views
@@ -186,11 +197,12 @@ class CacheReader:
 
     def read(self, index: int, frames: Sequence[int] | range | None = None,
              box: tuple[int, int, int, int] | None = None, tiers: Sequence[str] | None = None,
-             gt: bool = True, margin: int = HEAD_MARGIN, lq: bool = True) -> dict:
+             gt: bool | None = None, margin: int = HEAD_MARGIN, lq: bool = True) -> dict:
         """Clip ``index``, consecutive ``frames`` (default all), HR crop ``box = (top, left, height, width)``
         (multiples of the scale; default the whole frame).
 
-        Returns float32 tensors: ``lq`` ``(T,3,h,w)``, ``gt`` ``(T,3,H,W)`` (if ``gt``), every stored tier in
+        Returns float32 tensors: ``lq`` ``(T,3,h,w)``, ``gt`` ``(T,3,H,W)`` (if ``gt``; default: when the cache
+        has ground truth, and ``gt=True`` on LR footage is refused), every stored tier in
         ``tiers`` (default all) cropped to the box — except ``trunk``, which comes as ``(T,C,h+2m,w+2m)`` with
         ``valid`` ``(1,h+2m,w+2m)`` and ``lq_margin`` ``(T,3,h+2m,w+2m)`` for :meth:`TeacherHead.targets`.
         ``lq=False`` skips the LR crop when it would be a read of its own (callers that read LR frames themselves).
@@ -210,6 +222,10 @@ class CacheReader:
             raise StdvsrError(f"crop box {box} does not fit clip {clip['name']} ({W}×{H}) on the ×{s} grid")
         y, x, h, w = top // s, left // s, height // s, width // s
         tiers = self.tiers if tiers is None else list(tiers)
+        if gt is None:
+            gt = self.has_gt
+        elif gt:
+            self.require_ground_truth("ground-truth frames (gt)")
         out: dict = {"clip": clip["name"], "index": index, "frames": (frames.start, frames.stop), "box": (top, left)}
         for tier in tiers:
             if tier == "lq":
@@ -264,16 +280,20 @@ class CacheDataset(torch.utils.data.Dataset):
     crop of ``patch_size``, with the teacher's targets for exactly that crop (see :meth:`CacheReader.read`).
 
     Item ``(epoch, i)`` (or ``i``) draws its crop from ``(seed, epoch, i)`` only, so the samples do not depend on
-    the number of workers. ``gt=False`` skips decoding the HR frames (timing the cache alone). No flips or
+    the number of workers. ``gt=False`` skips decoding the HR frames (timing the cache alone); by default they are
+    read when the cache has them (not from LR footage, ``--degradation none``). No flips or
     rotations are drawn here: a transformed cached target is not the teacher's output on the transformed input
     (docs/ARCHITECTURE.md, "The teacher cache"); flipped and rotated samples come from views cached as clips of their own (``cache-teacher
     --views``), whose targets are exact.
     """
 
     def __init__(self, path: str | Path, num_frames: int | None = None, patch_size: int = 64,
-                 tiers: Sequence[str] = ("trunk",), seed: int = 0, data: str | None = None, gt: bool = True):
+                 tiers: Sequence[str] = ("trunk",), seed: int = 0, data: str | None = None,
+                 gt: bool | None = None):
         self.reader = CacheReader(path, data=data)
-        self.gt = gt
+        if gt:
+            self.reader.require_ground_truth("samples with ground truth (gt=True)")
+        self.gt = self.reader.has_gt if gt is None else gt
         self.num_frames = num_frames or self.reader.num_frame
         self.patch_size, self.tiers, self.seed = patch_size, list(tiers), seed
         if patch_size % self.reader.scale:
