@@ -12,12 +12,12 @@ import math
 import multiprocessing.util  # registers multiprocessing's exit handler now, before _end_daemon_children
 import random
 from pathlib import Path
-from typing import Iterator, TypeVar
+from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
 import torch
 from torch import nn
 
-from stdvsr import interrupts
+from stdvsr import __version__, interrupts
 from stdvsr.errors import StdvsrError
 from stdvsr.io import atomic_path
 from stdvsr.options import flag_of
@@ -51,6 +51,69 @@ def learning_rate(step: int, base_lr: float, total_steps: int, schedule: str = "
     if schedule == "step":
         return base_lr * gamma ** (step // step_size)
     raise StdvsrError(f"unknown --schedule {schedule!r}; use cosine or step")
+
+
+# ------------------------------------------------------------------------------------------ the loop skeleton
+# What both training loops do around their own step, written once; each stage keeps its loop visible.
+def set_learning_rate(optimizer: torch.optim.Optimizer, cfg, step: int) -> float:
+    """Set every parameter group to the schedule's rate at (0-based) ``step`` (``cfg``'s ``lr``, ``steps``,
+    ``schedule``, ``min_lr``, ``lr_step``, ``lr_gamma``); returns it."""
+    lr = learning_rate(step, cfg.lr, cfg.steps, cfg.schedule, cfg.min_lr, cfg.lr_step, cfg.lr_gamma)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def check_finite(loss: float, done: int, last: Path | None, what: str, fix: str, terms: dict | None = None) -> None:
+    """Stop a run whose loss became NaN or inf at step ``done`` (1-based), naming the loss ``terms`` if given and
+    the last good checkpoint ``last``: ``"{what} at step N (terms); the last good checkpoint is …; {fix}"``."""
+    if math.isfinite(loss):
+        return
+    shown = " (" + ", ".join(f"{k} {v:.4g}" for k, v in terms.items()) + ")" if terms else ""
+    hint = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    raise StdvsrError(f"{what} at step {done}{shown}; {hint}; {fix}")
+
+
+def smoothed(previous: float | None, loss: float) -> float:
+    """The progress line's loss: an exponential average (0.95), checkpointed so a resumed run continues it."""
+    return loss if previous is None else 0.95 * previous + 0.05 * loss
+
+
+def due(done: int, every: int, steps: int) -> bool:
+    """Whether a periodic action (a log row, a validation, a checkpoint) falls after step ``done`` of ``steps``:
+    every ``every`` steps, and always after the last."""
+    return done % every == 0 or done == steps
+
+
+@dataclasses.dataclass
+class LoopState:
+    """What a training loop changes besides the weights and the optimizer, checkpointed with them."""
+
+    step: int = 0  # optimizer steps finished
+    smoothed_loss: float | None = None  # see smoothed()
+
+
+def folder_config(config: dict, model: dict, **facts) -> dict:
+    """What a run's ``config.json`` holds: the resolved config, the model it trains, facts the stage resolved
+    (``facts``, in order) and the version."""
+    return {**config, "model": model, **facts, "stdvsr": __version__}
+
+
+def announce_start(out: str | Path, start_step: int, steps: int, resume: str | None, show: bool) -> None:
+    """The line a training stage starts with when resuming (or when ``--resume auto`` found nothing to resume)."""
+    if not show:
+        return
+    if start_step:
+        _say(f"resuming {out} from step {start_step} of {steps}")
+    elif resume == "auto":
+        _say(f"--resume auto: no checkpoint in {Path(out) / 'checkpoints'}; starting fresh at step 1 of {steps}")
+
+
+def _say(text: str) -> None:
+    """One line on stderr, as the training stages print their notes."""
+    from stdvsr.progress import stderr
+
+    stderr().print(text, highlight=False, soft_wrap=True)
 
 
 class EMA:
@@ -181,6 +244,71 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         torch.save(payload, tmp)
 
 
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()  # a field this stage's checkpoints do not have (None is a value: "no EMA", "not frozen")
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """The one checkpoint schema of both training stages, the only place its keys are spelled.
+
+    :meth:`resumable` is what ``checkpoints/step_N.pth`` holds to ``--resume`` exactly; :meth:`deployable` what the
+    final ``teacher.pth`` / ``student.pth`` keep (what :func:`stdvsr.models.load_model` and ``--weights`` read);
+    :meth:`read` takes either back, including files written by earlier versions (a missing entry reads as None).
+    Each stage has one ``state_of`` that fills it and one ``restore`` that reads it. Fields a stage does not have
+    stay :data:`UNSET` and are not written. The field order is the order written.
+    """
+
+    model: dict  # {"name", "kwargs"}: what load_model builds
+    config: dict  # the resolved stage config (dataclasses.asdict), nanoGPT-style
+    step: int  # optimizer steps finished
+    params: dict  # the trained network's weights (BasicSR's name): the teacher, or the student alone
+    params_ema: dict | None = UNSET  # teacher: the EMA weights (None without --ema)
+    distill: dict = UNSET  # distill: student + adapter + ConvLSTM; its presence marks a distill checkpoint
+    optimizer: dict = UNSET
+    rng: dict = UNSET  # rng_state()
+    smoothed_loss: float | None = UNSET  # the progress line's loss, continued on resume
+    td_frozen_at: int | None = UNSET  # distill: the step L_TD's ConvLSTM froze at, or None
+    kd: str = UNSET  # student.pth: the --kd it was distilled with
+    feature: str = UNSET  # student.pth: the distilled feature, sr or lr
+    cache_fingerprint: dict = UNSET  # distill: the cache it trained against (resuming refuses another)
+    stdvsr: str | None = dataclasses.field(default_factory=lambda: __version__)  # the version that wrote it
+
+    # what only a deployed file records, and what it keeps (in this order)
+    DEPLOYED_ONLY: ClassVar[tuple[str, ...]] = ("kd", "feature")
+    DEPLOYED: ClassVar[tuple[str, ...]] = ("model", "params", "params_ema", "config", "step", "kd", "feature",
+                                           "cache_fingerprint", "stdvsr")
+
+    def _set(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not UNSET}
+
+    def resumable(self) -> dict:
+        """A ``checkpoints/step_N.pth``: everything to continue the run exactly."""
+        return {k: v for k, v in self._set().items() if k not in self.DEPLOYED_ONLY}
+
+    def deployable(self) -> dict:
+        """A final ``teacher.pth`` / ``student.pth``: the weights and what they are. A teacher's file always has
+        ``params_ema`` (what ``--weights`` takes first): the raw weights when trained without EMA."""
+        state = self._set()
+        if "params_ema" in state and state["params_ema"] is None:
+            state["params_ema"] = state["params"]
+        return {k: state[k] for k in self.DEPLOYED if k in state}
+
+    @classmethod
+    def read(cls, saved: dict) -> "Checkpoint":
+        """A loaded checkpoint (:func:`stdvsr.models.read_checkpoint`) as a :class:`Checkpoint`; entries it lacks
+        read as None, entries this version does not know are ignored."""
+        return cls(**{f.name: saved.get(f.name) for f in dataclasses.fields(cls)})
+
+    def save(self, path: Path) -> None:
+        """Write :meth:`deployable` atomically (the resumable form goes through :class:`RunFolder`)."""
+        save_checkpoint(path, self.deployable())
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` → CUDA when available, else CPU; otherwise the named device (checked)."""
     if name == "auto":
@@ -213,7 +341,7 @@ def resolved_specs(cfg: Config) -> Config:
     return dataclasses.replace(cfg, **{n: resolve_spec(getattr(cfg, n)) for n in names})
 
 
-def _newest_intact(folder: Path, warn: bool) -> tuple[Path | None, dict | None]:
+def _newest_intact(folder: Path, warn: bool) -> tuple[Path | None, Checkpoint | None]:
     """The newest checkpoint in ``folder`` that loads, and its contents; ``(None, None)`` if there is none. Newer
     ones that do not load (a disk that filled up, a copy cut short) are passed over with a warning naming them; if
     none loads, that is an error."""
@@ -222,17 +350,14 @@ def _newest_intact(folder: Path, warn: bool) -> tuple[Path | None, dict | None]:
     bad = []
     for path in sorted(folder.glob("step_*.pth"), reverse=True):
         try:
-            ckpt = read_checkpoint(path, "--resume auto")
+            ckpt = Checkpoint.read(read_checkpoint(path, "--resume auto"))
         except StdvsrError as e:
             bad.append((path, str(e)))
             continue
         if bad and warn:
-            from stdvsr.progress import stderr
-
             names = ", ".join(p.name for p, _ in bad)
-            stderr().print(f"warning: --resume auto: {names} in {folder} cannot be loaded ({bad[0][1]}); resuming "
-                           f"from {path.name} (step {ckpt.get('step')}), the newest intact checkpoint",
-                           highlight=False, soft_wrap=True)
+            _say(f"warning: --resume auto: {names} in {folder} cannot be loaded ({bad[0][1]}); resuming from "
+                 f"{path.name} (step {ckpt.step}), the newest intact checkpoint")
         return path, ckpt
     if bad:
         raise StdvsrError(f"--resume auto: no checkpoint in {folder} can be loaded ({bad[0][1]}); move them away to "
@@ -256,14 +381,15 @@ def _as_set(f: dataclasses.Field, value) -> str:
 
 
 def resume_run(cfg: Config, resume: str | None, explicit: set[str] | None, resumable: set[str],
-               kind: str = "stdvsr", warn: bool = True) -> tuple[Config, dict | None]:
+               kind: str | None = None, warn: bool = True) -> tuple[Config, Checkpoint | None]:
     """The config and checkpoint a run continues from: ``(cfg, None)`` for a fresh run.
 
     ``resume``: None, ``"auto"`` (the newest checkpoint in ``cfg.out`` that loads, passing over newer ones that do
     not with a warning if ``warn``; none yet = fresh) or a checkpoint path (which must load). The checkpoint's
     config is used; of the fields named in ``explicit`` (default: all), those in ``resumable`` override it and any
     other that differs is an error naming the flag. A fresh run into a folder that already holds checkpoints is
-    refused. ``kind``: the checkpoint key that marks the stage (``"distill"``), checked if given.
+    refused. ``kind``: the :class:`Checkpoint` field that marks the stage's checkpoints (``"distill"``), checked if
+    given.
     """
     from stdvsr.models import read_checkpoint
 
@@ -273,14 +399,14 @@ def resume_run(cfg: Config, resume: str | None, explicit: set[str] | None, resum
         if resume == "auto":
             path, ckpt = _newest_intact(Path(cfg.out) / "checkpoints", warn)
         else:
-            path, ckpt = Path(resume), read_checkpoint(resume, "--resume")
+            path, ckpt = Path(resume), Checkpoint.read(read_checkpoint(resume, "--resume"))
         if path is not None:
-            if "config" not in ckpt or (kind != "stdvsr" and kind not in ckpt):
-                raise StdvsrError(f"--resume {path} is not a checkpoint of this stage ({kind})")
-            if ckpt.get("step", 0) > cfg.steps:
-                raise StdvsrError(f"--steps {cfg.steps} is below step {ckpt['step']} of {path}: the run is already "
+            if ckpt.config is None or (kind is not None and getattr(ckpt, kind) is None):
+                raise StdvsrError(f"--resume {path} is not a checkpoint of this stage ({kind or 'stdvsr'})")
+            if (ckpt.step or 0) > cfg.steps:
+                raise StdvsrError(f"--steps {cfg.steps} is below step {ckpt.step} of {path}: the run is already "
                                   f"past it; raise --steps, or start a new --out folder")
-            stored = resolved_specs(type(cfg)(**ckpt["config"]))
+            stored = resolved_specs(type(cfg)(**ckpt.config))
             fields = {f.name: f for f in dataclasses.fields(cfg)}
             names = set(fields) if explicit is None else explicit
             for name in sorted(names):
@@ -325,16 +451,17 @@ class RunFolder:
     resumed step dropped, see :func:`open_metrics`), ``checkpoints/step_N.pth`` (atomic, the newest ``keep``
     kept) and, on Ctrl-C or SIGTERM, a checkpoint of the finished steps.
 
-    ``payload(step)`` builds a checkpoint's contents. Only the writing rank (``write``) touches the disk; the others
-    get the same calls as no-ops, so a training loop reads the same on every rank. The optimizer step goes inside
-    :meth:`updating`: an interrupt landing there saves nothing (the weights would be ahead of the step count).
+    ``state_of(step)`` is the stage's run at ``step`` as a :class:`Checkpoint` (its resumable form is written). Only
+    the writing rank (``write``) touches the disk; the others get the same calls as no-ops, so a training loop reads
+    the same on every rank. The optimizer step goes inside :meth:`updating`: an interrupt landing there saves
+    nothing (the weights would be ahead of the step count).
     """
 
-    def __init__(self, out: Path, config: dict, payload, start_step: int, resumed: bool, keep: int,
-                 write: bool = True):
+    def __init__(self, out: Path, config: dict, state_of: Callable[[int], Checkpoint], start_step: int,
+                 resumed: bool, keep: int, write: bool = True):
         from stdvsr.io import write_text
 
-        self.out, self.payload, self.keep, self.write = Path(out), payload, keep, write
+        self.out, self.state_of, self.keep, self.write = Path(out), state_of, keep, write
         self.completed = self.saved = start_step
         self.in_update, self.last = False, None
         self.log = None
@@ -356,7 +483,7 @@ class RunFolder:
             return None
         path = self.out / "checkpoints" / f"step_{step:07d}.pth"
         with interrupts.deferred():
-            save_checkpoint(path, self.payload(step))
+            save_checkpoint(path, self.state_of(step).resumable())
             self.saved, self.last = step, path
             for old in sorted((self.out / "checkpoints").glob("step_*.pth"))[:-self.keep]:
                 old.unlink()

@@ -19,12 +19,14 @@ import torch
 from click.testing import CliRunner
 
 from stdvsr import cache, distill, training
+from stdvsr.distill import distiller as distiller_module, loop
 from stdvsr.cache import CacheConfig, CacheReader
 from stdvsr.cli import cli
 from stdvsr.data import load_clips, read_hr, window_indices
 from stdvsr.distill import (DistillConfig, DistillDataset, Distiller, Targets, augment_batch, cached_targets, collate,
                             online_targets, run, student_channels)
 from stdvsr.errors import StdvsrError
+from stdvsr.losses import ConvLSTM
 from stdvsr.models import build_model, load_model
 from tests.helpers import write_clips
 from tests.test_cache import REBUILD_TOL, FP16_TOL, assert_one_error_line, free_port, make_teacher, sub_env
@@ -274,7 +276,7 @@ def test_resume_gives_the_uninterrupted_loss_sequence_and_weights(caches, tmp_pa
     straight, split = tmp_path / "straight", tmp_path / "split"
     kw = dict(kd="std", steps=5, warmup_steps=1, workers=1, ckpt_every=2)
     run(config(caches["trunk"], straight, **kw), show_progress=False)
-    real = distill.learning_rate
+    real = training.learning_rate
 
     def interrupt_at_step_4(step, *args):
         if step == 3:
@@ -282,7 +284,7 @@ def test_resume_gives_the_uninterrupted_loss_sequence_and_weights(caches, tmp_pa
         return real(step, *args)
 
     with monkeypatch.context() as mp:
-        mp.setattr(distill, "learning_rate", interrupt_at_step_4)
+        mp.setattr(training, "learning_rate", interrupt_at_step_4)
         with pytest.raises(KeyboardInterrupt):
             run(config(caches["trunk"], split, **kw), show_progress=False)
     assert sorted(p.name for p in (split / "checkpoints").glob("*.pth")) == ["step_0000002.pth", "step_0000003.pth"]
@@ -417,13 +419,13 @@ def test_resume_auto_says_when_it_starts_fresh_and_passes_over_a_truncated_newes
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(caches, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = distill.charbonnier
+    real = distiller_module.charbonnier
 
     def poisoned(pred, target, eps=1e-6):
         calls["n"] += 1
         return real(pred, target, eps) * (float("nan") if calls["n"] >= 3 else 1.0)
 
-    monkeypatch.setattr(distill, "charbonnier", poisoned)
+    monkeypatch.setattr(distiller_module, "charbonnier", poisoned)
     out = tmp_path / "run"
     with pytest.raises(StdvsrError, match=r"non-finite at step 3 .*step_0000002\.pth"):
         run(config(caches["trunk"], out, kd="none", steps=5, ckpt_every=1), show_progress=False)
@@ -646,10 +648,10 @@ def test_run_or_reuse_trains_resumes_and_reuses(caches, tmp_path):
 
 
 # ----------------------------------------------------------------------------------- distillation levers
-def test_kd_scale_is_zero_in_warmup_then_ramps_linearly():
+def test_kd_weight_is_zero_in_warmup_then_ramps_linearly():
     cfg = DistillConfig(warmup_steps=10, kd_ramp=4)
-    assert [distill.kd_scale(cfg, s) for s in (0, 9, 10, 11, 12, 13, 14, 500)] == [0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
-    assert distill.kd_scale(DistillConfig(warmup_steps=10), 10) == 1.0  # no ramp: on at once
+    assert [distill.kd_weight(cfg, s) for s in (0, 9, 10, 11, 12, 13, 14, 500)] == [0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
+    assert distill.kd_weight(DistillConfig(warmup_steps=10), 10) == 1.0  # no ramp: on at once
 
 
 def test_fitted_adapter_is_the_least_squares_map_without_bias():
@@ -691,9 +693,9 @@ def test_fitted_adapter_starts_distillation_near_the_student(caches, tmp_path):
 
 def test_forget_bias_sets_only_the_forget_gate():
     torch.manual_seed(0)
-    default = distill.ConvLSTM(8, 4)
+    default = ConvLSTM(8, 4)
     torch.manual_seed(0)
-    biased = distill.ConvLSTM(8, 4, forget_bias=1.0)
+    biased = ConvLSTM(8, 4, forget_bias=1.0)
     assert torch.equal(biased.gates.bias[4:8], torch.ones(4))
     assert torch.equal(biased.gates.bias[:4], default.gates.bias[:4])
     assert torch.equal(biased.gates.bias[8:], default.gates.bias[8:])
@@ -760,8 +762,8 @@ def test_levers_at_their_defaults_pass_under_kd_none_from_flags_and_config_files
     """Only a value other than the default is refused, and a --config file counts like a flag; the settings are
     checked once per run."""
     calls = []
-    real = distill.validate_config
-    monkeypatch.setattr(distill, "validate_config", lambda cfg: (calls.append(cfg), real(cfg))[1])
+    real = loop.validate_config
+    monkeypatch.setattr(loop, "validate_config", lambda cfg: (calls.append(cfg), real(cfg))[1])
     ramp = tmp_path / "ramp.toml"
     ramp.write_text("kd_ramp = 5\n")
     refused = _cli_distill(caches["trunk"], tmp_path / "a", "--kd", "none", "--config", str(ramp), "--workers", "0")

@@ -345,7 +345,7 @@ def test_resume_takes_the_same_dataset_spelled_another_way(tmp_path, monkeypatch
                                                                             "step": 5})
     again = dataclasses.replace(typed, data=f"folder:{tmp_path / 'frames'}")
     cfg, ckpt = resume_run(again, "auto", {"data"}, RESUMABLE_CHANGES)
-    assert ckpt["step"] == 5 and cfg.data == f"folder:{tmp_path / 'frames'}"
+    assert ckpt.step == 5 and cfg.data == f"folder:{tmp_path / 'frames'}"
     with pytest.raises(StdvsrError, match=r"--data is 'folder:.*other' but .* was trained with 'folder:.*frames'"):
         (tmp_path / "other").mkdir()
         resume_run(dataclasses.replace(typed, data="folder:other"), "auto", {"data"}, RESUMABLE_CHANGES)

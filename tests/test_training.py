@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,13 +75,14 @@ def test_ctrl_c_during_a_checkpoint_write_lets_it_finish_and_says_what_is_saved(
     """The write of step 1 is under way when Ctrl-C comes: it completes (a checkpoint that loads, not a
     half-written temporary), then the run stops and names it."""
     from stdvsr.models import read_checkpoint
-    from stdvsr.training import RunFolder
+    from stdvsr.training import Checkpoint, RunFolder
 
-    def payload(step: int) -> dict:
+    def state_of(step: int) -> Checkpoint:
         os.kill(os.getpid(), signal.SIGINT)
-        return {"step": step, "params": {"w": torch.arange(1000.0)}}
+        return Checkpoint(model={"name": "vdsr", "kwargs": {}}, config={}, step=step,
+                          params={"w": torch.arange(1000.0)})
 
-    folder = RunFolder(tmp_path, {}, payload, start_step=0, resumed=False, keep=3)
+    folder = RunFolder(tmp_path, {}, state_of, start_step=0, resumed=False, keep=3)
     with pytest.raises(KeyboardInterrupt):
         with folder.saving_on_interrupt():
             with folder.updating(1):
@@ -109,3 +111,29 @@ def test_an_interrupted_command_that_saves_nothing_exits_130_or_143_with_one_lin
     result = CliRunner().invoke(cli, ["profile", "--model", "vdsr", "--no-timing"])
     assert result.exit_code == code, result.output
     assert result.stderr.strip().splitlines() == [line + " command to continue (training: --resume auto)"]
+
+
+def test_one_checkpoint_schema_writes_both_stages_files_and_reads_old_ones():
+    """``Checkpoint`` is the one place the keys are spelled: a teacher's and a student's resumable checkpoint and
+    final file hold exactly the keys (in the order) stdvsr has always written, and the legacy files read back."""
+    from stdvsr.models import read_checkpoint
+    from stdvsr.training import Checkpoint
+
+    w = {"w": torch.zeros(1)}
+    common = dict(model={"name": "x", "kwargs": {}}, config={"steps": 2}, step=2, params=w, optimizer={}, rng={},
+                  smoothed_loss=0.5)
+    teacher = Checkpoint(**common, params_ema=None)  # trained without EMA
+    assert list(teacher.resumable()) == ["model", "config", "step", "params", "params_ema", "optimizer", "rng",
+                                         "smoothed_loss", "stdvsr"]
+    assert teacher.resumable()["params_ema"] is None
+    final = teacher.deployable()
+    assert list(final) == ["model", "params", "params_ema", "config", "step", "stdvsr"] and final["params_ema"] is w
+    student = Checkpoint(**common, distill={}, td_frozen_at=None, kd="std", feature="sr", cache_fingerprint={})
+    legacy = Path(__file__).parent / "data" / "legacy" / "run"
+    old_ckpt = read_checkpoint(legacy / "checkpoints" / "step_0000002.pth")
+    old_final = read_checkpoint(legacy / "student.pth")
+    assert list(student.resumable()) == list(old_ckpt)
+    assert list(student.deployable()) == list(old_final)
+    read = Checkpoint.read(old_ckpt)
+    assert read.step == old_ckpt["step"] == 2 and read.distill.keys() == old_ckpt["distill"].keys()
+    assert read.kd is None and Checkpoint.read(old_final).kd == old_final["kd"]

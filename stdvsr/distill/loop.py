@@ -1,0 +1,289 @@
+"""The distillation run: :func:`run` sets up (:func:`_setup` → :class:`Setup` and :class:`DistillState`), trains in
+one visible loop (:func:`_train`), and writes ``student.pth``. Checkpoints are a
+:class:`stdvsr.training.Checkpoint`, filled by :func:`state_of` and read back by :func:`restore`."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from stdvsr.cache.layout import first_difference, lookup
+from stdvsr.cache.reader import CacheReader
+from stdvsr.configs import DistillConfig
+from stdvsr.distill.distiller import Distiller, gradient_probe, student_channels
+from stdvsr.distill.plan import check_cache, kd_weight, validate_config
+from stdvsr.distill.samples import DistillDataset, RankBatches, collate
+from stdvsr.distill.targets import TeacherSide, Targets, augment_batch, cached_targets, online_targets, teacher_side
+from stdvsr.distributed import digests_across_ranks, end_process_group, mean_across_ranks, torchrun_group
+from stdvsr.errors import StdvsrError
+from stdvsr.io import folder_lock
+from stdvsr.models import build_model, model_spec, read_checkpoint
+from stdvsr.options import resumable
+from stdvsr.progress import stderr, training_progress
+from stdvsr.training import (Checkpoint, LoopState, RunFolder, StepTimes, announce_start, check_finite, due,
+                             folder_config, latest_checkpoint, loader_batches, loader_worker_init, resolve_device,
+                             resolved_specs, resume_run, rng_state, seed_everything, set_learning_rate,
+                             set_rng_state, smoothed)
+
+if TYPE_CHECKING:
+    from stdvsr.evaluate import Validator
+
+# Fields a resumed run may change; anything else must match the checkpoint.
+RESUMABLE_CHANGES = resumable(DistillConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What the loop trains with, built once by :func:`_setup`; the loop changes only the weights and optimizer
+    state inside, and its :class:`DistillState`."""
+
+    cfg: DistillConfig  # resolved (the checkpoint's, when resuming)
+    rank: int
+    world: int
+    device: torch.device
+    reader: CacheReader
+    student_spec: dict  # {"name", "kwargs"}: what load_model builds
+    teacher: TeacherSide
+    distiller: Distiller  # the student (distiller.student), the adapter and the ConvLSTM
+    synced: nn.Module  # the distiller as the loop calls it: DDP-wrapped under torchrun, the distiller itself alone
+    optimizer: torch.optim.Optimizer
+    loader: torch.utils.data.DataLoader
+    validator: Validator | None  # held-out PSNR, on rank 0 with --val-data
+
+
+@dataclasses.dataclass
+class DistillState(LoopState):
+    td_frozen_at: int | None = None  # the step L_TD's ConvLSTM froze at (the collapse guard, §3.2)
+
+
+def run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | None = None,
+        show_progress: bool = True) -> dict:
+    """Distil (see :func:`_run`); under torchrun the process group is shut down at the end, success or not."""
+    validate_config(cfg)
+    try:
+        # one writer per run folder (rank 0 writes for all ranks)
+        with folder_lock(cfg.out) if torchrun_group()[0] == 0 else contextlib.nullcontext():
+            return _run(cfg, resume, explicit, show_progress)
+    finally:
+        end_process_group()
+
+
+def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | None = None,
+         show_progress: bool = True) -> dict:
+    """Distil; returns ``{"student": path, "val_psnr", "bicubic_psnr", "steps", "seconds", "td_frozen_at", ...}``.
+
+    ``resume``: None (fresh run), ``"auto"`` (newest checkpoint in ``cfg.out``, if any) or a checkpoint path; when
+    resuming, flags in ``explicit`` outside :data:`RESUMABLE_CHANGES` must match the checkpoint's config.
+    """
+    rank, world, local_rank = torchrun_group()  # validate_config(cfg) ran in run()
+    cfg, ckpt = resume_run(cfg, resume, explicit, RESUMABLE_CHANGES, kind="distill", warn=rank == 0)
+    setup, state = _setup(cfg, ckpt, rank, world, local_rank)
+    folder = RunFolder(cfg.out, folder_config(dataclasses.asdict(cfg), setup.student_spec,
+                                              feature_resolved=setup.teacher.feature, tiers_read=setup.teacher.tiers,
+                                              cache_fingerprint=setup.reader.fingerprint, world_size=world),
+                       lambda step: state_of(setup, state, step), state.step, ckpt is not None, cfg.keep_checkpoints,
+                       write=rank == 0)
+    show = show_progress and rank == 0
+    announce_start(cfg.out, state.step, cfg.steps, resume, show)
+    start_time, start_step = time.perf_counter(), state.step
+    val_psnr, times = _train(setup, state, folder, show)
+    if world > 1:
+        _check_ranks_in_sync(setup, folder)
+    folder.close()
+    path = Path(cfg.out) / "student.pth"
+    if rank == 0:
+        state_of(setup, state, cfg.steps).save(path)
+    return {"student": str(path), "steps": cfg.steps, "resumed_from": start_step, "val_psnr": val_psnr,
+            "bicubic_psnr": setup.validator.bicubic if setup.validator is not None else None,
+            "seconds": time.perf_counter() - start_time, "td_frozen_at": state.td_frozen_at,
+            "tiers_read": setup.teacher.tiers, **times.summary(), "rank": rank, "world_size": world}
+
+
+def _train(setup: Setup, state: DistillState, folder: RunFolder, show: bool) -> tuple[float | None, StepTimes]:
+    """The loop, from ``state.step`` to ``cfg.steps``: L = L_rec + kd_weight·(λ1·L_SD + λ2·L_TD) (Eq. 9) at every
+    step. Returns the last held-out PSNR (None without validation) and where the steps' time went."""
+    cfg = setup.cfg
+    start_time, times, val_psnr = time.perf_counter(), StepTimes(), None
+    setup.distiller.train()
+    with folder.saving_on_interrupt(), loader_batches(setup.loader) as batches, \
+            training_progress(cfg.steps, state.step, enabled=show, log_every=cfg.log_every) as progress:
+        for step in range(state.step, cfg.steps):
+            done = step + 1
+            t0 = time.perf_counter()
+            batch = next(batches)
+            t1 = time.perf_counter()
+            lr = set_learning_rate(setup.optimizer, cfg, step)
+            weight = kd_weight(cfg, step) if setup.teacher.needs else 0.0
+            # the gradient probe of the first distillation steps (one process: it needs the whole batch's graph)
+            probe = weight > 0 and setup.world == 1 and step - cfg.warmup_steps < cfg.log_first
+            losses, t2 = _losses(setup, batch, weight, probe)
+            values = mean_across_ranks(losses, setup.world)
+            check_finite(values["total"], done, folder.last, "the distillation loss became non-finite",
+                         "lower --lr or --lambda-td / --lambda-sd", terms=values)
+            if probe:
+                folder.record(step=done, event="probe", kd_scale=weight, **{f"loss_{k}": v for k, v in values.items()},
+                              terms=gradient_probe(setup.distiller, losses, weight))
+                setup.distiller.probe_feat = None
+            setup.optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            state.td_frozen_at = _collapse_guard(setup, state.td_frozen_at, values, done, folder, show)
+            with folder.updating(done):
+                setup.optimizer.step()
+            if setup.device.type == "cuda":
+                torch.cuda.synchronize(setup.device)
+            times.add(t1 - t0, t2 - t1, time.perf_counter() - t0)
+            state.step, state.smoothed_loss = done, smoothed(state.smoothed_loss, values["total"])
+            progress.update(done, loss=state.smoothed_loss, lr=lr, psnr=val_psnr,
+                            **{k: v for k, v in values.items() if k != "total"}, wait=times.wait_frac())
+            if due(done, cfg.log_every, cfg.steps) or probe:
+                folder.record(step=done, **{f"loss_{k}": v for k, v in values.items()}, lr=lr, distil=weight > 0,
+                              kd_scale=weight, **times.row(), elapsed=round(time.perf_counter() - start_time, 2))
+            if setup.validator is not None and due(done, cfg.val_every, cfg.steps):
+                val_psnr = setup.validator(setup.distiller.student)
+                folder.record(step=done, val_psnr=val_psnr, bicubic_psnr=setup.validator.bicubic)
+                progress.update(done, loss=state.smoothed_loss, lr=lr, psnr=val_psnr)
+            if due(done, cfg.ckpt_every, cfg.steps):
+                folder.save(done)
+    return val_psnr, times
+
+
+def _losses(setup: Setup, batch: dict, weight: float, probe: bool) -> tuple[dict, float]:
+    """The teacher's targets for ``batch`` (cached or online; none while ``weight`` is 0) and the loss terms of
+    Eq. 9 as tensors; also the time the targets were ready (for the step-time split)."""
+    targets = Targets()
+    if weight > 0:
+        t = setup.teacher
+        targets = (online_targets(batch, t.online, t.needs, t.feature, setup.reader.scale, setup.cfg.patch_size,
+                                  setup.device)
+                   if t.online is not None else cached_targets(batch, t.head, t.needs, t.feature, setup.device))
+    if setup.device.type == "cuda":
+        torch.cuda.synchronize(setup.device)
+    targets_ready = time.perf_counter()
+    windows, gt, targets = augment_batch(batch, targets)
+    return setup.synced(windows.to(setup.device), gt.to(setup.device), targets, weight, probe), targets_ready
+
+
+def _collapse_guard(setup: Setup, frozen_at: int | None, values: dict, done: int, folder: RunFolder,
+                    show: bool) -> int | None:
+    """The collapse guard (§3.2): L_TD ~ 0 means the ConvLSTM maps everything to ~0, so from the first step it
+    falls below ``td_freeze`` the ConvLSTM stops training (its gradients are dropped before the update). Returns
+    the step it froze at."""
+    cfg = setup.cfg
+    if "td" in values and frozen_at is None and values["td"] < cfg.td_freeze:
+        frozen_at = done
+        folder.record(step=done, event="td_frozen", td=values["td"])
+        if show:
+            stderr().print(f"step {done}: L_TD = {values['td']:.3g} < {cfg.td_freeze:g}; "
+                           "the ConvLSTM is frozen from here on")
+    if frozen_at is not None and setup.distiller.convlstm is not None:
+        # Adam skips parameters without a gradient. (Their requires_grad stays on: DDP must not see the set of
+        # trained parameters change after it was built.)
+        for p in setup.distiller.convlstm.parameters():
+            p.grad = None
+    return frozen_at
+
+
+def _check_ranks_in_sync(setup: Setup, folder: RunFolder) -> None:
+    """DDP keeps replicas identical by construction; check it, since a silent divergence would waste a run."""
+    digests = digests_across_ranks(setup.distiller, setup.world)
+    folder.record(step=setup.cfg.steps, event="ranks_in_sync", digests=digests)
+    if len(set(digests)) != 1:
+        raise StdvsrError(f"the {setup.world} ranks ended with different weights ({digests}); report this as a bug")
+
+
+def _setup(cfg: DistillConfig, ckpt: Checkpoint | None, rank: int, world: int,
+           local_rank: int) -> tuple[Setup, DistillState]:
+    """Everything a run trains with: the cache, the student inside its :class:`Distiller` (restored from ``ckpt``
+    when resuming), the optimizer, the batches and the validator; and the loop's state at the start."""
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    reader = CacheReader(cfg.cache, data=cfg.data)
+    if ckpt is not None:
+        diff = first_difference(ckpt.cache_fingerprint, reader.fingerprint)
+        if diff:
+            raise StdvsrError(f"--resume: cache {reader.root} differs from the one this run started with: {diff} "
+                              f"is {lookup(reader.fingerprint, diff)!r}, was {lookup(ckpt.cache_fingerprint, diff)!r}")
+    seed_everything(cfg.seed)
+    student = build_model(cfg.student).to(device)
+    check_cache(cfg, reader, student)
+    teacher = teacher_side(cfg, reader, device)
+    sr_ch, lr_ch = student_channels(student, teacher.feature)
+    distiller = Distiller(student, cfg, teacher.channels, sr_ch if teacher.feature == "sr" else lr_ch).to(device)
+    optimizer = torch.optim.Adam(distiller.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    state = restore(ckpt, distiller, optimizer) if ckpt is not None else DistillState()
+    loader = _loader(cfg, reader, student, teacher, state.step, rank, world)
+    synced = distiller
+    if world > 1:
+        synced = nn.parallel.DistributedDataParallel(
+            distiller, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=distiller.adapter is not None or distiller.convlstm is not None)
+    validator = _validator(cfg, reader) if rank == 0 else None
+    return Setup(cfg, rank, world, device, reader, {"name": cfg.student, "kwargs": model_spec(cfg.student)[1]},
+               teacher, distiller, synced, optimizer, loader, validator), state
+
+
+def state_of(setup: Setup, state: DistillState, step: int) -> Checkpoint:
+    """The run at ``step``: a resumable checkpoint (weights, adapter / ConvLSTM, optimizer, RNG), or
+    (``.deployable()``) ``student.pth``, the student alone."""
+    return Checkpoint(model=setup.student_spec, config=dataclasses.asdict(setup.cfg), step=step,
+                      params=setup.distiller.student.state_dict(), distill=setup.distiller.state_dict(),
+                      optimizer=setup.optimizer.state_dict(), rng=rng_state(), smoothed_loss=state.smoothed_loss,
+                      td_frozen_at=state.td_frozen_at, kd=setup.cfg.kd, feature=setup.teacher.feature,
+                      cache_fingerprint=setup.reader.fingerprint)
+
+
+def restore(ckpt: Checkpoint, distiller: Distiller, optimizer: torch.optim.Optimizer) -> DistillState:
+    """Load a checkpoint written by :func:`state_of`; returns the loop's state at that step."""
+    distiller.load_state_dict(ckpt.distill)
+    optimizer.load_state_dict(ckpt.optimizer)
+    set_rng_state(ckpt.rng)
+    # the progress line's smoothed loss continues where the checkpoint left it, as if never interrupted
+    return DistillState(step=ckpt.step, smoothed_loss=ckpt.smoothed_loss, td_frozen_at=ckpt.td_frozen_at)
+
+
+def _validator(cfg: DistillConfig, reader: CacheReader) -> Validator | None:
+    """Held-out Y-PSNR on ``--val-data`` (degraded as the cache was), or None."""
+    if not (cfg.val_every and cfg.val_data is not None):
+        return None
+    from stdvsr.evaluate import Validator, validation_clips
+
+    validator = Validator(validation_clips(cfg.val_data, reader.data, cfg.val_clips),
+                          reader.fingerprint["degradation"], reader.fingerprint["padding"], cfg.val_stride)
+    return validator if validator.items else None
+
+
+def _loader(cfg: DistillConfig, reader: CacheReader, student: nn.Module, teacher: TeacherSide, start_step: int,
+            rank: int, world: int) -> torch.utils.data.DataLoader:
+    """Batches of this rank's share of each step, in an order fixed by (seed, step): resuming continues it."""
+    dataset = DistillDataset(reader, cfg.clip_frames, student.num_frame, cfg.patch_size, teacher.tiers, cfg.seed,
+                             cfg.augment, teacher.online.num_frame if teacher.online is not None else None)
+    if len(dataset) < cfg.batch_size * world:
+        raise StdvsrError(f"--batch-size {cfg.batch_size} × {world} rank(s) is larger than the {len(dataset)} "
+                          f"samples in {reader.root}; lower it")
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=RankBatches(len(dataset), cfg.batch_size, cfg.seed, start_step, rank, world),
+        num_workers=cfg.workers, persistent_workers=cfg.workers > 0, collate_fn=collate,
+        generator=torch.Generator().manual_seed(cfg.seed), worker_init_fn=loader_worker_init)
+
+
+def run_or_reuse(cfg: DistillConfig, show_progress: bool = True) -> tuple[dict | None, str]:
+    """Train ``cfg`` unless an identical finished run is in ``cfg.out`` (its ``student.pth`` has the same config);
+    an interrupted run continues from its last checkpoint. Returns ``(run's result or None, "trained" | "resumed" |
+    "reused")``. For pipelines that re-run many students (the demo, the ablations)."""
+    out = Path(cfg.out)
+    done = out / "student.pth"
+    if done.is_file():
+        if Checkpoint.read(read_checkpoint(done)).config == dataclasses.asdict(resolved_specs(cfg)):
+            return None, "reused"
+        raise StdvsrError(f"{out} holds a finished run with other settings; delete it or use another --out")
+    resume = "auto" if latest_checkpoint(out / "checkpoints") is not None else None
+    result = run(cfg, resume=resume, explicit=set() if resume else None, show_progress=show_progress)
+    return result, "resumed" if resume else "trained"
