@@ -56,7 +56,7 @@ MIN_FOOTAGE_SIZE = 8
 def has_ground_truth(fingerprint: dict) -> bool:
     """Whether a cache's clips have ground truth (HR frames that were degraded into its LR input): not a cache of
     LR footage, whose frames *are* the LR input (``degradation`` ``none``)."""
-    return fingerprint["degradation"] != NO_DEGRADATION
+    return fingerprint.get("degradation") != NO_DEGRADATION
 
 
 def tier_info(tier: str, trunk_channels: int, dtype: str) -> dict:
