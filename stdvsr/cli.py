@@ -433,8 +433,9 @@ def distill(ctx: click.Context, **opts) -> None:
     result = run(cfg, resume=opts["resume"], explicit=options.explicit(ctx, DistillConfig))
     if result["rank"] != 0:
         return
-    title = (f"{cfg.student} trained without distillation (--kd none)" if cfg.kd == "none" else
-             f"{cfg.student} distilled with --kd {cfg.kd} from step {cfg.warmup_steps + 1}")
+    student = result["student_name"] + (f" (from {cfg.init})" if cfg.init else "")  # --init decides the network
+    title = (f"{student} trained without distillation (--kd none)" if cfg.kd == "none" else
+             f"{student} distilled with --kd {cfg.kd} from step {cfg.warmup_steps + 1}")
     rows = [("step time (s)", f"{result['step_s']:.3f}"),
             ("waiting for data", f"{100 * result['data_wait_frac']:.1f} %")]
     if result["td_frozen_at"]:

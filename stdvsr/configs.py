@@ -128,6 +128,13 @@ class DistillConfig(TrainingConfig):
                           type=click.Choice(AUGMENTS))
     online_teacher: bool = option(False, "Run the teacher every step instead of reading the cache (same losses; to "
                                   "check and time it).")
+    init: str | None = option(None, "Start from this student checkpoint (a student.pth of stdvsr distill or adapt) "
+                              "instead of random weights: its network and width, which --student then defaults to. "
+                              "The optimizer starts fresh.", type=click.Path(dir_okay=False))
+    holdout: float = option(0.1, "LR footage caches only (no ground truth): the fraction of each clip's last frames "
+                            "kept out of training; validation scores the student's agreement with the teacher there "
+                            "(Y-PSNR to the teacher's SR). 0: train on every frame, no validation.",
+                            type=click.FloatRange(0, 0.9))
     teacher_weights: str | None = option(None, "Weights for --online-teacher (default: those the cache was built "
                                          "from; sha256 checked).", type=click.Path(dir_okay=False), resumable=True)
     degradation: str | None = option(None, "Refuse a cache built with another one.", type=click.Choice(DEGRADATIONS))

@@ -30,14 +30,15 @@ The modules, in the order a run uses them: :mod:`.plan` (what the config asks fo
 """
 
 from stdvsr.configs import DistillConfig
+from stdvsr.distill.agreement import TeacherAgreement
 from stdvsr.distill.distiller import Distiller, gradient_probe, student_channels
 from stdvsr.distill.loop import RESUMABLE_CHANGES, run, run_or_reuse
-from stdvsr.distill.plan import (cache_tiers, check_cache, distilled_feature, kd_weight, teacher_needs, term_weights,
-                                 uses, validate_config)
+from stdvsr.distill.plan import (cache_tiers, check_cache, distilled_feature, held_back, kd_weight, resolve_init,
+                                 teacher_needs, term_weights, uses, validate_config)
 from stdvsr.distill.samples import DistillDataset, collate
 from stdvsr.distill.targets import Targets, augment_batch, cached_targets, load_online_teacher, online_targets
 
 __all__ = ["DistillConfig", "run", "run_or_reuse", "RESUMABLE_CHANGES", "validate_config", "check_cache", "uses",
            "term_weights", "kd_weight", "teacher_needs", "cache_tiers", "distilled_feature", "DistillDataset",
            "collate", "Targets", "cached_targets", "online_targets", "augment_batch", "load_online_teacher",
-           "Distiller", "gradient_probe", "student_channels"]
+           "Distiller", "gradient_probe", "student_channels", "TeacherAgreement", "held_back", "resolve_init"]

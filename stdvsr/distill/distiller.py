@@ -24,10 +24,12 @@ class Distiller(nn.Module):
     cancel (the measured switch-on shock: λ2·L_TD ≈ 17× L_rec at the first step with PyTorch's default init).
     """
 
-    def __init__(self, student: nn.Module, cfg: DistillConfig, teacher_channels: int, student_channels: int):
+    def __init__(self, student: nn.Module, cfg: DistillConfig, teacher_channels: int, student_channels: int,
+                 footage: bool = False):
         super().__init__()
         self.student = student
-        self.terms = uses(cfg)
+        # LR footage (no ground truth): L_rec's target is the teacher's SR, so output KD is not a term of its own
+        self.terms = uses(cfg) - ({"output"} if footage else set())
         self.weights = term_weights(cfg)
         self.feature = distilled_feature(cfg)
         self.cfg = cfg
@@ -55,13 +57,14 @@ class Distiller(nn.Module):
         self.adapter.weight.copy_(w.T.reshape(self.adapter.weight.shape).to(self.adapter.weight.dtype))
         self.adapter_fitted.fill_(True)
 
-    def forward(self, windows: torch.Tensor, gt: torch.Tensor, targets: Targets, kd_weight: float,
+    def forward(self, windows: torch.Tensor, gt: torch.Tensor | None, targets: Targets, kd_weight: float,
                 probe: bool = False) -> dict:
-        """Loss terms for a batch; ``kd_weight`` multiplies every distillation term (0: L_rec only, warm-up)."""
+        """Loss terms for a batch; ``kd_weight`` multiplies every distillation term (0: L_rec only, warm-up).
+        ``gt`` None (LR footage): L_rec is the Charbonnier distance to the teacher's SR, ``targets["sr"]``."""
         b, n = windows.shape[:2]
         out = self.student.forward_features(windows.flatten(0, 1))
         sr = out.sr.view(b, n, *out.sr.shape[1:])
-        losses = {"rec": charbonnier(sr, gt)}
+        losses = {"rec": charbonnier(sr, gt if gt is not None else targets["sr"])}
         if not (kd_weight > 0 and self.terms):
             losses["total"] = losses["rec"]
             return losses

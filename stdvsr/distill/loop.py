@@ -16,8 +16,9 @@ from torch import nn
 from stdvsr.cache.layout import first_difference, lookup
 from stdvsr.cache.reader import CacheReader
 from stdvsr.configs import DistillConfig
+from stdvsr.distill.agreement import TeacherAgreement
 from stdvsr.distill.distiller import Distiller, gradient_probe, student_channels
-from stdvsr.distill.plan import check_cache, kd_weight, validate_config
+from stdvsr.distill.plan import check_cache, kd_weight, resolve_init, validate_config
 from stdvsr.distill.samples import DistillDataset, RankBatches, collate
 from stdvsr.distill.targets import TeacherSide, Targets, augment_batch, cached_targets, online_targets, teacher_side
 from stdvsr.distributed import digests_across_ranks, end_process_group, mean_across_ranks, torchrun_group
@@ -66,6 +67,7 @@ def run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | None
         show_progress: bool = True) -> dict:
     """Distil (see :func:`_run`); under torchrun the process group is shut down at the end, success or not."""
     validate_config(cfg)
+    cfg = resolve_init(cfg, explicit)
     try:
         # one writer per run folder (rank 0 writes for all ranks)
         with folder_lock(cfg.out) if torchrun_group()[0] == 0 else contextlib.nullcontext():
@@ -102,7 +104,8 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
     return {"student": str(path), "steps": cfg.steps, "resumed_from": start_step, "val_psnr": val_psnr,
             "bicubic_psnr": setup.validator.bicubic if setup.validator is not None else None,
             "seconds": time.perf_counter() - start_time, "td_frozen_at": state.td_frozen_at,
-            "tiers_read": setup.teacher.tiers, **times.summary(), "rank": rank, "world_size": world}
+            "tiers_read": setup.teacher.tiers, **times.summary(), "rank": rank, "world_size": world,
+            "student_name": cfg.student, "init": cfg.init, "val_of": "gt" if setup.reader.has_gt else "teacher"}
 
 
 def _train(setup: Setup, state: DistillState, folder: RunFolder, show: bool) -> tuple[float | None, StepTimes]:
@@ -157,7 +160,7 @@ def _losses(setup: Setup, batch: dict, weight: float, probe: bool) -> tuple[dict
     """The teacher's targets for ``batch`` (cached or online; none while ``weight`` is 0) and the loss terms of
     Eq. 9 as tensors; also the time the targets were ready (for the step-time split)."""
     targets = Targets()
-    if weight > 0:
+    if weight > 0 or not setup.reader.has_gt:  # LR footage: L_rec's target is the teacher's SR, from step 1
         t = setup.teacher
         targets = (online_targets(batch, t.online, t.needs, t.feature, setup.reader.scale, setup.cfg.patch_size,
                                   setup.device)
@@ -166,7 +169,8 @@ def _losses(setup: Setup, batch: dict, weight: float, probe: bool) -> tuple[dict
         torch.cuda.synchronize(setup.device)
     targets_ready = time.perf_counter()
     windows, gt, targets = augment_batch(batch, targets)
-    return setup.synced(windows.to(setup.device), gt.to(setup.device), targets, weight, probe), targets_ready
+    gt = gt.to(setup.device) if gt is not None else None
+    return setup.synced(windows.to(setup.device), gt, targets, weight, probe), targets_ready
 
 
 def _collapse_guard(setup: Setup, frozen_at: int | None, values: dict, done: int, folder: RunFolder,
@@ -213,10 +217,15 @@ def _setup(cfg: DistillConfig, ckpt: Checkpoint | None, rank: int, world: int,
                               f"is {lookup(reader.fingerprint, diff)!r}, was {lookup(ckpt.cache_fingerprint, diff)!r}")
     seed_everything(cfg.seed)
     student = build_model(cfg.student).to(device)
+    if cfg.init and ckpt is None:  # after the seeded build: the RNG stream is a fresh run's
+        from stdvsr.models import load_model
+
+        student.load_state_dict(load_model(cfg.init, flag="--init")[0].state_dict())
     check_cache(cfg, reader, student)
     teacher = teacher_side(cfg, reader, device)
     sr_ch, lr_ch = student_channels(student, teacher.feature)
-    distiller = Distiller(student, cfg, teacher.channels, sr_ch if teacher.feature == "sr" else lr_ch).to(device)
+    distiller = Distiller(student, cfg, teacher.channels, sr_ch if teacher.feature == "sr" else lr_ch,
+                          footage=not reader.has_gt).to(device)
     optimizer = torch.optim.Adam(distiller.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     state = restore(ckpt, distiller, optimizer) if ckpt is not None else DistillState()
     loader = _loader(cfg, reader, student, teacher, state.step, rank, world)
@@ -249,8 +258,11 @@ def restore(ckpt: Checkpoint, distiller: Distiller, optimizer: torch.optim.Optim
     return DistillState(step=ckpt.step, smoothed_loss=ckpt.smoothed_loss, td_frozen_at=ckpt.td_frozen_at)
 
 
-def _validator(cfg: DistillConfig, reader: CacheReader) -> Validator | None:
-    """Held-out Y-PSNR on ``--val-data`` (degraded as the cache was), or None."""
+def _validator(cfg: DistillConfig, reader: CacheReader) -> Validator | TeacherAgreement | None:
+    """Held-out Y-PSNR on ``--val-data`` (degraded as the cache was); for LR footage the agreement with the
+    teacher on the held-back frames (:class:`TeacherAgreement`); or None."""
+    if not reader.has_gt:
+        return TeacherAgreement(reader, cfg.holdout, cfg.val_stride) if cfg.val_every and cfg.holdout > 0 else None
     if not (cfg.val_every and cfg.val_data is not None):
         return None
     from stdvsr.evaluate import Validator, validation_clips
@@ -264,7 +276,8 @@ def _loader(cfg: DistillConfig, reader: CacheReader, student: nn.Module, teacher
             rank: int, world: int) -> torch.utils.data.DataLoader:
     """Batches of this rank's share of each step, in an order fixed by (seed, step): resuming continues it."""
     dataset = DistillDataset(reader, cfg.clip_frames, student.num_frame, cfg.patch_size, teacher.tiers, cfg.seed,
-                             cfg.augment, teacher.online.num_frame if teacher.online is not None else None)
+                             cfg.augment, teacher.online.num_frame if teacher.online is not None else None,
+                             holdout=cfg.holdout if not reader.has_gt else 0.0)
     if len(dataset) < cfg.batch_size * world:
         raise StdvsrError(f"--batch-size {cfg.batch_size} × {world} rank(s) is larger than the {len(dataset)} "
                           f"samples in {reader.root}; lower it")
@@ -278,10 +291,14 @@ def run_or_reuse(cfg: DistillConfig, show_progress: bool = True) -> tuple[dict |
     """Train ``cfg`` unless an identical finished run is in ``cfg.out`` (its ``student.pth`` has the same config);
     an interrupted run continues from its last checkpoint. Returns ``(run's result or None, "trained" | "resumed" |
     "reused")``. For pipelines that re-run many students (the demo, the ablations)."""
+    cfg = resolve_init(cfg, None)
     out = Path(cfg.out)
     done = out / "student.pth"
     if done.is_file():
-        if Checkpoint.read(read_checkpoint(done)).config == dataclasses.asdict(resolved_specs(cfg)):
+        stored = Checkpoint.read(read_checkpoint(done)).config or {}
+        known = {f.name for f in dataclasses.fields(cfg)}  # options added since it was written take their defaults
+        mine = dataclasses.asdict(resolved_specs(cfg))
+        if stored.keys() <= known and dataclasses.asdict(resolved_specs(type(cfg)(**stored))) == mine:
             return None, "reused"
         raise StdvsrError(f"{out} holds a finished run with other settings; delete it or use another --out")
     resume = "auto" if latest_checkpoint(out / "checkpoints") is not None else None

@@ -76,6 +76,30 @@ def cache_tiers(needs: set[str], feature: str, stored: list[str], root) -> list[
     return sorted(tiers)
 
 
+def held_back(frames: int, holdout: float) -> int:
+    """How many of a footage clip's last ``frames`` are kept out of training for validation: ``holdout`` of them,
+    rounded, and at least one when ``holdout`` > 0."""
+    return 0 if holdout <= 0 else max(1, round(frames * holdout))
+
+
+def _check_footage(cfg: DistillConfig, reader: CacheReader) -> None:
+    """A cache of LR footage has no ground truth: the teacher's SR takes L_rec's place, so a loss without it
+    (--kd none) or a second copy of it (--lambda-out) cannot train; every clip must keep a training sample."""
+    if cfg.kd == "none":
+        raise StdvsrError(f"cache {reader.root} is LR footage without ground truth, so --kd none has nothing to learn "
+                          "from; use --kd output (the teacher's SR frames as the target), or std / sd / td to add the "
+                          "paper's terms to it")
+    if cfg.lambda_out > 0:
+        raise StdvsrError(f"--lambda-out: on LR footage ({reader.root}) the teacher's SR is the reconstruction "
+                          "target already; drop --lambda-out")
+    for c in reader.clips:
+        left = c["frames"] - held_back(c["frames"], cfg.holdout)
+        if left < cfg.clip_frames:
+            raise StdvsrError(f"clip {c['name']} of {reader.root} has {c['frames']} frames: with --holdout "
+                              f"{cfg.holdout} it keeps {left} for training, fewer than --clip-frames {cfg.clip_frames}; "
+                              "lower --holdout or --clip-frames")
+
+
 def check_cache(cfg: DistillConfig, reader: CacheReader, student: nn.Module) -> None:
     """Refuse a cache whose settings cannot serve this student, and a patch size the student cannot take, naming
     the field."""
@@ -101,10 +125,42 @@ def check_cache(cfg: DistillConfig, reader: CacheReader, student: nn.Module) -> 
     if distilled_feature(cfg) == "lr" and uses(cfg) and not getattr(student, "lr_features", True):
         raise StdvsrError(f"--feature lr: {cfg.student} has no LR feature map (it works at HR throughout); use "
                           "--feature sr, or a student with an LR trunk (fastdvdnet, vespcn)")
+    if not reader.has_gt:
+        _check_footage(cfg, reader)
+    elif cfg.holdout != _default("holdout"):
+        raise StdvsrError(f"--holdout {cfg.holdout} acts on caches of LR footage only; {reader.root} has ground truth "
+                          "(validation uses --val-data): drop --holdout")
     longest = max(c["frames"] for c in reader.clips)
     if cfg.clip_frames > longest:
         raise StdvsrError(f"--clip-frames {cfg.clip_frames} is longer than every clip in {reader.root} "
                           f"(longest: {longest})")
+
+
+def _default(name: str):
+    return next(f.default for f in dataclasses.fields(DistillConfig) if f.name == name)
+
+
+def resolve_init(cfg: DistillConfig, explicit: set[str] | None) -> DistillConfig:
+    """With ``--init``, the student is the checkpoint's network: ``--student`` takes its name (a different one given
+    on the command line is refused); a checkpoint that does not record a stdvsr student is refused."""
+    if not cfg.init:
+        return cfg
+    from stdvsr.models import read_checkpoint
+    from stdvsr.names import student_names
+
+    spec = read_checkpoint(cfg.init, "--init").get("model")
+    name = spec.get("name") if isinstance(spec, dict) else None
+    if name not in student_names():
+        raise StdvsrError(f"--init {cfg.init} is not a student checkpoint of stdvsr (it records "
+                          f"{'no network' if name is None else repr(name)}); pass a student.pth written by stdvsr "
+                          "distill or adapt")
+    if model_spec(name, **(spec.get("kwargs") or {}))[1] != model_spec(name)[1]:  # kwargs override the preset
+        raise StdvsrError(f"--init {cfg.init}: its {name} was built with other arguments ({spec.get('kwargs')}) than "
+                          f"the {name} preset; distill starts from preset students only")
+    if name != cfg.student and explicit is not None and "student" in explicit:
+        raise StdvsrError(f"--student {cfg.student} differs from the network of --init {cfg.init} ({name}); drop "
+                          "--student (it follows --init)")
+    return dataclasses.replace(cfg, student=name)
 
 
 def validate_config(cfg: DistillConfig) -> None:

@@ -8,6 +8,7 @@ import torch
 
 from stdvsr.cache.reader import CacheReader, draw_crop
 from stdvsr.data import window_indices
+from stdvsr.distill.plan import held_back
 from stdvsr.errors import StdvsrError
 from stdvsr.training import StepBatches
 
@@ -19,11 +20,13 @@ class DistillDataset(torch.utils.data.Dataset):
     p/s)`` — every frame's student window, padded at the clip's ends with the cache's padding mode — ``gt``
     ``(N, 3, p, p)``, the cached ``tiers`` for the crop (see :meth:`CacheReader.read`), and ``transform`` (the
     dihedral augmentation to apply, 0 = none). With ``teacher_frames`` it also holds the whole LR frames the
-    teacher's windows need (``teacher_lq``, ``teacher_index``) for the online teacher.
+    teacher's windows need (``teacher_lq``, ``teacher_index``) for the online teacher. ``holdout``: the share of
+    each clip's last frames left out (:func:`~stdvsr.distill.plan.held_back`; LR footage, whose validation they are).
     """
 
     def __init__(self, reader: CacheReader, clip_frames: int, student_frames: int, patch_size: int,
-                 tiers: list[str], seed: int, augment: str = "none", teacher_frames: int | None = None):
+                 tiers: list[str], seed: int, augment: str = "none", teacher_frames: int | None = None,
+                 holdout: float = 0.0):
         self.reader, self.n, self.student_frames = reader, clip_frames, student_frames
         self.patch_size, self.tiers, self.seed, self.augment = patch_size, tiers, seed, augment
         self.teacher_frames = teacher_frames
@@ -34,7 +37,9 @@ class DistillDataset(torch.utils.data.Dataset):
             if patch_size > min(H, W):
                 raise StdvsrError(f"--patch-size {patch_size} is larger than the {W}×{H} frames of clip {c['name']}")
         assert patch_size % s == 0
-        self.items = [(c["index"], t) for c in reader.clips for t in range(c["frames"] - clip_frames + 1)]
+        # LR footage: a clip's last frames (holdout) are validation's, never a training target
+        self.items = [(c["index"], t) for c in reader.clips
+                      for t in range(c["frames"] - held_back(c["frames"], holdout) - clip_frames + 1)]
 
     def __len__(self) -> int:
         return len(self.items)

@@ -34,6 +34,8 @@ class TeacherSide:
 def teacher_side(cfg: DistillConfig, reader: CacheReader, device: torch.device) -> TeacherSide:
     """The cached head or the online teacher, the tiers to read, and the teacher's channel count."""
     needs, feature, online = teacher_needs(cfg), distilled_feature(cfg), None
+    if not reader.has_gt:  # LR footage: the teacher's SR is L_rec's target
+        needs = needs | {"sr"}
     with torch.random.fork_rng(devices=[]):  # building teacher layers must not move the seeded RNG stream
         head = reader.head().to(device) if "trunk" in reader.tiers else None
         if cfg.online_teacher:
@@ -103,10 +105,10 @@ def online_targets(batch: dict, teacher: nn.Module, needs: set[str], feature: st
     return out
 
 
-def augment_batch(batch: dict, targets: Targets) -> tuple[torch.Tensor, torch.Tensor, Targets]:
-    """Apply each sample's dihedral transform to its windows, ground truth and targets alike (``--augment approx``:
-    a transformed target is not exactly the teacher's output on the transformed input)."""
-    windows, gt = batch["windows"], batch["gt"]
+def augment_batch(batch: dict, targets: Targets) -> tuple[torch.Tensor, torch.Tensor | None, Targets]:
+    """Apply each sample's dihedral transform to its windows, ground truth (None for LR footage) and targets alike
+    (``--augment approx``: a transformed target is not exactly the teacher's output on the transformed input)."""
+    windows, gt = batch["windows"], batch.get("gt")
     transforms = [int(t) for t in batch["transform"]]
     if not any(transforms):
         return windows, gt, targets
@@ -114,7 +116,7 @@ def augment_batch(batch: dict, targets: Targets) -> tuple[torch.Tensor, torch.Te
     def each(x):
         return torch.stack([dihedral(x[b], t) for b, t in enumerate(transforms)])
 
-    return each(windows), each(gt), Targets({k: each(v) for k, v in targets.items()})
+    return each(windows), None if gt is None else each(gt), Targets({k: each(v) for k, v in targets.items()})
 
 
 def load_online_teacher(cfg: DistillConfig, reader: CacheReader, device) -> nn.Module:

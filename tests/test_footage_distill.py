@@ -1,0 +1,135 @@
+"""Distilling on a cache of LR footage (issue #22 step 2): no ground truth, so L_rec's target is the teacher's SR;
+the last ``--holdout`` of each clip is never trained on and validation is the student's agreement with the teacher
+there; ``--init`` starts from a trained student; nothing reads a GT frame."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from stdvsr import data
+from stdvsr.cache import CacheReader
+from stdvsr.cli import cli
+from stdvsr.configs import DistillConfig
+from stdvsr.distill import DistillDataset, Distiller, TeacherAgreement, Targets, held_back, run
+from stdvsr.infer import upscale_frames
+from stdvsr.losses import charbonnier
+from stdvsr.metrics import VideoMetrics
+from stdvsr.models import build_model, load_model, save_random
+from tests.helpers import decode_frames, write_clips
+from tests.test_cache import assert_one_error_line, make_teacher
+from tests.test_footage_cache import build
+
+# 12 frames of 16×16 LR (64×64 HR: one crop of the default patch), and a second clip of 10
+FOOTAGE = {"a": ("carphone", 0, 12, 40, 60, 16, 16), "b": ("bikes", 0, 10, 100, 200, 16, 16)}
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory, demo_videos):
+    tmp = tmp_path_factory.mktemp("footage")
+    teacher = make_teacher(tmp / "teacher.pth", seed=0)
+    videos = {"carphone": decode_frames(demo_videos["carphone"], 12), "bikes": decode_frames(demo_videos["bikes"], 10)}
+    root = write_clips(tmp / "lr", FOOTAGE, videos)
+    build(tmp / "cache.zarr", teacher, root)
+    student = save_random("fastdvdnet-quarter", tmp / "init.pth", seed=1)
+    return tmp / "cache.zarr", student
+
+
+def config(cache, out, student, **kw) -> DistillConfig:
+    base = dict(cache=str(cache), out=str(out), init=str(student), kd="output", warmup_steps=0, steps=6,
+                batch_size=1, patch_size=64, lr=1e-3, val_every=6, val_stride=1, workers=0, log_every=1,
+                ckpt_every=6, device="cpu")
+    return DistillConfig(**{**base, **kw})
+
+
+def test_held_back_frames_are_never_trained_on_and_are_what_validation_scores(footage):
+    cache, _ = footage
+    reader = CacheReader(cache)
+    assert [held_back(n, 0.25) for n in (12, 10, 3)] == [3, 2, 1] and held_back(12, 0) == 0
+    ds = DistillDataset(reader, 7, 7, 64, ["sr"], seed=0, holdout=0.25)
+    for index, start in ds.items:  # every training sample's frames lie before the clip's held-back frames
+        n = reader.clips[index]["frames"]
+        assert start + 7 <= n - held_back(n, 0.25)
+    assert len(ds) == (12 - 3 - 7 + 1) + (10 - 2 - 7 + 1)
+    agreement = TeacherAgreement(reader, 0.25, stride=1)
+    assert [(name, frames) for _, name, frames in agreement.items] == [("a", [9, 10, 11]), ("b", [8, 9])]
+
+
+def test_agreement_is_the_y_psnr_of_the_student_against_the_cached_teacher_sr(footage):
+    """Computed independently: the student over the whole clip (upscale_frames) against the stored sr tier."""
+    cache, student_path = footage
+    reader = CacheReader(cache)
+    model = load_model(student_path)[0]
+    expected = VideoMetrics(metrics=("psnr",))
+    for index, name in ((0, "a"), (1, "b")):
+        n = reader.clips[index]["frames"]
+        frames = list(range(n - held_back(n, 0.25), n))
+        lq = reader.read_lq(index, range(n))
+        sr = upscale_frames(model, lq, frames, "replicate")
+        teacher = reader.read(index, range(frames[0], n), tiers=["sr"], lq=False)["sr"].clamp(0, 1)
+        for f, s, t in zip(frames, sr, teacher):
+            expected.add(name, f, s, t)
+    assert TeacherAgreement(reader, 0.25)(model) == pytest.approx(expected.summary()["psnr"], abs=1e-6)
+
+
+def test_without_ground_truth_the_reconstruction_target_is_the_teachers_sr(footage):
+    cache, _ = footage
+    cfg = config(cache, "unused", footage[1])
+    student = build_model("fastdvdnet-quarter")
+    distiller = Distiller(student, cfg, 64, 16, footage=True)
+    assert distiller.terms == set()  # output KD is L_rec itself here, not a second term
+    windows, target = torch.rand(1, 2, student.num_frame, 3, 16, 16), torch.rand(1, 2, 3, 64, 64)
+    losses = distiller(windows, None, Targets(sr=target), kd_weight=1.0)
+    sr = student(windows.flatten(0, 1)).view(1, 2, 3, 64, 64)
+    assert float(losses["total"].detach()) == pytest.approx(float(charbonnier(sr, target).detach()), rel=1e-6)
+
+
+def test_adapting_from_a_checkpoint_raises_agreement_and_never_reads_ground_truth(footage, tmp_path, monkeypatch):
+    cache, student_path = footage
+
+    def no_gt(*args, **kwargs):
+        raise AssertionError("a GT frame was read")
+
+    monkeypatch.setattr(data, "read_hr", no_gt)
+    reader = CacheReader(cache)
+    before = TeacherAgreement(reader, 0.1)(load_model(student_path)[0])
+    result = run(config(cache, tmp_path / "run", student_path, steps=12, val_every=12, ckpt_every=12),
+                 show_progress=False)
+    assert result["val_of"] == "teacher" and result["student_name"] == "fastdvdnet-quarter"
+    after = TeacherAgreement(reader, 0.1)(load_model(result["student"])[0])
+    assert result["val_psnr"] == pytest.approx(after, abs=1e-6)
+    assert after > before + 0.5, (before, after)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss_total"] == r["loss_rec"] for r in rows if "loss_total" in r)
+
+
+def test_init_is_the_starting_point(footage, tmp_path):
+    cache, student_path = footage
+    run(config(cache, tmp_path / "run", student_path, steps=1, lr=1e-12, min_lr=0.0, val_every=0), show_progress=False)
+    start, end = load_model(student_path)[0].state_dict(), load_model(tmp_path / "run" / "student.pth")[0].state_dict()
+    assert all(torch.allclose(start[k], end[k], atol=1e-8) for k in start)
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--kd", "none"], ["LR footage without ground truth", "--kd output"]),
+    (["--kd", "std", "--lambda-out", "1"], ["--lambda-out", "reconstruction target already"]),
+    (["--holdout", "0.6"], ["keeps 5 for training, fewer than --clip-frames 7", "lower --holdout"]),
+    (["--student", "vdsr"], ["--student vdsr differs from the network of --init", "fastdvdnet-quarter"]),
+])
+def test_footage_refusals_name_the_flag(footage, tmp_path, flags, fragments):
+    cache, student_path = footage
+    result = CliRunner().invoke(cli, ["distill", "--cache", str(cache), "--init", str(student_path), "--kd", "output",
+                                      "--warmup-steps", "0", "--steps", "2", "--out", str(tmp_path / "run"), *flags])
+    assert_one_error_line(result, *fragments)
+    assert not (tmp_path / "run" / "student.pth").exists()
+
+
+def test_init_must_be_a_student_checkpoint(footage, tmp_path):
+    cache, _ = footage
+    teacher = footage[0].parent / "teacher.pth"
+    result = CliRunner().invoke(cli, ["distill", "--cache", str(cache), "--init", str(teacher), "--kd", "output",
+                                      "--warmup-steps", "0", "--steps", "2", "--out", str(tmp_path / "run")])
+    assert_one_error_line(result, "--init", "not a student checkpoint", "'edvr'")
