@@ -15,8 +15,8 @@ from pathlib import Path
 import click
 
 from stdvsr import __version__, interrupts, options
-from stdvsr.configs import (CacheConfig, DistillConfig, EvalConfig, ExportConfig, PlotConfig, ProfileConfig,
-                            QuantizeConfig, TeacherConfig, UpscaleConfig)
+from stdvsr.configs import (AdaptConfig, CacheConfig, DistillConfig, EvalConfig, ExportConfig, PlotConfig,
+                            ProfileConfig, QuantizeConfig, TeacherConfig, UpscaleConfig)
 from stdvsr.errors import StdvsrError, Terminated, message, os_error
 from stdvsr.options import click_options, config_file_option, from_cli
 from stdvsr.progress import progress_bar, stderr, stdout
@@ -441,6 +441,40 @@ def distill(ctx: click.Context, **opts) -> None:
     if result["td_frozen_at"]:
         rows.append(("ConvLSTM frozen at step", str(result["td_frozen_at"])))
     print_training(f"{title}, {result['steps']} steps", result, rows, "student", result["student"])
+
+
+# --------------------------------------------------------------------------------------------------- adapt
+@cli.command("adapt", context_settings=CONTEXT)
+@config_file_option("TOML file whose keys fill the options below (flags win).")
+@click_options(AdaptConfig)
+def adapt(**opts) -> None:
+    """Adapt a trained student to your own LR footage, with no HR original: the teacher labels the footage once,
+    the student is fine-tuned towards its SR frames.
+
+    Three phases, each with its own progress: the teacher runs over every frame of --data as given (a footage
+    cache, as `cache-teacher --degradation none` writes, in OUT/cache); the student's agreement with the teacher
+    (Y-PSNR of its SR against the teacher's SR) is scored on the last --holdout of each clip's frames, which the
+    fine-tuning never sees; the student is fine-tuned (`distill --init STUDENT` on that cache, OUT/run) and
+    scored again. OUT/student.pth is the adapted student, for evaluate, upscale and export like any other; the
+    table and OUT/adapt.json give the agreement before and after, bicubic's, the frames and the time of each
+    phase. Agreement says how closely the student follows the teacher on unseen frames, not its accuracy against
+    an HR original (score that with evaluate where one exists). Rerun the same command after an interruption: a
+    finished phase is reused, an interrupted one continues; other settings into the same OUT are refused.
+
+    The defaults of --steps, --lr, --kd and --views are provisional (a first probe: +0.84 dB on the demo's carphone
+    for its plain student); they are to be tuned on bigbuckbunny, never on carphone.
+
+    \b
+    Examples:
+      stdvsr adapt --student runs/distill/student.pth --data video:my_clip.mp4 --out runs/adapt/my_clip
+      stdvsr adapt --student student.pth --data folder:frames/ --out runs/adapt/frames --steps 800 --device cuda
+      stdvsr adapt --student student.pth --data folder:lr/ --out runs/adapt/big \\
+          --teacher-weights EDVR_L_BD.pth --teacher-preset edvr-l --kd std
+      stdvsr upscale my_clip.mp4 my_clip_x4.mp4 --model runs/adapt/my_clip/student.pth
+    """
+    from stdvsr.adapt import print_adaptation, run
+
+    print_adaptation(run(from_cli(AdaptConfig, opts)))
 
 
 # -------------------------------------------------------------------------------------------------- export

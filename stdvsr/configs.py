@@ -314,3 +314,42 @@ class PlotConfig:
                            flag="--label", multiple=True)
     tensorboard: str | None = option(None, "Also write TensorBoard event files, one folder per run under this one "
                                      "(needs pip install tensorboard).", type=click.Path(file_okay=False))
+
+
+@dataclass
+class AdaptConfig:
+    """``stdvsr adapt``: a trained student fine-tuned to the user's own LR footage against the teacher's outputs on
+    it (issue #22). The defaults (--steps, --lr, --kd, --views) are provisional: those of a first probe, to be tuned
+    on bigbuckbunny (never on carphone, the demo's test clip)."""
+    student: str = option(REQUIRED, "The trained student to adapt: a student.pth written by stdvsr distill (or adapt).",
+                          type=click.Path(dir_okay=False))
+    data: str = option(REQUIRED, "Your LR footage: folder:ROOT (one sub-folder of frames per clip, or ROOT's own "
+                       "frames), video:FILE, or demo:CLIP (a demo clip's frames taken as footage). The frames are the "
+                       "input as given: no ground truth is read.")
+    out: str = option(REQUIRED, "Folder for everything: cache/ (the teacher's labels), run/ (the fine-tuning), "
+                      "student.pth (the adapted student), adapt.json. Rerun the same command to continue or reuse.",
+                      type=click.Path(file_okay=False))
+    teacher_weights: str | None = option(None, "Teacher (stdvsr or BasicSR checkpoint). Default: the shipped demo "
+                                         "teacher (edvr-s).", type=click.Path(dir_okay=False))
+    teacher_preset: str | None = option(None, "Architecture of --teacher-weights that are not a stdvsr checkpoint "
+                                        "(e.g. BasicSR's EDVR-L).", type=click.Choice(teacher_presets()))
+    steps: int = option(400, "Fine-tuning steps (provisional default, to be tuned on bigbuckbunny).",
+                        type=click.IntRange(1))
+    lr: float = option(1e-4, "Peak Adam learning rate, cosine to 1e-6 (provisional default).",
+                       type=click.FloatRange(0, min_open=True))
+    kd: str = option("output", "Loss: output = Charbonnier to the teacher's SR frames; std / sd / td add the paper's "
+                     "terms on the teacher's features (they need the trunk, cached too then).",
+                     type=click.Choice(("output", "std", "sd", "td")))
+    views: int = option(1, "Label each clip through the first N dihedral transforms too (the teacher runs on the "
+                        "flipped frames, so targets stay exact; N× the labelling time).", type=click.IntRange(1, 8))
+    holdout: float = option(0.1, "Share of each clip's last frames kept out of fine-tuning; the agreement with the "
+                            "teacher (before and after) is scored on them. 0: train on every frame, score nothing.",
+                            type=click.FloatRange(0, 0.9))
+    batch_size: int = option(2, "Clips per step.", type=click.IntRange(1))
+    patch_size: int = option(64, "HR crop size (÷4 at LR): a multiple of 16 for FastDVDnet and VESPCN, of 4 for "
+                             "VSRNet and VDSR; the footage must be at least a quarter of it on each side.",
+                             type=click.IntRange(16))
+    clip_frames: int = option(7, "Frames per training sample, 2k+1 (the TD sequence).", type=click.IntRange(1))
+    seed: int = option(0, "Seed of the crops and batch order, 0 to 2**32-1.", type=SEED)
+    device: str = option("auto", DEVICE_HELP, resumable=True)
+    workers: int = option(2, "DataLoader workers of the fine-tuning.", type=click.IntRange(0), resumable=True)

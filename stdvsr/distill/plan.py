@@ -140,23 +140,30 @@ def _default(name: str):
     return next(f.default for f in dataclasses.fields(DistillConfig) if f.name == name)
 
 
-def resolve_init(cfg: DistillConfig, explicit: set[str] | None) -> DistillConfig:
-    """With ``--init``, the student is the checkpoint's network: ``--student`` takes its name (a different one given
-    on the command line is refused); a checkpoint that does not record a stdvsr student is refused."""
-    if not cfg.init:
-        return cfg
+def checkpoint_student(path: str, flag: str) -> str:
+    """The student network a checkpoint records (a preset or student name, what ``--student`` takes); one that
+    records none, a teacher, or arguments other than its preset's is refused, naming ``flag``."""
     from stdvsr.models import read_checkpoint
     from stdvsr.names import student_names
 
-    spec = read_checkpoint(cfg.init, "--init").get("model")
+    spec = read_checkpoint(path, flag).get("model")
     name = spec.get("name") if isinstance(spec, dict) else None
     if name not in student_names():
-        raise StdvsrError(f"--init {cfg.init} is not a student checkpoint of stdvsr (it records "
+        raise StdvsrError(f"{flag} {path} is not a student checkpoint of stdvsr (it records "
                           f"{'no network' if name is None else repr(name)}); pass a student.pth written by stdvsr "
                           "distill or adapt")
     if model_spec(name, **(spec.get("kwargs") or {}))[1] != model_spec(name)[1]:  # kwargs override the preset
-        raise StdvsrError(f"--init {cfg.init}: its {name} was built with other arguments ({spec.get('kwargs')}) than "
-                          f"the {name} preset; distill starts from preset students only")
+        raise StdvsrError(f"{flag} {path}: its {name} was built with other arguments ({spec.get('kwargs')}) than "
+                          f"the {name} preset; only preset students are fine-tuned")
+    return name
+
+
+def resolve_init(cfg: DistillConfig, explicit: set[str] | None) -> DistillConfig:
+    """With ``--init``, the student is the checkpoint's network (:func:`checkpoint_student`): ``--student`` takes
+    its name, and a different one given on the command line is refused."""
+    if not cfg.init:
+        return cfg
+    name = checkpoint_student(cfg.init, "--init")
     if name != cfg.student and explicit is not None and "student" in explicit:
         raise StdvsrError(f"--student {cfg.student} differs from the network of --init {cfg.init} ({name}); drop "
                           "--student (it follows --init)")
