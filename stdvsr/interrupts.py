@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from typing import Iterator
 
 from stdvsr.errors import Terminated
@@ -23,10 +24,27 @@ _state = {"installed": False, "stopping": False, "depth": 0, "pending": None, "n
 
 
 def install() -> None:
-    """Route SIGINT and SIGTERM through :func:`_handle` (main thread only, as Python requires)."""
+    """Route SIGINT and SIGTERM through :func:`_handle` (main thread only, as Python requires), and keep
+    :func:`_excepthook` from printing a worker's hand-over cut short by the stop."""
     signal.signal(signal.SIGINT, _handle)
     signal.signal(signal.SIGTERM, _handle)
+    if sys.excepthook is not _excepthook:
+        _state["excepthook"] = sys.excepthook
+        sys.excepthook = _excepthook
     _state.update(installed=True, stopping=False, depth=0, pending=None, noted=False)
+
+
+def _excepthook(kind, value, tb) -> None:
+    """While stopping, multiprocessing's resource-sharer thread (it hands tensors' file descriptors to DataLoader
+    workers) reports a connection that the ending workers dropped mid-hand-over through ``sys.excepthook``: a
+    traceback under the "saved step N" line, seen under heavy load. It is not an error of the run being stopped, so
+    it is not printed then; everything else is."""
+    if _state["stopping"] and tb is not None:
+        while tb.tb_next is not None and "multiprocessing" not in tb.tb_frame.f_code.co_filename:
+            tb = tb.tb_next
+        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("multiprocessing", "resource_sharer.py")):
+            return
+    (_state.get("excepthook") or sys.__excepthook__)(kind, value, tb)
 
 
 def _error(signum: int) -> KeyboardInterrupt:

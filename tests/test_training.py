@@ -137,3 +137,30 @@ def test_one_checkpoint_schema_writes_both_stages_files_and_reads_old_ones():
     read = Checkpoint.read(old_ckpt)
     assert read.step == old_ckpt["step"] == 2 and read.distill.keys() == old_ckpt["distill"].keys()
     assert read.kd is None and Checkpoint.read(old_final).kd == old_final["kd"]
+
+
+def test_a_worker_hand_over_cut_short_by_the_stop_prints_no_traceback(capsys, monkeypatch):
+    """multiprocessing's resource-sharer thread reports through sys.excepthook; while stdvsr is stopping on a signal a
+    dropped hand-over is noise (seen as a traceback under the "saved step" line under load), before it is not."""
+    import os
+    import sys
+
+    from stdvsr import interrupts
+
+    def raised_in(filename: str):
+        try:
+            exec(compile("raise EOFError('hand-over cut')", filename, "exec"))
+        except EOFError:
+            return sys.exc_info()
+
+    sharer = raised_in(os.path.join("lib", "python3", "multiprocessing", "resource_sharer.py"))
+    other = raised_in(os.path.join("stdvsr", "training.py"))
+    monkeypatch.setitem(interrupts._state, "excepthook", sys.__excepthook__)
+    monkeypatch.setitem(interrupts._state, "stopping", False)
+    interrupts._excepthook(*sharer)
+    assert "hand-over cut" in capsys.readouterr().err  # not stopping: reported as before
+    monkeypatch.setitem(interrupts._state, "stopping", True)
+    interrupts._excepthook(*sharer)
+    assert capsys.readouterr().err == ""
+    interrupts._excepthook(*other)  # any other error is still reported while stopping
+    assert "hand-over cut" in capsys.readouterr().err
