@@ -461,13 +461,14 @@ def adapt(**opts) -> None:
     an HR original (score that with evaluate where one exists). Rerun the same command after an interruption: a
     finished phase is reused, an interrupted one continues; other settings into the same OUT are refused.
 
-    The defaults of --steps, --lr, --kd and --views are provisional (a first probe: +0.84 dB on the demo's carphone
-    for its plain student); they are to be tuned on bigbuckbunny, never on carphone.
+    The defaults of --steps and --lr (1200, 3e-4: about 2.5 minutes of fine-tuning on one CPU core for the demo's
+    student) were chosen on bigbuckbunny's LR frames among 400/1200 steps × 1e-4/3e-4, never on carphone
+    (pipelines/adapt_study.py, docs/RESULTS.md).
 
     \b
     Examples:
       stdvsr adapt --student runs/distill/student.pth --data video:my_clip.mp4 --out runs/adapt/my_clip
-      stdvsr adapt --student student.pth --data folder:frames/ --out runs/adapt/frames --steps 800 --device cuda
+      stdvsr adapt --student student.pth --data folder:frames/ --out runs/adapt/frames --steps 3000 --device cuda
       stdvsr adapt --student student.pth --data folder:lr/ --out runs/adapt/big \\
           --teacher-weights EDVR_L_BD.pth --teacher-preset edvr-l --kd std
       stdvsr upscale my_clip.mp4 my_clip_x4.mp4 --model runs/adapt/my_clip/student.pth

@@ -319,8 +319,8 @@ class PlotConfig:
 @dataclass
 class AdaptConfig:
     """``stdvsr adapt``: a trained student fine-tuned to the user's own LR footage against the teacher's outputs on
-    it (issue #22). The defaults (--steps, --lr, --kd, --views) are provisional: those of a first probe, to be tuned
-    on bigbuckbunny (never on carphone, the demo's test clip)."""
+    it (issue #22). --steps and --lr were chosen on bigbuckbunny's LR frames (pipelines/adapt_study.py), never on
+    carphone, the demo's test clip; --kd output and --views 1 were not swept."""
     student: str = option(REQUIRED, "The trained student to adapt: a student.pth written by stdvsr distill (or adapt).",
                           type=click.Path(dir_okay=False))
     data: str = option(REQUIRED, "Your LR footage: folder:ROOT (one sub-folder of frames per clip, or ROOT's own "
@@ -333,9 +333,9 @@ class AdaptConfig:
                                          "teacher (edvr-s).", type=click.Path(dir_okay=False))
     teacher_preset: str | None = option(None, "Architecture of --teacher-weights that are not a stdvsr checkpoint "
                                         "(e.g. BasicSR's EDVR-L).", type=click.Choice(teacher_presets()))
-    steps: int = option(400, "Fine-tuning steps (provisional default, to be tuned on bigbuckbunny).",
+    steps: int = option(1200, "Fine-tuning steps (chosen on bigbuckbunny: pipelines/adapt_study.py).",
                         type=click.IntRange(1))
-    lr: float = option(1e-4, "Peak Adam learning rate, cosine to 1e-6 (provisional default).",
+    lr: float = option(3e-4, "Peak Adam learning rate, cosine to 1e-6 (chosen on bigbuckbunny).",
                        type=click.FloatRange(0, min_open=True))
     kd: str = option("output", "Loss: output = Charbonnier to the teacher's SR frames; std / sd / td add the paper's "
                      "terms on the teacher's features (they need the trunk, cached too then).",

@@ -156,7 +156,7 @@ def test_no_ground_truth_file_is_opened(tmp_path, teacher, footage, monkeypatch)
 
 def test_cli_help_has_examples():
     text = " ".join(CliRunner().invoke(cli, ["adapt", "--help"]).stdout.split())
-    assert "Examples: stdvsr adapt --student" in text and "provisional" in text and "bigbuckbunny" in text
+    assert "Examples: stdvsr adapt --student" in text and "chosen on bigbuckbunny" in text and "never on carphone" in text
 
 
 # ---------------------------------------------------------------------------------------------------- errors
