@@ -41,6 +41,7 @@ class RunLog:
     series: Series
     nonfinite: dict[str, list[int]]
     bad_lines: list[int]
+    to_teacher: bool = False  # val_psnr is agreement with the teacher (a distill run on LR footage: no GT)
 
 
 def read_metrics(path: str | Path) -> RunLog:
@@ -55,7 +56,7 @@ def read_metrics(path: str | Path) -> RunLog:
     """
     path = Path(path)
     series: dict[str, dict[int, float]] = {}
-    bad, rows = [], 0
+    bad, rows, to_teacher = [], 0, False
     last = -1
     with open(path, "rb") as f:
         lines = f.read().split(b"\n")
@@ -70,6 +71,7 @@ def read_metrics(path: str | Path) -> RunLog:
             bad.append(number)
             continue
         rows += 1
+        to_teacher = to_teacher or row.get("val_of") == "teacher"
         if "event" in row:
             continue
         step = row.get("step")
@@ -90,7 +92,8 @@ def read_metrics(path: str | Path) -> RunLog:
                           "train-teacher run writes")
     finite = {k: {s: v for s, v in sorted(c.items()) if math.isfinite(v)} for k, c in series.items()}
     nonfinite = {k: sorted(s for s, v in c.items() if not math.isfinite(v)) for k, c in series.items()}
-    return RunLog(path, {k: v for k, v in finite.items() if v}, {k: v for k, v in nonfinite.items() if v}, bad)
+    return RunLog(path, {k: v for k, v in finite.items() if v}, {k: v for k, v in nonfinite.items() if v}, bad,
+                  to_teacher)
 
 
 def _warn_about(log: RunLog) -> None:
@@ -238,7 +241,10 @@ def curves_figure(runs: dict[str, RunLog]):
 
     ax_loss.set(title="training loss terms", xlabel="step", yscale="log")
     ax_lr.set(title="learning rate", xlabel="step", yscale="log")
-    ax_psnr.set(title="held-out Y-PSNR (dB), bicubic dashed", xlabel="step")
+    footage = [log.to_teacher for log in runs.values()]
+    psnr_title = ("Y-PSNR to the teacher, held-back frames (dB)" if all(footage) else
+                  "validation Y-PSNR (dB; LR-footage runs: to the teacher)" if any(footage) else "held-out Y-PSNR (dB)")
+    ax_psnr.set(title=f"{psnr_title}, bicubic dashed", xlabel="step")
     if single:
         ax_loss.legend(fontsize=8)
     else:

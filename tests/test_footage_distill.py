@@ -104,6 +104,12 @@ def test_adapting_from_a_checkpoint_raises_agreement_and_never_reads_ground_trut
     assert after > before + 0.5, (before, after)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["loss_total"] == r["loss_rec"] for r in rows if "loss_total" in r)
+    from stdvsr.plot import curves_figure, read_metrics
+
+    log = read_metrics(tmp_path / "run" / "metrics.jsonl")  # the curves say what validation measured
+    assert log.to_teacher and log.series["val_psnr"][12] == pytest.approx(after, abs=1e-6)
+    titles = [ax.get_title() for ax in curves_figure({"adapted": log}).axes]
+    assert "Y-PSNR to the teacher, held-back frames (dB), bicubic dashed" in titles
 
 
 def test_init_is_the_starting_point(footage, tmp_path):

@@ -149,7 +149,8 @@ def _train(setup: Setup, state: DistillState, folder: RunFolder, show: bool) -> 
                               kd_scale=weight, **times.row(), elapsed=round(time.perf_counter() - start_time, 2))
             if setup.validator is not None and due(done, cfg.val_every, cfg.steps):
                 val_psnr = setup.validator(setup.distiller.student)
-                folder.record(step=done, val_psnr=val_psnr, bicubic_psnr=setup.validator.bicubic)
+                folder.record(step=done, val_psnr=val_psnr, bicubic_psnr=setup.validator.bicubic,
+                              **({} if setup.reader.has_gt else {"val_of": "teacher"}))  # footage: agreement
                 progress.update(done, loss=state.smoothed_loss, lr=lr, psnr=val_psnr)
             if due(done, cfg.ckpt_every, cfg.steps):
                 folder.save(done)
