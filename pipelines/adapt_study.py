@@ -38,11 +38,11 @@ import torch
 
 from stdvsr.adapt import AdaptConfig, cache_config, distill_config
 from stdvsr.cache import run as build_cache
-from stdvsr.data import degrade, list_frames, load_clips, read_hr, to_tensor
+from stdvsr.data import list_frames, load_clips, read_hr, to_tensor, write_footage
 from stdvsr.distill import run_or_reuse
 from stdvsr.infer import upscale_frames
-from stdvsr.io import read_image, write_image, write_text
-from stdvsr.metrics import VideoMetrics, tensor_to_uint8
+from stdvsr.io import read_image, write_text
+from stdvsr.metrics import VideoMetrics
 from stdvsr.models import DEMO_TEACHER, load_model
 from stdvsr.progress import stdout
 
@@ -52,15 +52,9 @@ HOLDOUT = {"transductive": 0.1, "inductive": 0.5}
 def footage(clip_name: str, root: Path) -> tuple[Path, torch.Tensor, torch.Tensor]:
     """The clip's LR frames as 8-bit PNGs in ``root/<clip>/`` (written once), and (LR as read back, GT) tensors."""
     clip = load_clips(f"demo:{clip_name}")[0]
-    gt = read_hr(clip, range(len(clip)))
-    folder = root / clip_name
-    if not folder.is_dir():
-        tmp = root / f".{clip_name}.partial"
-        for i, frame in enumerate(degrade(gt, "bd", 4)):
-            write_image(tmp / f"{i:08d}.png", tensor_to_uint8(frame))
-        tmp.rename(folder)
+    folder = write_footage(clip, root / clip_name)
     lq = to_tensor([read_image(p) for p in list_frames(folder)])
-    return root, lq, gt
+    return root, lq, read_hr(clip, range(len(clip)))
 
 
 def psnr(model, lq: torch.Tensor, gt: torch.Tensor, frames: list[int]) -> float:

@@ -50,13 +50,12 @@ from stdvsr.adapt import AdaptConfig, print_adaptation
 from stdvsr.adapt import run as adapt
 from stdvsr.cache import CacheConfig
 from stdvsr.cache import run as build_cache
-from stdvsr.data import degrade, load_clips, read_hr
+from stdvsr.data import load_clips, write_footage
 from stdvsr.distill import DistillConfig, run_or_reuse
 from stdvsr.errors import StdvsrError
 from stdvsr.evaluate import EvalConfig, print_evaluation, protocol_title
 from stdvsr.evaluate import run as evaluate
-from stdvsr.io import write_image, write_text
-from stdvsr.metrics import tensor_to_uint8
+from stdvsr.io import write_text
 from stdvsr.models import DEMO_TEACHER
 from stdvsr.plot import write_run_plot
 from stdvsr.progress import stderr, stdout
@@ -78,17 +77,9 @@ def train(cfg: DistillConfig, show_progress: bool) -> tuple[str, float]:
 
 
 def carphone_footage(root: Path) -> Path:
-    """carphone's LR frames — BD ×4 of its GT, rounded to 8-bit PNGs as a camera's footage would be — in
-    ``root/carphone/%08d.png``, written once (into a hidden folder renamed into place); returns ``root``, the
-    ``folder:`` dataset root the adaptation reads. Nothing else of carphone is under ``root``."""
-    folder = root / "carphone"
-    if not folder.is_dir():
-        clip = load_clips("demo:carphone")[0]
-        tmp = root / ".carphone.partial"
-        lq = degrade(read_hr(clip, range(len(clip))), "bd", 4)
-        for i, frame in enumerate(lq):
-            write_image(tmp / f"{i:08d}.png", tensor_to_uint8(frame))
-        tmp.rename(folder)
+    """carphone's LR frames (BD ×4 of its GT, 8-bit PNGs: the footage a user would have) in ``root/carphone/``;
+    returns ``root``, the ``folder:`` dataset the adaptation reads. Nothing else of carphone is under ``root``."""
+    write_footage(load_clips("demo:carphone")[0], root / "carphone")
     return root
 
 

@@ -134,9 +134,10 @@ def check_same_settings(out: Path, mine: dict) -> None:
     """A rerun into a folder continues or reuses it only with the settings it was started with."""
     path = out / REPORT
     if not path.is_file():
-        if (out / "run").exists() or (out / "cache").exists():
-            raise StdvsrError(f"--out {out} holds cache/ or run/ but no {REPORT}: it was not written by stdvsr adapt; "
-                              "choose another --out")
+        ours = [name for name in ("run", "cache", "student.pth") if (out / name).exists()]
+        if ours:  # e.g. the folder of the student being adapted: its student.pth would be overwritten
+            raise StdvsrError(f"--out {out} holds {', '.join(ours)} but no {REPORT}: it was not written by stdvsr "
+                              "adapt, and adapt writes those names; choose another --out")
         return
     try:
         before = json.loads(path.read_text())["settings"]

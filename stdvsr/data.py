@@ -416,6 +416,22 @@ def read_footage(clip: Clip, indices: Sequence[int]) -> torch.Tensor:
     return read_hr(clip, indices, scale=1)
 
 
+def write_footage(clip: Clip, folder: Path, degradation: str = "bd", scale: int = 4) -> Path:
+    """A clip's LR frames — ``degradation`` ×``scale`` of its HR frames, rounded to 8-bit PNGs as a camera's footage
+    would be — as ``folder/%08d.png``, written once (into a hidden folder renamed into place, so an interrupted
+    write leaves nothing that looks complete); an existing ``folder`` is reused. Returns ``folder``."""
+    from stdvsr.metrics import tensor_to_uint8
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        tmp = folder.parent / f".{folder.name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)  # our own hidden leftover of an interrupted write
+        for i, frame in enumerate(degrade(read_hr(clip, range(len(clip)), scale), degradation, scale)):
+            write_image(tmp / f"{i:08d}.png", tensor_to_uint8(frame))
+        tmp.rename(folder)
+    return folder
+
+
 def read_lq_from_disk(clip: Clip, indices: Sequence[int], degradation: str, hr_size: tuple[int, int],
                       scale: int = 4) -> torch.Tensor:
     """The clip's on-disk LR frames of ``degradation`` (Vid4's BDx4/BIx4), checked against the HR size."""

@@ -8,7 +8,7 @@ uninterrupted run would have seen (Ctrl-C writes a checkpoint of the finished st
 the run with a clear error; the last checkpoint stays.
 
 Outputs in ``out``: ``config.json``, ``metrics.jsonl`` (one JSON object per log/validation line),
-``checkpoints/step_XXXXXXX.pth`` (the last three), and ``teacher.pth`` — the final weights alone (model name and
+``checkpoints/step_<7-digit step>.pth`` (the last three), and ``teacher.pth`` — the final weights alone (model name and
 arguments, ``params`` and ``params_ema``), what ``--weights`` and ``stdvsr.models.load_model`` take. Both are
 :class:`stdvsr.training.Checkpoint`, filled by :func:`state_of` and read back by :func:`restore`.
 """

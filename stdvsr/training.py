@@ -323,7 +323,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    """The checkpoint with the highest step in ``folder`` (``step_XXXXXXX.pth``), or None."""
+    """The checkpoint with the highest step in ``folder`` (``step_<7-digit step>.pth``), or None."""
     found = sorted(folder.glob("step_*.pth"))
     return found[-1] if found else None
 

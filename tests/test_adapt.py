@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,18 @@ def test_refusals_before_anything_is_written(invoke, tmp_path, teacher, footage,
     assert_one_error_line(invoke(data=f"folder:{footage['lr']}", out=footage["lr"] / "adapted"),
                           "lies inside the footage folder")
     assert not out.exists() and not (footage["lr"] / "adapted").exists()
+
+
+def test_the_students_own_folder_is_not_overwritten(invoke, tmp_path):
+    """--out = the folder of the student being adapted: its student.pth (not written by adapt) must survive."""
+    own = tmp_path / "trained"
+    own.mkdir()
+    student = own / "student.pth"
+    shutil.copyfile(tmp_path / "student.pth", student)
+    before = student.read_bytes()
+    assert_one_error_line(invoke(student_path=student, out=own), f"--out {own} holds student.pth but no adapt.json",
+                          "choose another --out")
+    assert student.read_bytes() == before and sorted(p.name for p in own.iterdir()) == ["student.pth"]
 
 
 def test_a_cache_as_footage_is_refused(invoke, tmp_path, teacher, footage):

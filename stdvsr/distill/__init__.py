@@ -17,7 +17,7 @@ only L_rec is used (the paper: 20K). Baselines (``kd``): ``none`` (L_rec only), 
 ``mse`` (KD-MSE on the features), ``mean2`` (Gao et al.'s (mean_c F)², on F^LR by default), ``output`` (the
 teacher's SR frames); ``feature="lr"`` distils F^LR (the trunk) instead of F^SR (Table 4).
 
-Outputs in ``out``: ``config.json``, ``metrics.jsonl``, ``checkpoints/step_XXXXXXX.pth`` (student, adapter and
+Outputs in ``out``: ``config.json``, ``metrics.jsonl``, ``checkpoints/step_<7-digit step>.pth`` (student, adapter and
 ConvLSTM, optimizer, step, RNG states, resolved config, cache fingerprint) and ``student.pth``, the deployable
 student alone (what ``stdvsr.models.load_model``, ``evaluate`` and ``export`` take). ``resume="auto"`` continues
 from the newest checkpoint with exactly the batches, crops and losses of an uninterrupted run (on a CPU).
