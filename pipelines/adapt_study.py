@@ -17,9 +17,12 @@ Protocol, fixed before any result was looked at:
 - choosing settings: on ``bigbuckbunny`` (the validation clip) only; ``carphone`` (the test clip) is run with the
   settings chosen there, never compared across settings.
 
-    python pipelines/adapt_study.py --clip bigbuckbunny --steps 200,400,800 --lr 1e-4,3e-4 --out runs/adapt_study/val
-    python pipelines/adapt_study.py --clip carphone --seeds 0,1,2 --modes transductive,inductive \\
-        --out runs/adapt_study/test
+    python pipelines/adapt_study.py --clip bigbuckbunny --steps 400,1200 --lr 1e-4,3e-4 --out runs/adapt_study/val
+    python pipelines/adapt_study.py --clip carphone --seeds 0,1,2 --modes transductive --out runs/adapt_study/test_t
+    python pipelines/adapt_study.py --clip carphone --seeds 0,1,2 --modes inductive --out runs/adapt_study/test_i
+
+(the published runs: docs/results/adapt_study_*.json; --steps / --lr default to adapt's own defaults, the
+settings chosen on bigbuckbunny)
 
 Writes ``OUT/results.json`` (every row, the protocol, the times) and prints a table; reruns reuse finished runs.
 """
@@ -39,7 +42,7 @@ import torch
 from stdvsr.adapt import AdaptConfig, cache_config, distill_config
 from stdvsr.cache import run as build_cache
 from stdvsr.data import list_frames, load_clips, read_hr, to_tensor, write_footage
-from stdvsr.distill import run_or_reuse
+from stdvsr.distill import held_back, run_or_reuse
 from stdvsr.infer import upscale_frames
 from stdvsr.io import read_image, write_text
 from stdvsr.metrics import VideoMetrics
@@ -65,12 +68,16 @@ def psnr(model, lq: torch.Tensor, gt: torch.Tensor, frames: list[int]) -> float:
     return metrics.summary()["psnr"]
 
 
+def _default(name: str):
+    return next(f.default for f in dataclasses.fields(AdaptConfig) if f.name == name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", default="runs/demo/fastdvdnet-quarter-kd_none/student.pth")
     ap.add_argument("--clip", default="bigbuckbunny", help="demo clip whose LR frames are the footage")
-    ap.add_argument("--steps", default="400", help="comma-separated fine-tuning steps")
-    ap.add_argument("--lr", default="1e-4", help="comma-separated learning rates")
+    ap.add_argument("--steps", default=str(_default("steps")), help="comma-separated fine-tuning steps")
+    ap.add_argument("--lr", default=f"{_default('lr'):g}", help="comma-separated learning rates")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")
     ap.add_argument("--modes", default="transductive", help="transductive and/or inductive")
     ap.add_argument("--threads", type=int, default=1)
@@ -89,7 +96,7 @@ def main() -> None:
     rows, references = [], {}  # references: frames scored → (before, teacher), computed once
     for mode, steps, lr, seed in itertools.product(args.modes.split(","), map(int, args.steps.split(",")),
                                                    map(float, args.lr.split(",")), map(int, args.seeds.split(","))):
-        frames = list(range(n)) if mode == "transductive" else list(range(n - round(n * 0.5), n))
+        frames = list(range(n)) if mode == "transductive" else list(range(n - held_back(n, HOLDOUT[mode]), n))
         cfg = dataclasses.replace(base, steps=steps, lr=lr, seed=seed, holdout=HOLDOUT[mode])
         run_dir = out / args.clip / f"{mode}-s{steps}-lr{lr:g}-seed{seed}"
         dcfg = dataclasses.replace(distill_config(cfg, out / args.clip), out=str(run_dir))

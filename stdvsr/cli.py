@@ -512,6 +512,7 @@ def export(quantize: str | None, **opts) -> None:
       stdvsr export --model runs/vdsr/student.pth --format torchscript --out vdsr.pt
       stdvsr export --model runs/distill/student.pth --quantize int8 --calibrate cache/demo-edvr.zarr
       stdvsr export --model runs/distill/student.pth --quantize int8 --calibrate demo --lq-size 36x44 --force
+      stdvsr export --model student.pth --quantize int8 --calibrate video:clip.mp4 --accept-drop  # keep a lossier int8
     """
     from stdvsr.export import print_export, run
 

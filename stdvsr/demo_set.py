@@ -36,8 +36,6 @@ from stdvsr.errors import StdvsrError
 from stdvsr.io import check_replaceable, iter_video_frames, sha256_file, stdvsr_home, write_image, write_text
 
 DEMO_FORMAT = 1  # bump whenever the preparation below changes what ends up on disk
-#: What ``GT/`` holds (any format's clip names): clip folders and hidden partial copies, of ``%08d.png`` frames.
-DEMO_GT_FILES = r"(\.tmp-)?[A-Za-z0-9]+(_\d{2})?(/\d{8}\.png)?"
 
 
 @dataclass(frozen=True)
@@ -54,6 +52,9 @@ SOURCES = (
     Source("bigbuckbunny", "bigbuckbunny.mp4", "train", size=(640, 360)),
     Source("carphone", "carphone_pristine.mp4", "test"),
 )
+#: What ``GT/`` holds: the sources' clip folders (a shot-split source's as ``<name>_NN``) and their hidden partial
+#: copies, of ``%08d.png`` frames — the only folder ``prepare_demo`` deletes.
+DEMO_GT_FILES = rf"(\.tmp-)?({'|'.join(s.name for s in SOURCES)})(_\d{{2}})?(/\d{{8}}\.png)?"
 
 # A scene cut is a frame whose mean absolute difference to the previous one (on a 1/4-size copy, 0-255 scale)
 # exceeds both this floor and CUT_MEDIAN_FACTOR × the video's median difference. On bikes.mp4 the five true cuts

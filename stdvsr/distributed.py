@@ -35,6 +35,11 @@ def end_process_group() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        # a DistributedDataParallel module kept alive by a reference cycle (a run's state and its checkpoint
+        # callback) would otherwise outlive the group and tear gloo down at interpreter exit: the abort above
+        import gc
+
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -150,9 +150,10 @@ def open_source(source: str) -> _Source:
                 return set()
 
         fp = reader.fingerprint
-        lr = (f"the cache's stored lq frames ({str(fp.get('degradation', 'bd')).upper()} ×{reader.scale} of "
-              f"{fp['data']['spec']}, split {fp['data']['split']}), {sum(c['frames'] for c in clips)} frame(s) of "
-              f"{len(clips)} clip(s)")
+        how = (f"{str(fp.get('degradation', 'bd')).upper()} ×{reader.scale} of" if reader.has_gt else
+               "LR footage as given:")
+        lr = (f"the cache's stored lq frames ({how} {fp['data']['spec']}, split {fp['data']['split']}), "
+              f"{sum(c['frames'] for c in clips)} frame(s) of {len(clips)} clip(s)")
         return _Source("cache", [c["frames"] for c in clips],
                        [tuple(reader.groups[c["group"]]["lr_size"]) for c in clips], read_cache, lr, cache_files)
     if source.partition(":")[0] not in SPEC_KINDS:

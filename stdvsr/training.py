@@ -485,7 +485,9 @@ class RunFolder:
         with interrupts.deferred():
             save_checkpoint(path, self.state_of(step).resumable())
             self.saved, self.last = step, path
-            for old in sorted((self.out / "checkpoints").glob("step_*.pth"))[:-self.keep]:
+            # keep the newest `keep` up to this step; a higher step left by an earlier attempt (a damaged one that
+            # resume passed over, or one beyond a --resume PATH) is not ours to prune in favour of itself
+            for old in [p for p in sorted(path.parent.glob("step_*.pth")) if p.name <= path.name][:-self.keep]:
                 old.unlink()
         return path
 

@@ -164,3 +164,23 @@ def test_a_worker_hand_over_cut_short_by_the_stop_prints_no_traceback(capsys, mo
     assert capsys.readouterr().err == ""
     interrupts._excepthook(*other)  # any other error is still reported while stopping
     assert "hand-over cut" in capsys.readouterr().err
+
+
+def test_pruning_keeps_the_run_s_own_checkpoints_beside_a_damaged_newer_one(tmp_path):
+    """Resumed from step 200 past a truncated step 300: saving 250 with keep=1 must keep 250 (and the run's own
+    older ones are pruned), never prune down to the damaged 300 alone."""
+    from stdvsr.models import read_checkpoint
+    from stdvsr.training import Checkpoint, RunFolder
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / "step_0000300.pth").write_bytes(b"truncated")
+    (ckpts / "step_0000200.pth").write_bytes(b"the checkpoint resumed from")
+
+    def state_of(step: int) -> Checkpoint:
+        return Checkpoint(model={"name": "vdsr", "kwargs": {}}, config={}, step=step, params={"w": torch.ones(2)})
+
+    folder = RunFolder(tmp_path, {}, state_of, start_step=200, resumed=True, keep=1)
+    folder.save(250)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_0000250.pth", "step_0000300.pth"]
+    assert read_checkpoint(ckpts / "step_0000250.pth")["step"] == 250 and folder.last == ckpts / "step_0000250.pth"
