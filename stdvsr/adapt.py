@@ -52,6 +52,8 @@ def distill_config(cfg: AdaptConfig, out: Path) -> DistillConfig:
                          out=str(out / "run"), kd=cfg.kd, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
                          patch_size=cfg.patch_size, clip_frames=cfg.clip_frames, holdout=cfg.holdout, seed=cfg.seed,
                          device=cfg.device, workers=cfg.workers, warmup_steps=0, val_stride=1,
+                         mix_cache=str(Path(cfg.mix_cache).expanduser().resolve()) if cfg.mix_cache else None,
+                         mix_share=cfg.mix_share,
                          ckpt_every=min(100, cfg.steps))
 
 
@@ -99,6 +101,14 @@ def check_student(path: str, teacher_scale: int) -> str:
     return name
 
 
+def check_mix(cfg: AdaptConfig, scale: int) -> None:
+    """--mix-cache opens, has ground truth and the student's scale: refused before the teacher labels anything."""
+    from stdvsr.distill.plan import check_mix_cache
+
+    if cfg.mix_cache:
+        check_mix_cache(distill_config(cfg, Path(cfg.out)), CacheReader(Path(cfg.mix_cache).expanduser()), scale)
+
+
 def check_clips(clips, cfg: AdaptConfig) -> None:
     """Every clip must hold a training crop (--patch-size) and, after --holdout, a training sample
     (--clip-frames), and there must be a batch of samples: refused here, before the teacher labels anything."""
@@ -126,6 +136,10 @@ def check_clips(clips, cfg: AdaptConfig) -> None:
 def settings(cfg: AdaptConfig, student_sha256: str) -> dict:
     """What the folder's results depend on: the settings but where they run, the student's content, the data."""
     values = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RERUN_CHANGES | {"out"}}
+    if cfg.mix_cache:
+        values["mix_cache"] = str(Path(cfg.mix_cache).expanduser().resolve())
+    else:  # as folders written before --mix-cache existed recorded it
+        del values["mix_cache"], values["mix_share"]
     return {**values, "student": str(Path(cfg.student).expanduser().resolve()), "student_sha256": student_sha256,
             "data": resolve_spec(cfg.data)}
 
@@ -170,6 +184,7 @@ def run(cfg: AdaptConfig, show_progress: bool = True) -> dict:
     name = check_student(cfg.student, teacher.scale)
     dcfg = dataclasses.replace(dcfg, student=name)
     validate_config(dcfg)  # settings that cannot train are refused before the teacher runs
+    check_mix(cfg, teacher.scale)
     clips = load_clips(ccfg.data, ccfg.split)
     check_clips(clips, cfg)
     mine = settings(cfg, sha256_file(Path(cfg.student).expanduser()))

@@ -471,6 +471,8 @@ def adapt(**opts) -> None:
       stdvsr adapt --student student.pth --data folder:frames/ --out runs/adapt/frames --steps 3000 --device cuda
       stdvsr adapt --student student.pth --data folder:lr/ --out runs/adapt/big \\
           --teacher-weights EDVR_L_BD.pth --teacher-preset edvr-l --kd std
+      stdvsr adapt --student student.pth --data video:my_clip.mp4 --out runs/adapt/mixed \\
+          --mix-cache cache/demo-6clips-edvr.zarr     # a quarter of the steps on the training set's GT
       stdvsr upscale my_clip.mp4 my_clip_x4.mp4 --model runs/adapt/my_clip/student.pth
     """
     from stdvsr.adapt import print_adaptation, run

@@ -135,6 +135,12 @@ class DistillConfig(TrainingConfig):
                             "kept out of training; validation scores the student's agreement with the teacher there "
                             "(Y-PSNR to the teacher's SR). 0: train on every frame, no validation.",
                             type=click.FloatRange(0, 0.9))
+    mix_cache: str | None = option(None, "LR footage caches only: a teacher cache with ground truth (e.g. the one the "
+                                   "student was trained on) whose batches are mixed into the fine-tuning, against "
+                                   "forgetting; those steps train L_rec to its ground truth alone.",
+                                   type=click.Path(file_okay=False))
+    mix_share: float = option(0.25, "Share of the steps whose batch comes from --mix-cache (spread evenly).",
+                              type=click.FloatRange(0, 1, min_open=True, max_open=True))
     teacher_weights: str | None = option(None, "Weights for --online-teacher (default: those the cache was built "
                                          "from; sha256 checked).", type=click.Path(dir_okay=False), resumable=True)
     degradation: str | None = option(None, "Refuse a cache built with another one.", type=click.Choice(DEGRADATIONS))
@@ -352,4 +358,10 @@ class AdaptConfig:
     clip_frames: int = option(7, "Frames per training sample, 2k+1 (the TD sequence).", type=click.IntRange(1))
     seed: int = option(0, "Seed of the crops and batch order, 0 to 2**32-1.", type=SEED)
     device: str = option("auto", DEVICE_HELP, resumable=True)
+    mix_cache: str | None = option(None, "A teacher cache with ground truth (e.g. the one the student was trained on: "
+                                   "cache/demo-6clips-edvr.zarr for the demo's) mixed into the fine-tuning, against "
+                                   "forgetting: --mix-share of the steps train on its frames and ground truth instead.",
+                                   type=click.Path(file_okay=False))
+    mix_share: float = option(0.25, "Share of the steps whose batch comes from --mix-cache.",
+                              type=click.FloatRange(0, 1, min_open=True, max_open=True))
     workers: int = option(2, "DataLoader workers of the fine-tuning.", type=click.IntRange(0), resumable=True)

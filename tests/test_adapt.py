@@ -250,3 +250,24 @@ def test_other_settings_into_the_same_folder_are_refused(adapted, teacher, foota
     args[2] = str(other)
     assert_one_error_line(CliRunner().invoke(cli, args), "was started with other settings", "--student")
     assert (Path(cfg.out) / "adapt.json").read_text() == before
+
+
+def test_mix_cache_mixes_ground_truth_batches_in_and_refuses_footage(invoke, tmp_path, teacher, footage):
+    """--mix-cache: a quarter of the steps train on that cache's ground truth; a footage cache there is refused
+    before the teacher labels anything."""
+    from stdvsr import cache
+    from stdvsr.cache import CacheConfig
+
+    gt_cache = tmp_path / "gt.zarr"
+    with one_thread():
+        cache.run(CacheConfig(weights=str(teacher.path), data=f"folder:{footage['gt']}", out=str(gt_cache)),
+                  show_progress=False)
+    with one_thread():
+        result = invoke("--mix-cache", str(gt_cache), "--steps", "4")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "out" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r.get("batch_of") == "mix_cache"] == [4]
+    assert json.loads((tmp_path / "out" / "adapt.json").read_text())["settings"]["mix_cache"] == str(gt_cache)
+    result = invoke("--mix-cache", str(tmp_path / "out" / "cache"), out=tmp_path / "other")
+    assert_one_error_line(result, "--mix-cache", "is LR footage without ground truth")
+    assert not (tmp_path / "other").exists()

@@ -4,6 +4,7 @@ there; ``--init`` starts from a trained student; nothing reads a GT frame."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -139,3 +140,84 @@ def test_init_must_be_a_student_checkpoint(footage, tmp_path):
     result = CliRunner().invoke(cli, ["distill", "--cache", str(cache), "--init", str(teacher), "--kd", "output",
                                       "--warmup-steps", "0", "--steps", "2", "--out", str(tmp_path / "run")])
     assert_one_error_line(result, "--init", "not a student checkpoint", "'edvr'")
+
+
+# ------------------------------------------------------------------------------ --mix-cache: GT against forgetting
+@pytest.fixture(scope="module")
+def gt_cache(footage, demo_videos):
+    """A cache with ground truth: 9 HR frames of 64×64 of bikes, BD ×4 (the teacher of the footage fixture)."""
+    from stdvsr import cache as stage_one
+    from stdvsr.configs import CacheConfig
+
+    tmp = footage[0].parent
+    root = write_clips(tmp / "hr", {"g": ("bikes", 20, 9, 0, 0, 64, 64)}, {"bikes": decode_frames(demo_videos["bikes"], 29)})
+    stage_one.run(CacheConfig(weights=str(tmp / "teacher.pth"), data=f"folder:{root}", out=str(tmp / "gt.zarr")),
+                  show_progress=False)
+    return tmp / "gt.zarr"
+
+
+def test_mixed_steps_are_spread_evenly_and_counted_from_the_step_alone():
+    from stdvsr.distill import mixed_steps
+
+    cfg = DistillConfig(mix_cache="x", mix_share=0.25)
+    mixed = [s for s in range(12) if mixed_steps(cfg, s + 1) > mixed_steps(cfg, s)]
+    assert mixed == [3, 7, 11] and mixed_steps(cfg, 12) == 3
+    assert mixed_steps(DistillConfig(), 12) == 0  # no --mix-cache: every step is the cache's
+
+
+def test_mixed_steps_train_on_the_ground_truth_and_only_they_read_it(footage, gt_cache, tmp_path, monkeypatch):
+    cache, student_path = footage
+    real, reads = data.read_hr, []
+
+    def counting(clip, *args, **kwargs):
+        reads.append(clip.name)
+        return real(clip, *args, **kwargs)
+
+    monkeypatch.setattr(data, "read_hr", counting)
+    run(config(cache, tmp_path / "run", student_path, steps=8, mix_cache=str(gt_cache), mix_share=0.25),
+        show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = {r["step"]: r for r in rows if "loss_total" in r}
+    assert [s for s, r in steps.items() if r.get("batch_of") == "mix_cache"] == [4, 8]
+    assert set(reads) == {"g"} and len(reads) == 2  # one GT read per mixed step (batch 1), none for the footage
+    assert all(r["loss_total"] == r["loss_rec"] and r["kd_scale"] == 0 for s, r in steps.items() if s in (4, 8))
+
+
+def test_a_mixed_run_resumes_exactly(footage, gt_cache, tmp_path):
+    """Both batch streams continue where they were: resumed from step 5's checkpoint, the run ends as it did in one
+    go (5 = 2 of the mixed cache's batches + 3 of the footage's)."""
+    import shutil
+
+    cache, student_path = footage
+    cfg = config(cache, tmp_path / "a", student_path, steps=8, mix_cache=str(gt_cache), mix_share=0.4, val_every=0,
+                 ckpt_every=1, keep_checkpoints=8)
+    straight = run(cfg, show_progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "b" / "student.pth").unlink()
+    for ckpt in (tmp_path / "b" / "checkpoints").glob("step_*.pth"):
+        if int(ckpt.stem.split("_")[1]) > 5:
+            ckpt.unlink()
+    resumed = run(dataclasses.replace(cfg, out=str(tmp_path / "b")), resume="auto", show_progress=False)
+    assert resumed["resumed_from"] == 5
+    a, b = (load_model(r["student"])[0].state_dict() for r in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--mix-share", "0.5"], ["--mix-share 0.5 has no effect without --mix-cache"]),
+    (["--mix-cache", "FOOTAGE"], ["--mix-cache", "is LR footage without ground truth"]),
+    (["--mix-cache", "MISSING"], ["MISSING"]),
+])
+def test_mix_refusals_name_the_flag(footage, tmp_path, flags, fragments):
+    cache, student_path = footage
+    flags = [{"FOOTAGE": str(cache), "MISSING": str(tmp_path / "MISSING")}.get(f, f) for f in flags]
+    result = CliRunner().invoke(cli, ["distill", "--cache", str(cache), "--init", str(student_path), "--kd", "output",
+                                      "--warmup-steps", "0", "--steps", "2", "--out", str(tmp_path / "run"), *flags])
+    assert_one_error_line(result, *fragments)
+    assert not (tmp_path / "run" / "student.pth").exists()
+
+
+def test_mix_cache_is_for_footage_only(gt_cache, footage, tmp_path):
+    result = CliRunner().invoke(cli, ["distill", "--cache", str(gt_cache), "--init", str(footage[1]), "--kd", "none",
+                                      "--steps", "2", "--mix-cache", str(gt_cache), "--out", str(tmp_path / "run")])
+    assert_one_error_line(result, "--mix-cache acts on fine-tuning on LR footage", "has ground truth")

@@ -17,6 +17,11 @@ only L_rec is used (the paper: 20K). Baselines (``kd``): ``none`` (L_rec only), 
 ``mse`` (KD-MSE on the features), ``mean2`` (Gao et al.'s (mean_c F)², on F^LR by default), ``output`` (the
 teacher's SR frames); ``feature="lr"`` distils F^LR (the trunk) instead of F^SR (Table 4).
 
+On a cache of LR footage (no ground truth; ``cache-teacher --degradation none``) L_rec's target is the teacher's SR,
+``init`` starts from a trained student, the last ``holdout`` of each clip is validation's (the agreement with the
+teacher), and ``mix_cache`` mixes batches of a cache with ground truth into a ``mix_share`` of the steps (L_rec to
+that ground truth alone), against forgetting. ``stdvsr adapt`` is this, as one command.
+
 Outputs in ``out``: ``config.json``, ``metrics.jsonl``, ``checkpoints/step_<7-digit step>.pth`` (student, adapter and
 ConvLSTM, optimizer, step, RNG states, resolved config, cache fingerprint) and ``student.pth``, the deployable
 student alone (what ``stdvsr.models.load_model``, ``evaluate`` and ``export`` take). ``resume="auto"`` continues
@@ -33,12 +38,13 @@ from stdvsr.configs import DistillConfig
 from stdvsr.distill.agreement import TeacherAgreement
 from stdvsr.distill.distiller import Distiller, gradient_probe, student_channels
 from stdvsr.distill.loop import RESUMABLE_CHANGES, run, run_or_reuse
-from stdvsr.distill.plan import (cache_tiers, check_cache, distilled_feature, held_back, kd_weight, resolve_init,
-                                 teacher_needs, term_weights, uses, validate_config)
+from stdvsr.distill.plan import (cache_tiers, check_cache, check_mix_cache, distilled_feature, held_back, kd_weight,
+                                 mixed_steps, resolve_init, teacher_needs, term_weights, uses, validate_config)
 from stdvsr.distill.samples import DistillDataset, collate
 from stdvsr.distill.targets import Targets, augment_batch, cached_targets, load_online_teacher, online_targets
 
 __all__ = ["DistillConfig", "run", "run_or_reuse", "RESUMABLE_CHANGES", "validate_config", "check_cache", "uses",
            "term_weights", "kd_weight", "teacher_needs", "cache_tiers", "distilled_feature", "DistillDataset",
            "collate", "Targets", "cached_targets", "online_targets", "augment_batch", "load_online_teacher",
-           "Distiller", "gradient_probe", "student_channels", "TeacherAgreement", "held_back", "resolve_init"]
+           "Distiller", "gradient_probe", "student_channels", "TeacherAgreement", "held_back", "resolve_init",
+           "check_mix_cache", "mixed_steps"]

@@ -18,7 +18,8 @@ from stdvsr.cache.reader import CacheReader
 from stdvsr.configs import DistillConfig
 from stdvsr.distill.agreement import TeacherAgreement
 from stdvsr.distill.distiller import Distiller, gradient_probe, student_channels
-from stdvsr.distill.plan import check_cache, kd_weight, resolve_init, validate_config
+from stdvsr.distill.plan import (check_cache, check_mix_cache, kd_weight, mixed_steps, resolve_init,
+                                 validate_config)
 from stdvsr.distill.samples import DistillDataset, RankBatches, collate
 from stdvsr.distill.targets import TeacherSide, Targets, augment_batch, cached_targets, online_targets, teacher_side
 from stdvsr.distributed import digests_across_ranks, end_process_group, mean_across_ranks, torchrun_group
@@ -55,6 +56,7 @@ class Setup:
     synced: nn.Module  # the distiller as the loop calls it: DDP-wrapped under torchrun, the distiller itself alone
     optimizer: torch.optim.Optimizer
     loader: torch.utils.data.DataLoader
+    mix_loader: torch.utils.data.DataLoader | None  # --mix-cache's batches (GT, no teacher targets)
     validator: Validator | None  # held-out PSNR, on rank 0 with --val-data
 
 
@@ -110,22 +112,25 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
 
 def _train(setup: Setup, state: DistillState, folder: RunFolder, show: bool) -> tuple[float | None, StepTimes]:
     """The loop, from ``state.step`` to ``cfg.steps``: L = L_rec + kd_weight·(λ1·L_SD + λ2·L_TD) (Eq. 9) at every
-    step. Returns the last held-out PSNR (None without validation) and where the steps' time went."""
+    step — but on ``--mix-cache``'s steps, L_rec to that cache's ground truth alone. Returns the last held-out PSNR
+    (None without validation) and where the steps' time went."""
     cfg = setup.cfg
     start_time, times, val_psnr = time.perf_counter(), StepTimes(), None
     setup.distiller.train()
     with folder.saving_on_interrupt(), loader_batches(setup.loader) as batches, \
+            loader_batches(setup.mix_loader) if setup.mix_loader else contextlib.nullcontext() as mix_batches, \
             training_progress(cfg.steps, state.step, enabled=show, log_every=cfg.log_every) as progress:
         for step in range(state.step, cfg.steps):
             done = step + 1
+            mixed = mixed_steps(cfg, done) > mixed_steps(cfg, step)
             t0 = time.perf_counter()
-            batch = next(batches)
+            batch = next(mix_batches if mixed else batches)
             t1 = time.perf_counter()
             lr = set_learning_rate(setup.optimizer, cfg, step)
-            weight = kd_weight(cfg, step) if setup.teacher.needs else 0.0
+            weight = kd_weight(cfg, step) if setup.teacher.needs and not mixed else 0.0
             # the gradient probe of the first distillation steps (one process: it needs the whole batch's graph)
             probe = weight > 0 and setup.world == 1 and step - cfg.warmup_steps < cfg.log_first
-            losses, t2 = _losses(setup, batch, weight, probe)
+            losses, t2 = _losses(setup, batch, weight, probe, mixed)
             values = mean_across_ranks(losses, setup.world)
             check_finite(values["total"], done, folder.last, "the distillation loss became non-finite",
                          "lower --lr or --lambda-td / --lambda-sd", terms=values)
@@ -146,7 +151,8 @@ def _train(setup: Setup, state: DistillState, folder: RunFolder, show: bool) -> 
                             **{k: v for k, v in values.items() if k != "total"}, wait=times.wait_frac())
             if due(done, cfg.log_every, cfg.steps) or probe:
                 folder.record(step=done, **{f"loss_{k}": v for k, v in values.items()}, lr=lr, distil=weight > 0,
-                              kd_scale=weight, **times.row(), elapsed=round(time.perf_counter() - start_time, 2))
+                              kd_scale=weight, **times.row(), elapsed=round(time.perf_counter() - start_time, 2),
+                              **({"batch_of": "mix_cache"} if mixed else {}))
             if setup.validator is not None and due(done, cfg.val_every, cfg.steps):
                 val_psnr = setup.validator(setup.distiller.student)
                 folder.record(step=done, val_psnr=val_psnr, bicubic_psnr=setup.validator.bicubic,
@@ -157,11 +163,12 @@ def _train(setup: Setup, state: DistillState, folder: RunFolder, show: bool) -> 
     return val_psnr, times
 
 
-def _losses(setup: Setup, batch: dict, weight: float, probe: bool) -> tuple[dict, float]:
-    """The teacher's targets for ``batch`` (cached or online; none while ``weight`` is 0) and the loss terms of
-    Eq. 9 as tensors; also the time the targets were ready (for the step-time split)."""
+def _losses(setup: Setup, batch: dict, weight: float, probe: bool, mixed: bool = False) -> tuple[dict, float]:
+    """The teacher's targets for ``batch`` (cached or online; none while ``weight`` is 0, nor for a ``mixed`` batch
+    of --mix-cache, whose L_rec takes its ground truth) and the loss terms of Eq. 9 as tensors; also the time the
+    targets were ready (for the step-time split)."""
     targets = Targets()
-    if weight > 0 or not setup.reader.has_gt:  # LR footage: L_rec's target is the teacher's SR, from step 1
+    if not mixed and (weight > 0 or not setup.reader.has_gt):  # LR footage: the teacher's SR is L_rec's target
         t = setup.teacher
         targets = (online_targets(batch, t.online, t.needs, t.feature, setup.reader.scale, setup.cfg.patch_size,
                                   setup.device)
@@ -229,7 +236,14 @@ def _setup(cfg: DistillConfig, ckpt: Checkpoint | None, rank: int, world: int,
                           footage=not reader.has_gt).to(device)
     optimizer = torch.optim.Adam(distiller.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     state = restore(ckpt, distiller, optimizer) if ckpt is not None else DistillState()
-    loader = _loader(cfg, reader, student, teacher, state.step, rank, world)
+    online_frames = teacher.online.num_frame if teacher.online is not None else None
+    mixes = mixed_steps(cfg, state.step)  # batches of --mix-cache so far; the rest were the cache's
+    loader = _loader(cfg, reader, student.num_frame, teacher.tiers, online_frames, state.step - mixes, rank, world)
+    mix_loader = None
+    if cfg.mix_cache:
+        mix = CacheReader(cfg.mix_cache)
+        check_mix_cache(cfg, mix, student.scale)
+        mix_loader = _loader(cfg, mix, student.num_frame, [], None, mixes, rank, world)
     synced = distiller
     if world > 1:
         synced = nn.parallel.DistributedDataParallel(
@@ -237,7 +251,7 @@ def _setup(cfg: DistillConfig, ckpt: Checkpoint | None, rank: int, world: int,
             find_unused_parameters=distiller.adapter is not None or distiller.convlstm is not None)
     validator = _validator(cfg, reader) if rank == 0 else None
     return Setup(cfg, rank, world, device, reader, {"name": cfg.student, "kwargs": model_spec(cfg.student)[1]},
-               teacher, distiller, synced, optimizer, loader, validator), state
+               teacher, distiller, synced, optimizer, loader, mix_loader, validator), state
 
 
 def state_of(setup: Setup, state: DistillState, step: int) -> Checkpoint:
@@ -273,12 +287,13 @@ def _validator(cfg: DistillConfig, reader: CacheReader) -> Validator | TeacherAg
     return validator if validator.items else None
 
 
-def _loader(cfg: DistillConfig, reader: CacheReader, student: nn.Module, teacher: TeacherSide, start_step: int,
-            rank: int, world: int) -> torch.utils.data.DataLoader:
-    """Batches of this rank's share of each step, in an order fixed by (seed, step): resuming continues it."""
-    dataset = DistillDataset(reader, cfg.clip_frames, student.num_frame, cfg.patch_size, teacher.tiers, cfg.seed,
-                             cfg.augment, teacher.online.num_frame if teacher.online is not None else None,
-                             holdout=cfg.holdout if not reader.has_gt else 0.0)
+def _loader(cfg: DistillConfig, reader: CacheReader, student_frames: int, tiers: list[str],
+            online_frames: int | None, start_step: int, rank: int, world: int) -> torch.utils.data.DataLoader:
+    """Batches of this rank's share of each step of ``reader``'s, in an order fixed by (seed, how many batches it
+    gave before): resuming continues it. ``online_frames``: the online teacher's window, whose whole frames the
+    samples then carry."""
+    dataset = DistillDataset(reader, cfg.clip_frames, student_frames, cfg.patch_size, tiers, cfg.seed,
+                             cfg.augment, online_frames, holdout=cfg.holdout if not reader.has_gt else 0.0)
     if len(dataset) < cfg.batch_size * world:
         raise StdvsrError(f"--batch-size {cfg.batch_size} × {world} rank(s) is larger than the {len(dataset)} "
                           f"samples in {reader.root}; lower it")

@@ -5,6 +5,7 @@ cache tiers serve it, and the refusals of settings that cannot train as labelled
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 from torch import nn
@@ -100,6 +101,26 @@ def _check_footage(cfg: DistillConfig, reader: CacheReader) -> None:
                               "lower --holdout or --clip-frames")
 
 
+def mixed_steps(cfg: DistillConfig, steps: int) -> int:
+    """How many of the first ``steps`` steps take their batch from ``--mix-cache``: ⌊steps · share⌋, so that step s
+    (0-based) is one when that count rises at s + 1 — spread evenly, and a function of the step alone (resuming
+    continues both batch streams where they were)."""
+    return math.floor(steps * cfg.mix_share) if cfg.mix_cache else 0
+
+
+def check_mix_cache(cfg: DistillConfig, mix: CacheReader, scale: int) -> None:
+    """``--mix-cache`` anchors fine-tuning on LR footage to ground truth: it must have ground truth, the student's
+    scale, and clips that hold a training sample (that --cache is footage is checked by :func:`check_cache`)."""
+    if not mix.has_gt:
+        raise StdvsrError(f"--mix-cache {mix.root} is LR footage without ground truth: mix in a cache built from a "
+                          "dataset with HR frames (e.g. the demo's, cache/demo-6clips-edvr.zarr)")
+    if mix.scale != scale:
+        raise StdvsrError(f"--mix-cache {mix.root} is ×{mix.scale} but the student is ×{scale}; mix in a ×{scale} "
+                          "cache")
+    if cfg.clip_frames > max(c["frames"] for c in mix.clips):
+        raise StdvsrError(f"--clip-frames {cfg.clip_frames} is longer than every clip of --mix-cache {mix.root}")
+
+
 def check_cache(cfg: DistillConfig, reader: CacheReader, student: nn.Module) -> None:
     """Refuse a cache whose settings cannot serve this student, and a patch size the student cannot take, naming
     the field."""
@@ -127,6 +148,9 @@ def check_cache(cfg: DistillConfig, reader: CacheReader, student: nn.Module) -> 
                           "--feature sr, or a student with an LR trunk (fastdvdnet, vespcn)")
     if not reader.has_gt:
         _check_footage(cfg, reader)
+    elif cfg.mix_cache:
+        raise StdvsrError(f"--mix-cache acts on fine-tuning on LR footage, but {reader.root} has ground truth; drop "
+                          "--mix-cache")
     elif cfg.holdout != _default("holdout"):
         raise StdvsrError(f"--holdout {cfg.holdout} acts on caches of LR footage only; {reader.root} has ground truth "
                           "(validation uses --val-data): drop --holdout")
@@ -198,6 +222,8 @@ def validate_config(cfg: DistillConfig) -> None:
         raise StdvsrError("--lambda-out adds output KD to another --kd; --kd output is output KD already (its weight "
                           "is --lambda-sd): drop --lambda-out")
     _refuse_unused_levers(cfg)
+    if not cfg.mix_cache and cfg.mix_share != _default("mix_share"):
+        raise StdvsrError(f"--mix-share {cfg.mix_share} has no effect without --mix-cache; drop it")
     if cfg.kd_ramp and cfg.warmup_steps + cfg.kd_ramp > cfg.steps:
         raise StdvsrError(f"--kd-ramp {cfg.kd_ramp} after --warmup-steps {cfg.warmup_steps} would reach full weight "
                           f"at step {cfg.warmup_steps + cfg.kd_ramp}, past --steps {cfg.steps}; shorten the ramp or "
