@@ -135,6 +135,9 @@ class DistillConfig(TrainingConfig):
                             "kept out of training; validation scores the student's agreement with the teacher there "
                             "(Y-PSNR to the teacher's SR). 0: train on every frame, no validation.",
                             type=click.FloatRange(0, 0.9))
+    ema: float = option(0.0, "EMA decay of the student's weights (0: none); validation and student.pth use the EMA "
+                        "weights (student.pth keeps the raw ones as params too).",
+                        type=click.FloatRange(0, 1, max_open=True))
     mix_cache: str | None = option(None, "LR footage caches only: a teacher cache with ground truth (e.g. the one the "
                                    "student was trained on) whose batches are mixed into the fine-tuning, against "
                                    "forgetting; those steps train L_rec to its ground truth alone.",

@@ -33,7 +33,8 @@ from stdvsr.options import check_fields, resumable
 from stdvsr.losses import charbonnier
 from stdvsr.training import (EMA, Checkpoint, LoopState, RunFolder, StepBatches, announce_start, check_finite,
                              check_schedule, due, folder_config, loader_batches, loader_worker_init, resolve_device,
-                             resume_run, rng_state, seed_everything, set_learning_rate, set_rng_state, smoothed)
+                             resume_run, rng_state, score_weights, seed_everything, set_learning_rate, set_rng_state,
+                             smoothed)
 
 
 # Fields a resumed run may change; anything else must match the checkpoint.
@@ -116,7 +117,7 @@ def _train(setup: Setup, state: LoopState, folder: RunFolder, show: bool) -> flo
                 folder.record(step=done, loss=value, lr=lr, data_wait=round(data_wait, 3),
                               elapsed=round(time.perf_counter() - start_time, 2))
             if validator is not None and due(done, cfg.val_every, cfg.steps):
-                val_psnr = _score(validator, model, ema, device)
+                val_psnr = score_weights(validator, model, ema)
                 folder.record(step=done, val_psnr=val_psnr, bicubic_psnr=validator.bicubic)
                 progress.update(done, loss=state.smoothed_loss, lr=lr, psnr=val_psnr)
             if due(done, cfg.ckpt_every, cfg.steps):
@@ -173,15 +174,3 @@ def _loader(cfg: TeacherConfig, model, start_step: int) -> torch.utils.data.Data
         dataset, batch_sampler=StepBatches(len(dataset), cfg.batch_size, cfg.seed, start_step),
         num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
         generator=torch.Generator().manual_seed(cfg.seed), worker_init_fn=loader_worker_init)
-
-
-def _score(validator: Validator, model, ema: EMA | None, device) -> float:
-    """Held-out Y-PSNR of the EMA weights when there are any (they are what gets shipped), else the raw weights."""
-    if ema is None:
-        return validator(model)
-    raw = {k: v.clone() for k, v in model.state_dict().items()}
-    model.load_state_dict({k: v.to(device) for k, v in ema.shadow.items()})
-    try:
-        return validator(model)
-    finally:
-        model.load_state_dict(raw)

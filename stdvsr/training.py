@@ -143,6 +143,24 @@ class EMA:
     def load_state_dict(self, state: dict) -> None:
         self.shadow = {k: v.detach().clone().float() for k, v in state.items()}
 
+    def weights(self, like: nn.Module) -> dict:
+        """The averaged weights in ``like``'s dtypes and device (what a deployed file holds)."""
+        own = like.state_dict()
+        return {k: v.to(dtype=own[k].dtype, device=own[k].device) for k, v in self.shadow.items()}
+
+
+def score_weights(score: Callable[[nn.Module], float], model: nn.Module, ema: EMA | None) -> float:
+    """``score(model)`` of the EMA weights when there are any (they are what gets shipped), else of the raw
+    weights; the model holds its raw weights again afterwards."""
+    if ema is None:
+        return score(model)
+    raw = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(ema.weights(model))
+    try:
+        return score(model)
+    finally:
+        model.load_state_dict(raw)
+
 
 class StepBatches(torch.utils.data.Sampler):
     """Batches of ``(epoch, index)`` keys as a function of the global step only.

@@ -6,6 +6,7 @@ exact resume, two gloo ranks stay identical, and bad caches / flags are refused 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import shutil
@@ -804,3 +805,43 @@ def test_step_times_report_windows_and_run_means():
     times.add(0.0, 0.0, 2.0)  # a new window after each row
     assert times.row()["step_s"] == 2.0 and times.wait_frac() == 0.0
     assert times.summary() == pytest.approx({"step_s": 4 / 3, "teacher_s": 0.2 / 3, "data_wait_frac": 0.1})
+
+
+# ------------------------------------------------------------------------------------------------- --ema
+def test_ema_follows_its_recurrence_and_is_what_student_pth_deploys(caches, tmp_path):
+    """Every checkpoint's params_ema is d·(the previous one) + (1 − d)·(its raw weights), d = min(decay,
+    (1 + s) / (10 + s)) at 0-based step s; student.pth keeps both and loads as the EMA."""
+    out = tmp_path / "ema"
+    run(config(caches["trunk"], out, kd="none", steps=4, ema=0.5, ckpt_every=1, keep_checkpoints=8),
+        show_progress=False)
+    ckpts = [torch.load(out / "checkpoints" / f"step_{k:07d}.pth", weights_only=True) for k in range(1, 5)]
+    for k in range(1, 4):  # checkpoint k+1 is after 0-based step k
+        d = min(0.5, (1 + k) / (10 + k))
+        prev, now = ckpts[k - 1]["params_ema"], ckpts[k]
+        for name, value in now["params_ema"].items():
+            expected = d * prev[name] + (1 - d) * now["params"][name]
+            assert torch.allclose(value, expected, atol=1e-6), name
+    final = torch.load(out / "student.pth", weights_only=True)
+    assert all(torch.equal(final["params_ema"][k], ckpts[-1]["params_ema"][k]) for k in final["params"])
+    assert not all(torch.equal(final["params_ema"][k], final["params"][k]) for k in final["params"])
+    loaded = load_model(out / "student.pth")[0].state_dict()
+    assert all(torch.equal(loaded[k], final["params_ema"][k]) for k in loaded)
+    plain = tmp_path / "plain"
+    run(config(caches["trunk"], plain, kd="none", steps=1), show_progress=False)
+    assert "params_ema" not in torch.load(plain / "student.pth", weights_only=True)  # no --ema: the file as before
+
+
+def test_an_ema_run_resumes_exactly(caches, tmp_path):
+    cfg = config(caches["trunk"], tmp_path / "a", kd="std", steps=4, warmup_steps=1, ema=0.9, ckpt_every=1,
+                 keep_checkpoints=8)
+    run(cfg, show_progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "b" / "student.pth").unlink()
+    for ckpt in (tmp_path / "b" / "checkpoints").glob("step_*.pth"):
+        if int(ckpt.stem.split("_")[1]) > 2:
+            ckpt.unlink()
+    assert run(dataclasses.replace(cfg, out=str(tmp_path / "b")), resume="auto", show_progress=False)[
+        "resumed_from"] == 2
+    a, b = (torch.load(tmp_path / x / "student.pth", weights_only=True) for x in ("a", "b"))
+    for key in ("params", "params_ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])

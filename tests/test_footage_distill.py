@@ -221,3 +221,14 @@ def test_mix_cache_is_for_footage_only(gt_cache, footage, tmp_path):
     result = CliRunner().invoke(cli, ["distill", "--cache", str(gt_cache), "--init", str(footage[1]), "--kd", "none",
                                       "--steps", "2", "--mix-cache", str(gt_cache), "--out", str(tmp_path / "run")])
     assert_one_error_line(result, "--mix-cache acts on fine-tuning on LR footage", "has ground truth")
+
+
+def test_with_ema_validation_scores_the_averaged_weights_that_student_pth_deploys(footage, tmp_path):
+    cache, student_path = footage
+    result = run(config(cache, tmp_path / "run", student_path, steps=6, ema=0.5), show_progress=False)
+    reader = CacheReader(cache)
+    deployed = TeacherAgreement(reader, 0.1)(load_model(result["student"])[0])  # params_ema, taken first
+    raw = build_model("fastdvdnet-quarter")
+    raw.load_state_dict(torch.load(result["student"], weights_only=True)["params"])
+    assert result["val_psnr"] == pytest.approx(deployed, abs=1e-6)
+    assert abs(TeacherAgreement(reader, 0.1)(raw) - deployed) > 1e-3

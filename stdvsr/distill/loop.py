@@ -28,10 +28,10 @@ from stdvsr.io import folder_lock
 from stdvsr.models import build_model, model_spec, read_checkpoint
 from stdvsr.options import resumable
 from stdvsr.progress import stderr, training_progress
-from stdvsr.training import (Checkpoint, LoopState, RunFolder, StepTimes, announce_start, check_finite, due,
+from stdvsr.training import (EMA, Checkpoint, LoopState, RunFolder, StepTimes, announce_start, check_finite, due,
                              folder_config, latest_checkpoint, loader_batches, loader_worker_init, resolve_device,
-                             resolved_specs, resume_run, rng_state, seed_everything, set_learning_rate,
-                             set_rng_state, smoothed)
+                             resolved_specs, resume_run, rng_state, score_weights, seed_everything,
+                             set_learning_rate, set_rng_state, smoothed)
 
 if TYPE_CHECKING:
     from stdvsr.evaluate import Validator
@@ -55,6 +55,7 @@ class Setup:
     distiller: Distiller  # the student (distiller.student), the adapter and the ConvLSTM
     synced: nn.Module  # the distiller as the loop calls it: DDP-wrapped under torchrun, the distiller itself alone
     optimizer: torch.optim.Optimizer
+    ema: EMA | None  # --ema: the student's averaged weights (validated and deployed)
     loader: torch.utils.data.DataLoader
     mix_loader: torch.utils.data.DataLoader | None  # --mix-cache's batches (GT, no teacher targets)
     validator: Validator | None  # held-out PSNR, on rank 0 with --val-data
@@ -141,8 +142,10 @@ def _train(setup: Setup, state: DistillState, folder: RunFolder, show: bool) -> 
             setup.optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             state.td_frozen_at = _collapse_guard(setup, state.td_frozen_at, values, done, folder, show)
-            with folder.updating(done):
+            with folder.updating(done):  # in here the weights, optimizer and EMA disagree about the step
                 setup.optimizer.step()
+                if setup.ema is not None:
+                    setup.ema.update(setup.distiller.student, step)
             if setup.device.type == "cuda":
                 torch.cuda.synchronize(setup.device)
             times.add(t1 - t0, t2 - t1, time.perf_counter() - t0)
@@ -154,7 +157,7 @@ def _train(setup: Setup, state: DistillState, folder: RunFolder, show: bool) -> 
                               kd_scale=weight, **times.row(), elapsed=round(time.perf_counter() - start_time, 2),
                               **({"batch_of": "mix_cache"} if mixed else {}))
             if setup.validator is not None and due(done, cfg.val_every, cfg.steps):
-                val_psnr = setup.validator(setup.distiller.student)
+                val_psnr = score_weights(setup.validator, setup.distiller.student, setup.ema)
                 folder.record(step=done, val_psnr=val_psnr, bicubic_psnr=setup.validator.bicubic,
                               **({} if setup.reader.has_gt else {"val_of": "teacher"}))  # footage: agreement
                 progress.update(done, loss=state.smoothed_loss, lr=lr, psnr=val_psnr)
@@ -235,7 +238,8 @@ def _setup(cfg: DistillConfig, ckpt: Checkpoint | None, rank: int, world: int,
     distiller = Distiller(student, cfg, teacher.channels, sr_ch if teacher.feature == "sr" else lr_ch,
                           footage=not reader.has_gt).to(device)
     optimizer = torch.optim.Adam(distiller.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-    state = restore(ckpt, distiller, optimizer) if ckpt is not None else DistillState()
+    ema = EMA(student, cfg.ema) if cfg.ema > 0 else None
+    state = restore(ckpt, distiller, optimizer, ema) if ckpt is not None else DistillState()
     online_frames = teacher.online.num_frame if teacher.online is not None else None
     mixes = mixed_steps(cfg, state.step)  # batches of --mix-cache so far; the rest were the cache's
     loader = _loader(cfg, reader, student.num_frame, teacher.tiers, online_frames, state.step - mixes, rank, world)
@@ -251,23 +255,28 @@ def _setup(cfg: DistillConfig, ckpt: Checkpoint | None, rank: int, world: int,
             find_unused_parameters=distiller.adapter is not None or distiller.convlstm is not None)
     validator = _validator(cfg, reader) if rank == 0 else None
     return Setup(cfg, rank, world, device, reader, {"name": cfg.student, "kwargs": model_spec(cfg.student)[1]},
-               teacher, distiller, synced, optimizer, loader, mix_loader, validator), state
+               teacher, distiller, synced, optimizer, ema, loader, mix_loader, validator), state
 
 
 def state_of(setup: Setup, state: DistillState, step: int) -> Checkpoint:
-    """The run at ``step``: a resumable checkpoint (weights, adapter / ConvLSTM, optimizer, RNG), or
-    (``.deployable()``) ``student.pth``, the student alone."""
+    """The run at ``step``: a resumable checkpoint (weights, adapter / ConvLSTM, optimizer, RNG, EMA), or
+    (``.deployable()``) ``student.pth``, the student alone (with --ema its averaged weights as ``params_ema``, which
+    loading takes first)."""
+    ema = {} if setup.ema is None else {"params_ema": setup.ema.weights(setup.distiller.student)}
     return Checkpoint(model=setup.student_spec, config=dataclasses.asdict(setup.cfg), step=step,
-                      params=setup.distiller.student.state_dict(), distill=setup.distiller.state_dict(),
+                      params=setup.distiller.student.state_dict(), **ema, distill=setup.distiller.state_dict(),
                       optimizer=setup.optimizer.state_dict(), rng=rng_state(), smoothed_loss=state.smoothed_loss,
                       td_frozen_at=state.td_frozen_at, kd=setup.cfg.kd, feature=setup.teacher.feature,
                       cache_fingerprint=setup.reader.fingerprint)
 
 
-def restore(ckpt: Checkpoint, distiller: Distiller, optimizer: torch.optim.Optimizer) -> DistillState:
+def restore(ckpt: Checkpoint, distiller: Distiller, optimizer: torch.optim.Optimizer,
+            ema: EMA | None) -> DistillState:
     """Load a checkpoint written by :func:`state_of`; returns the loop's state at that step."""
     distiller.load_state_dict(ckpt.distill)
     optimizer.load_state_dict(ckpt.optimizer)
+    if ema is not None:
+        ema.load_state_dict(ckpt.params_ema)
     set_rng_state(ckpt.rng)
     # the progress line's smoothed loss continues where the checkpoint left it, as if never interrupted
     return DistillState(step=ckpt.step, smoothed_loss=ckpt.smoothed_loss, td_frozen_at=ckpt.td_frozen_at)
