@@ -224,32 +224,38 @@ def run(cfg: AdaptConfig, show_progress: bool = True) -> dict:
         with atomic_path(out / "student.pth") as tmp:
             shutil.copyfile(trained, tmp)
 
-        summary = labelled.get("summary") or {}
-        report = {
-            "settings": mine, "complete": True, "stdvsr": __version__,
-            "teacher": {"weights": teacher_info["weights"], "sha256": teacher_info["weights_sha256"],
-                        "name": teacher_info["name"]},
-            "agreement": {"before": before, "after": after,
-                          "gain": None if before is None else round(after - before, 4),
-                          "bicubic": None if agreement is None else agreement.bicubic,
-                          "metric": "Y-PSNR (dB) of the student's SR against the teacher's SR, uint8, no border "
-                                    "crop, on the held-back frames",
-                          "frames": 0 if agreement is None else agreement.frames},
-            "frames": {"labelled": labelled["frames"], "views": cfg.views,
-                       "held_back": 0 if agreement is None else agreement.frames},
-            "seconds": {**{k: round(v, 2) for k, v in times.items()},
-                        "teacher_total": summary.get("teacher_s")},
-            "phases": phases,
-            "paths": {"student": str(out / "student.pth"), "cache": str(out / "cache"), "run": dcfg.out,
-                      "report": str(out / REPORT), "from": mine["student"]},
-        }
-        # a reused phase reports the time it took when it ran
-        earlier = (_read_report(out) or {}).get("seconds", {})
-        if phases["label"] == "reused":
-            report["seconds"]["label"] = earlier.get("label") or summary.get("teacher_s")
-        if phases["finetune"] == "reused":
-            report["seconds"]["finetune"] = earlier.get("finetune")
+        report = _report(mine, teacher_info, labelled, agreement, before, after, cfg, phases, times, out, dcfg)
         write_text(out / REPORT, json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def _report(mine: dict, teacher_info: dict, labelled: dict, agreement, before: float | None, after: float | None,
+            cfg: AdaptConfig, phases: dict, times: dict, out: Path, dcfg: DistillConfig) -> dict:
+    """What adapt.json holds: the settings, the teacher, the agreement before / after, the frames, the time of each
+    phase (a reused phase reports the time it took when it ran) and where everything is."""
+    summary = labelled.get("summary") or {}
+    report = {
+        "settings": mine, "complete": True, "stdvsr": __version__,
+        "teacher": {"weights": teacher_info["weights"], "sha256": teacher_info["weights_sha256"],
+                    "name": teacher_info["name"]},
+        "agreement": {"before": before, "after": after,
+                      "gain": None if before is None else round(after - before, 4),
+                      "bicubic": None if agreement is None else agreement.bicubic,
+                      "metric": "Y-PSNR (dB) of the student's SR against the teacher's SR, uint8, no border "
+                                "crop, on the held-back frames",
+                      "frames": 0 if agreement is None else agreement.frames},
+        "frames": {"labelled": labelled["frames"], "views": cfg.views,
+                   "held_back": 0 if agreement is None else agreement.frames},
+        "seconds": {**{k: round(v, 2) for k, v in times.items()}, "teacher_total": summary.get("teacher_s")},
+        "phases": phases,
+        "paths": {"student": str(out / "student.pth"), "cache": str(out / "cache"), "run": dcfg.out,
+                  "report": str(out / REPORT), "from": mine["student"]},
+    }
+    earlier = (_read_report(out) or {}).get("seconds", {})
+    if phases["label"] == "reused":
+        report["seconds"]["label"] = earlier.get("label") or summary.get("teacher_s")
+    if phases["finetune"] == "reused":
+        report["seconds"]["finetune"] = earlier.get("finetune")
     return report
 
 
