@@ -23,6 +23,7 @@ from stdvsr.names import PRESETS, STUDENTS  # the registry's names live in stdvs
 from stdvsr.models.common import Features
 from stdvsr.models.edvr import EDVR
 from stdvsr.models.fastdvdnet import FastDVDnet
+from stdvsr.models.rbpn import RBPN, infer_config as rbpn_config
 from stdvsr.models.vdsr import VDSR
 from stdvsr.models.vespcn import VESPCN
 from stdvsr.models.vsrnet import VSRNet
@@ -35,6 +36,7 @@ DEMO_TEACHER = Path(__file__).resolve().parent.parent / "weights" / "edvr_s_demo
 
 MODELS: dict[str, type[nn.Module]] = {
     "edvr": EDVR,
+    "rbpn": RBPN,
     "fastdvdnet": FastDVDnet,
     "vsrnet": VSRNet,
     "vespcn": VESPCN,
@@ -223,6 +225,8 @@ def load_model(path: str | Path, key: str | None = None, arch: str | None = None
         if arch not in list_models():
             raise StdvsrError(f"--arch {arch!r} is not a model name; use one of {', '.join(list_models())}")
         name, kwargs = arch, {}
+        if model_spec(arch)[0] == "rbpn":  # official RBPN weights: the configuration is in the tensor shapes
+            kwargs = _rbpn_kwargs(ckpt, path, key, arch)
     else:
         raise StdvsrError(f"{path} is not a stdvsr checkpoint (no model name inside: a raw state dict or a BasicSR "
                           f"checkpoint); name its architecture with --arch, one of {', '.join(list_models())} "
@@ -230,6 +234,19 @@ def load_model(path: str | Path, key: str | None = None, arch: str | None = None
     model = build_model(name, **kwargs)
     load_weights(model, path, key, flag)
     return model.eval(), ckpt
+
+
+def _rbpn_kwargs(ckpt: dict, path: Path, key: str | None, arch: str) -> dict:
+    """RBPN's constructor arguments read off a checkpoint's shapes (frames, base filters, features, residual
+    blocks, stages, scale; ``sr_feat`` if it has the STD ``conv_last``), or a one-line refusal."""
+    state, _ = _state_dict_of(ckpt, path, key)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    try:
+        return rbpn_config(state)
+    except ValueError as e:
+        found = ", ".join(list(state)[:3])
+        raise StdvsrError(f"--arch {arch}: {path} does not hold RBPN weights ({e}; its first keys: {found}); "
+                          "pass the matching --arch (e.g. edvr-m for BasicSR's EDVR-M)") from None
 
 
 def save_random(name: str, path: str | Path, seed: int = 0) -> Path:
