@@ -554,10 +554,12 @@ class RunFolder:
 
 
 class StepTimes:
-    """Where a training step's seconds go — ``data`` (waiting for the batch), ``teacher`` (targets), ``step`` (all of
-    it) — over the window since the last log row and over the whole run."""
+    """Where a training step's seconds go — ``data`` (waiting for the batch), ``teacher`` (its targets), ``student``
+    (the student's forward), ``terms`` (the loss terms' forward: SD, TD's ConvLSTM, …), ``backward``, ``optimizer``
+    (the update, EMA included), ``step`` (all of it, so also what no phase names) — over the window since the last
+    log row and over the whole run. Validation and checkpoints are outside the step."""
 
-    PHASES = ("data", "teacher", "step")
+    PHASES = ("data", "teacher", "student", "terms", "backward", "optimizer", "step")
 
     def __init__(self):
         self.totals = dict.fromkeys(self.PHASES, 0.0)
@@ -567,8 +569,9 @@ class StepTimes:
     def _reset(self) -> None:
         self.window, self.n = dict.fromkeys(self.PHASES, 0.0), 0
 
-    def add(self, data: float, teacher: float, step: float) -> None:
-        for k, v in zip(self.PHASES, (data, teacher, step)):
+    def add(self, **seconds: float) -> None:
+        """One step's seconds per phase (a phase not given took none)."""
+        for k, v in seconds.items():
             self.window[k] += v
             self.totals[k] += v
         self.n += 1
@@ -581,15 +584,16 @@ class StepTimes:
     def row(self) -> dict:
         """The window's means for a metrics.jsonl row; starts a new window."""
         n = max(self.n, 1)
-        out = {"data_wait_s": round(self.window["data"] / n, 5), "teacher_s": round(self.window["teacher"] / n, 5),
-               "step_s": round(self.window["step"] / n, 5), "data_wait_frac": round(self.wait_frac(), 4)}
+        out = {"data_wait_s": round(self.window["data"] / n, 5),
+               **{f"{k}_s": round(self.window[k] / n, 5) for k in self.PHASES[1:]},
+               "data_wait_frac": round(self.wait_frac(), 4)}
         self._reset()
         return out
 
     def summary(self) -> dict:
-        """The run's means per step: ``step_s``, ``teacher_s`` and ``data_wait_frac``."""
+        """The run's means per step: ``<phase>_s`` for every phase but data, and ``data_wait_frac``."""
         n = max(self.steps, 1)
-        return {"step_s": self.totals["step"] / n, "teacher_s": self.totals["teacher"] / n,
+        return {**{f"{k}_s": self.totals[k] / n for k in self.PHASES[1:]},
                 "data_wait_frac": self.totals["data"] / max(self.totals["step"], 1e-9)}
 
 

@@ -798,13 +798,30 @@ def test_step_times_report_windows_and_run_means():
     from stdvsr.training import StepTimes
 
     times = StepTimes()
-    times.add(0.1, 0.2, 1.0)
-    times.add(0.3, 0.0, 1.0)
+    times.add(data=0.1, teacher=0.2, student=0.3, terms=0.1, backward=0.2, optimizer=0.1, step=1.0)
+    times.add(data=0.3, student=0.5, step=1.0)
     assert times.wait_frac() == pytest.approx(0.2)
-    assert times.row() == {"data_wait_s": 0.2, "teacher_s": 0.1, "step_s": 1.0, "data_wait_frac": 0.2}
-    times.add(0.0, 0.0, 2.0)  # a new window after each row
+    assert times.row() == pytest.approx({"data_wait_s": 0.2, "teacher_s": 0.1, "student_s": 0.4, "terms_s": 0.05,
+                                         "backward_s": 0.1, "optimizer_s": 0.05, "step_s": 1.0,
+                                         "data_wait_frac": 0.2})
+    times.add(step=2.0)  # a new window after each row
     assert times.row()["step_s"] == 2.0 and times.wait_frac() == 0.0
-    assert times.summary() == pytest.approx({"step_s": 4 / 3, "teacher_s": 0.2 / 3, "data_wait_frac": 0.1})
+    summary = times.summary()
+    assert summary["step_s"] == pytest.approx(4 / 3) and summary["student_s"] == pytest.approx(0.8 / 3)
+    assert summary["data_wait_frac"] == pytest.approx(0.1)
+
+
+def test_every_logged_step_splits_its_time_into_phases_that_add_up(caches, tmp_path):
+    """Each phase is a disjoint slice of the step (measured between the loop's own timestamps), so they sum to at
+    most the step; the student's forward and backward are never free, STD's terms neither."""
+    out = tmp_path / "phases"
+    run(config(caches["trunk"], out, kd="std", steps=3, warmup_steps=1), show_progress=False)
+    rows = [r for r in metrics(out) if "step_s" in r]
+    phases = ("data_wait_s", "teacher_s", "student_s", "terms_s", "backward_s", "optimizer_s")
+    for r in rows:
+        assert all(r[k] >= 0 for k in phases) and sum(r[k] for k in phases) <= r["step_s"] + 1e-4  # rounded to 5 digits
+        assert r["student_s"] > 0 and r["backward_s"] > 0 and r["optimizer_s"] > 0
+    assert rows[-1]["terms_s"] > 0 and rows[-1]["teacher_s"] > 0  # a distillation step: the head and the terms
 
 
 # ------------------------------------------------------------------------------------------------- --ema

@@ -3,6 +3,8 @@ forward is the loss of Eq. 9; and the gradient probe of the first distillation s
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -42,6 +44,7 @@ class Distiller(nn.Module):
                          if "td" in self.terms else None)
         self.probe_feat = None  # with probe=True: the student's F (B·N, C, H, W) and N of the last forward, for
                                 # where each term's gradient lands
+        self.student_done = 0.0  # perf_counter() when the last forward's student pass ended (the step-time split)
 
     @torch.no_grad()
     def fit_adapter(self, feat: torch.Tensor, target: torch.Tensor, ridge: float = 1e-4) -> None:
@@ -63,6 +66,7 @@ class Distiller(nn.Module):
         ``gt`` None (LR footage): L_rec is the Charbonnier distance to the teacher's SR, ``targets["sr"]``."""
         b, n = windows.shape[:2]
         out = self.student.forward_features(windows.flatten(0, 1))
+        self.student_done = now(out.sr.device)
         sr = out.sr.view(b, n, *out.sr.shape[1:])
         losses = {"rec": charbonnier(sr, gt if gt is not None else targets["sr"])}
         if not (kd_weight > 0 and self.terms):
@@ -140,3 +144,10 @@ def student_channels(student: nn.Module, feature: str, lq_size: int = 16) -> tup
         x = torch.zeros(1, student.num_frame, 3, lq_size, lq_size, device=next(student.parameters()).device)
         f = student.forward_features(x)
     return f.feat_sr.shape[1], f.feat_lr.shape[1]
+
+
+def now(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

@@ -17,7 +17,7 @@ from stdvsr.cache.layout import first_difference, lookup
 from stdvsr.cache.reader import CacheReader
 from stdvsr.configs import DistillConfig
 from stdvsr.distill.agreement import TeacherAgreement
-from stdvsr.distill.distiller import Distiller, gradient_probe, student_channels
+from stdvsr.distill.distiller import Distiller, gradient_probe, now, student_channels
 from stdvsr.distill.plan import (check_cache, check_mix_cache, kd_weight, mixed_steps, resolve_init,
                                  validate_config)
 from stdvsr.distill.samples import DistillDataset, RankBatches, collate
@@ -132,6 +132,7 @@ def _train(setup: Setup, state: DistillState, folder: RunFolder, show: bool) -> 
             # the gradient probe of the first distillation steps (one process: it needs the whole batch's graph)
             probe = weight > 0 and setup.world == 1 and step - cfg.warmup_steps < cfg.log_first
             losses, t2 = _losses(setup, batch, weight, probe, mixed)
+            t3 = now(setup.device)
             values = mean_across_ranks(losses, setup.world)
             check_finite(values["total"], done, folder.last, "the distillation loss became non-finite",
                          "lower --lr or --lambda-td / --lambda-sd", terms=values)
@@ -139,16 +140,19 @@ def _train(setup: Setup, state: DistillState, folder: RunFolder, show: bool) -> 
                 folder.record(step=done, event="probe", kd_scale=weight, **{f"loss_{k}": v for k, v in values.items()},
                               terms=gradient_probe(setup.distiller, losses, weight))
                 setup.distiller.probe_feat = None
+            t_backward = now(setup.device)  # the probe's and the check's time is the step's, no phase's
             setup.optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
+            t4 = now(setup.device)
             state.td_frozen_at = _collapse_guard(setup, state.td_frozen_at, values, done, folder, show)
             with folder.updating(done):  # in here the weights, optimizer and EMA disagree about the step
                 setup.optimizer.step()
                 if setup.ema is not None:
                     setup.ema.update(setup.distiller.student, step)
-            if setup.device.type == "cuda":
-                torch.cuda.synchronize(setup.device)
-            times.add(t1 - t0, t2 - t1, time.perf_counter() - t0)
+            t5 = now(setup.device)
+            times.add(data=t1 - t0, teacher=t2 - t1, student=setup.distiller.student_done - t2,
+                      terms=t3 - setup.distiller.student_done, backward=t4 - t_backward, optimizer=t5 - t4,
+                      step=t5 - t0)
             state.step, state.smoothed_loss = done, smoothed(state.smoothed_loss, values["total"])
             progress.update(done, loss=state.smoothed_loss, lr=lr, psnr=val_psnr,
                             **{k: v for k, v in values.items() if k != "total"}, wait=times.wait_frac())
@@ -157,8 +161,10 @@ def _train(setup: Setup, state: DistillState, folder: RunFolder, show: bool) -> 
                               kd_scale=weight, **times.row(), elapsed=round(time.perf_counter() - start_time, 2),
                               **({"batch_of": "mix_cache"} if mixed else {}))
             if setup.validator is not None and due(done, cfg.val_every, cfg.steps):
+                t_val = time.perf_counter()
                 val_psnr = score_weights(setup.validator, setup.distiller.student, setup.ema)
                 folder.record(step=done, val_psnr=val_psnr, bicubic_psnr=setup.validator.bicubic,
+                              val_s=round(time.perf_counter() - t_val, 3),
                               **({} if setup.reader.has_gt else {"val_of": "teacher"}))  # footage: agreement
                 progress.update(done, loss=state.smoothed_loss, lr=lr, psnr=val_psnr)
             if due(done, cfg.ckpt_every, cfg.steps):
@@ -176,9 +182,7 @@ def _losses(setup: Setup, batch: dict, weight: float, probe: bool, mixed: bool =
         targets = (online_targets(batch, t.online, t.needs, t.feature, setup.reader.scale, setup.cfg.patch_size,
                                   setup.device)
                    if t.online is not None else cached_targets(batch, t.head, t.needs, t.feature, setup.device))
-    if setup.device.type == "cuda":
-        torch.cuda.synchronize(setup.device)
-    targets_ready = time.perf_counter()
+    targets_ready = now(setup.device)
     windows, gt, targets = augment_batch(batch, targets)
     gt = gt.to(setup.device) if gt is not None else None
     return setup.synced(windows.to(setup.device), gt, targets, weight, probe), targets_ready
