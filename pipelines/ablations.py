@@ -18,26 +18,19 @@ default protocol). Writes ``--json`` (every run's settings and scores) and print
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import multiprocessing
 import os
-import signal
 import statistics
-import sys
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from stdvsr.errors import StdvsrError
-from stdvsr.distill import DistillConfig, run_or_reuse
-from stdvsr.evaluate import EvalConfig
-from stdvsr.evaluate import run as evaluate
+from stdvsr.distill import DistillConfig
+from stdvsr.experiments import train_and_score
 from stdvsr.io import write_text
+from stdvsr.pool import run_in_processes, run_script
 from stdvsr.progress import stdout, work_progress
 
 PAPER_FILE = Path(__file__).parent / "paper" / "paper_results.json"
@@ -154,37 +147,6 @@ def table_seeds(args, table: str) -> list[int]:
     return [int(x) for x in args.seeds.split(",")]
 
 
-def train_and_score(name: str, cfg: DistillConfig, threads: int, show_progress: bool = False) -> dict:
-    """Train (or reuse) one run and score it on the held-out clip; runs in a worker process when --jobs > 1."""
-    torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    _, what = run_or_reuse(cfg, show_progress=show_progress)
-    result = evaluate(EvalConfig(set="demo", models=(f"{name}={Path(cfg.out) / 'student.pth'}",),
-                                 figures=str(Path(cfg.out) / "figures")), show_progress=False)
-    m = result["models"][0]
-    return {"psnr": m["average"]["psnr"], "ssim": m["average"]["ssim"], "run": what,
-            "seconds": round(time.perf_counter() - t0, 1), "config": dataclasses.asdict(cfg),
-            "protocol": result["protocol"]}
-
-
-def run_in_processes(jobs: int, calls: dict, done) -> None:
-    """Run ``calls`` (key → (function, args)) in ``jobs`` spawned processes, calling ``done(key, result)`` as each
-    finishes. Ctrl-C, SIGTERM or a failed call terminates the workers too, so none is left training into a run
-    folder that the next invocation resumes (their checkpoints let it continue)."""
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        futures = {pool.submit(fn, *fn_args): key for key, (fn, fn_args) in calls.items()}
-        for future in as_completed(futures):
-            done(futures[future], future.result())
-    except BaseException:
-        for process in list(pool._processes.values()):
-            process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", default="cache/demo-4clips-edvr.zarr",
@@ -258,18 +220,5 @@ def main() -> None:
     console.print(f"wrote {args.json}", highlight=False)
 
 
-def run_study(main) -> None:
-    """Run a study's ``main``: an error is one line; Ctrl-C keeps the finished runs (the others resume from their
-    checkpoints when the same command runs again)."""
-    try:
-        main()
-    except StdvsrError as e:
-        raise SystemExit(f"Error: {e}") from None
-    except KeyboardInterrupt:
-        print("interrupted: finished runs are kept and the others continue from their checkpoints when the same "
-              "command is run again", file=sys.stderr, flush=True)
-        os._exit(130)  # without waiting for multiprocessing's helper threads of the terminated workers
-
-
 if __name__ == "__main__":
-    run_study(main)
+    run_script(main)

@@ -45,7 +45,6 @@ from pathlib import Path
 
 import torch
 
-from ablations import run_in_processes  # the sibling script (pipelines/ is sys.path[0] when run)
 from stdvsr.adapt import AdaptConfig, print_adaptation
 from stdvsr.adapt import run as adapt
 from stdvsr.cache import CacheConfig
@@ -58,6 +57,7 @@ from stdvsr.evaluate import run as evaluate
 from stdvsr.io import write_text
 from stdvsr.models import DEMO_TEACHER
 from stdvsr.plot import write_run_plot
+from stdvsr.pool import run_in_processes
 from stdvsr.progress import stderr, stdout
 
 VALIDATION = "demo:bigbuckbunny"

@@ -73,14 +73,15 @@ def time_forward(model: nn.Module, lq: torch.Tensor, repeats: int = 10, warmup: 
     return statistics.median(times)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``"120x180"`` → ``(120, 180)`` (height × width)."""
+def parse_size(text: str, flag: str = "--lq-size") -> tuple[int, int]:
+    """``"120x180"`` → ``(120, 180)`` (height × width); ``flag`` is the option the text came from, named in the
+    errors."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise StdvsrError(f"--lq-size {text!r} is not HxW, e.g. 120x180") from None
+        raise StdvsrError(f"{flag} {text!r} is not HxW, e.g. 120x180") from None
     if h <= 0 or w <= 0:
-        raise StdvsrError(f"--lq-size {text!r} must be positive")
+        raise StdvsrError(f"{flag} {text!r} must be positive")
     return h, w
 
 

@@ -350,86 +350,58 @@ def score(model: nn.Module, runners: dict[str, Callable[[torch.Tensor], torch.Te
 
 
 # ----------------------------------------------------------------------------------------------------- run
+@dataclass(frozen=True)
+class _Outputs:
+    """The files of a quantisation: the fp32 graph, and the int8 graph with its report under their names if it
+    passes the check (``int8``, ``report``) or the names that say it did not (``rejected_*``)."""
+    fp32: Path
+    int8: Path
+    report: Path
+    rejected_int8: Path
+    rejected_report: Path
+
+    @classmethod
+    def of(cls, fp32: Path) -> "_Outputs":
+        return cls(fp32, int8_path(fp32), report_path(fp32), int8_path(fp32, REJECTED), report_path(fp32, REJECTED))
+
+    def kept(self, accepted: bool) -> tuple[Path, Path]:
+        """``(int8 graph, report)`` under the names of the verdict."""
+        return (self.int8, self.report) if accepted else (self.rejected_int8, self.rejected_report)
+
+
 def run(cfg: QuantizeConfig) -> dict:
     """fp32 ONNX export (checked against PyTorch, as ``stdvsr export``), int8 QDQ graph, and the check.
 
     Returns ``{"export": <export.run's result>, "int8": {path, bytes, ...}, "check": <score()>, "json": path}``
     and writes the same as JSON next to the fp32 file (:func:`report_path`).
     """
-    require_onnx("--quantize int8")
-    check_fields(cfg)  # --calib-windows in 1..MAX_CALIB_WINDOWS, activations among names.ACTIVATIONS, ...
-    if cfg.opset < MIN_OPSET_INT8:
-        raise StdvsrError(f"--opset {cfg.opset}: --quantize int8 needs opset {MIN_OPSET_INT8} or newer (per-channel "
-                          "int8 weights); use the default 17")
-    if not cfg.calibrate:
-        raise StdvsrError("--quantize int8 needs calibration data: --calibrate CACHE_DIR (a teacher cache) or a "
-                          "dataset spec, e.g. --calibrate demo")
-    h, w = parse_lq_size(cfg.lq_size)
-    if not Path(cfg.model).expanduser().is_file():
-        raise StdvsrError(f"--model {cfg.model} does not exist; give a student checkpoint, e.g. "
-                          "runs/distill/student.pth")
+    h, w = _check_config(cfg)
     model, name, arch = load_student(cfg.model)  # first: an .onnx --model is named as such, not as an existing file
-    fp32 = Path(cfg.out).expanduser() if cfg.out else default_out(cfg.model, "onnx")
-    if fp32.suffix != ".onnx":
-        raise StdvsrError(f"--out {fp32}: with --quantize int8 the fp32 file must end in .onnx (the int8 file is "
-                          f"written beside it as <stem>.int8.onnx)")
-    int8, report = int8_path(fp32), report_path(fp32)
-    rejected_int8, rejected_report = int8_path(fp32, REJECTED), report_path(fp32, REJECTED)
-    for path in (fp32, int8, report, rejected_int8, rejected_report):
-        if path.exists() and not cfg.force:
-            raise StdvsrError(f"{path} already exists; pass --force to overwrite it or choose another --out")
-        check_writable(path, "--out")
+    out = _outputs(cfg)
 
     # everything that can be refused is refused before a file is written
     multiple = SIZE_MULTIPLE.get(arch, 1)
     source = _checked(open_source(cfg.calibrate), cfg.calibrate)
-    clips, set_name, _ = check_clips(cfg.check_set)
-    for clip in clips:
-        if not len(clip):
-            continue
-        ch, cw = (v // 4 for v in image_size(clip.frames[0]))
-        if not cfg.dynamic and (ch > h or cw > w):
-            raise StdvsrError(f"--check-set {cfg.check_set}: clip {clip.name} has LR frames {ch}×{cw} (H×W), larger "
-                              f"than the graph's --lq-size {h}x{w}; export at --lq-size "
-                              "{}x{} or larger, or with --dynamic".format(*padded_size(ch, cw)))
+    clips, _, _ = check_clips(cfg.check_set)
+    _check_fits(clips, cfg, h, w)
     overlap = _check_overlap(source, clips)
     windows = calibration_windows(source, model.num_frame, (h, w), cfg.calib_windows, cfg.seed)
-    if len(windows) < cfg.calib_windows:
-        _warn(f"--calib-windows {cfg.calib_windows} asked, but --calibrate {cfg.calibrate} has only "
-              f"{sum(source.lengths)} frame(s) and each centres at most one window: calibrating on {len(windows)} "
-              "window(s); activation ranges from so few frames may clip other video (give a source with more "
-              "frames, e.g. --calibrate demo)")
-    if overlap:
-        _warn(f"--calibrate {cfg.calibrate} holds {overlap} frame(s) of --check-set {cfg.check_set}: the check is "
-              "not held out and overstates int8's quality on other video; calibrate on other clips (e.g. "
-              "--calibrate demo, whose training clips are not carphone)")
+    _warn_calibration(cfg, source, len(windows), overlap)
 
     exported = export_fp32(ExportConfig(model=cfg.model, format="onnx", lq_size=cfg.lq_size, dynamic=cfg.dynamic,
-                                        out=str(fp32), opset=cfg.opset, force=cfg.force, seed=cfg.seed))
+                                        out=str(out.fp32), opset=cfg.opset, force=cfg.force, seed=cfg.seed))
     threads = cfg.threads or torch.get_num_threads()
     # The int8 graph is written under the name that says it failed and takes its real name only once the check
     # passed: a run killed while scoring leaves no int8 file that looks valid.
-    with atomic_path(rejected_int8) as staged:
-        info, size = _write_int8(fp32, staged, int8, windows, cfg, model.num_frame, arch, threads)
-        torch_threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # the untimed reference: no idle OpenMP workers spinning while ONNX Runtime is timed
-        try:
-            check = score(model, {"onnx-fp32": ort_runner(fp32, threads), "onnx-int8": ort_runner(staged, threads)},
-                          cfg.check_set, (h, w), cfg.dynamic, multiple)
-        finally:
-            torch.set_num_threads(torch_threads)
-    check["threads"] = threads
-    rows = {r["name"]: r for r in check["rows"]}
-    check["int8_psnr_drop"] = rows["pytorch-fp32"]["psnr"] - rows["onnx-int8"]["psnr"]
-    check["int8_speedup"] = rows["onnx-fp32"]["ms_per_frame"] / rows["onnx-int8"]["ms_per_frame"]
-    check["max_int8_psnr_drop"] = MAX_INT8_DROP_DB
-    too_lossy = not check["int8_psnr_drop"] <= MAX_INT8_DROP_DB  # `not <=` also catches NaN
-    accepted = not too_lossy or cfg.accept_drop
+    with atomic_path(out.rejected_int8) as staged:
+        info, size = _write_int8(out.fp32, staged, out.int8, windows, cfg, model.num_frame, arch, threads)
+        check = _score_graphs(model, out.fp32, staged, cfg, (h, w), multiple, threads)
+    accepted = _judge(check, threads) or cfg.accept_drop
     check["accepted"] = accepted
     if accepted:
-        rejected_int8.replace(int8)
-    kept, json_path = (int8, report) if accepted else (rejected_int8, rejected_report)
-    for stale in ((rejected_int8, rejected_report) if accepted else (int8, report)):
+        out.rejected_int8.replace(out.int8)
+    kept, json_path = out.kept(accepted)
+    for stale in out.kept(not accepted):
         stale.unlink(missing_ok=True)  # an earlier run's (only there with --force): never beside a newer verdict
 
     import onnxruntime as ort
@@ -443,15 +415,98 @@ def run(cfg: QuantizeConfig) -> dict:
               "check": check, "json": str(json_path)}
     write_text(json_path, json.dumps(result, indent=1))
     if not accepted:
-        few = (f", calibrated on {len(windows)} of the {cfg.calib_windows} windows asked"
-               if len(windows) < cfg.calib_windows else "")
-        raise Int8Rejected(
-            f"the int8 graph loses {check['int8_psnr_drop']:.2f} dB Y-PSNR against PyTorch on {check['set']} (more "
-            f"than {MAX_INT8_DROP_DB} dB; a well-calibrated student loses about 0.005 dB){few}; it is kept as "
-            f"{rejected_int8} with its report {rejected_report}, and {fp32} is good; calibrate on more frames like "
-            f"those you deploy on (e.g. --calibrate demo), or pass --accept-drop --force to keep it as {int8}",
-            result)
+        raise _rejection(result, cfg, len(windows), out)
     return result
+
+
+def _check_config(cfg: QuantizeConfig) -> tuple[int, int]:
+    """The settings' own checks (ONNX installed, fields, opset, calibration data, ``--model`` exists); the graph's
+    LR size ``(h, w)``."""
+    require_onnx("--quantize int8")
+    check_fields(cfg)  # --calib-windows in 1..MAX_CALIB_WINDOWS, activations among names.ACTIVATIONS, ...
+    if cfg.opset < MIN_OPSET_INT8:
+        raise StdvsrError(f"--opset {cfg.opset}: --quantize int8 needs opset {MIN_OPSET_INT8} or newer (per-channel "
+                          "int8 weights); use the default 17")
+    if not cfg.calibrate:
+        raise StdvsrError("--quantize int8 needs calibration data: --calibrate CACHE_DIR (a teacher cache) or a "
+                          "dataset spec, e.g. --calibrate demo")
+    h, w = parse_lq_size(cfg.lq_size)
+    if not Path(cfg.model).expanduser().is_file():
+        raise StdvsrError(f"--model {cfg.model} does not exist; give a student checkpoint, e.g. "
+                          "runs/distill/student.pth")
+    return h, w
+
+
+def _outputs(cfg: QuantizeConfig) -> _Outputs:
+    """The files this run writes, refused if one exists (without ``--force``) or cannot be written."""
+    fp32 = Path(cfg.out).expanduser() if cfg.out else default_out(cfg.model, "onnx")
+    if fp32.suffix != ".onnx":
+        raise StdvsrError(f"--out {fp32}: with --quantize int8 the fp32 file must end in .onnx (the int8 file is "
+                          f"written beside it as <stem>.int8.onnx)")
+    out = _Outputs.of(fp32)
+    for path in (out.fp32, out.int8, out.report, out.rejected_int8, out.rejected_report):
+        if path.exists() and not cfg.force:
+            raise StdvsrError(f"{path} already exists; pass --force to overwrite it or choose another --out")
+        check_writable(path, "--out")
+    return out
+
+
+def _check_fits(clips: list, cfg: QuantizeConfig, h: int, w: int) -> None:
+    """A fixed-size graph takes the check set's frames only if none is larger than its ``h``×``w``."""
+    for clip in clips:
+        if not len(clip):
+            continue
+        ch, cw = (v // 4 for v in image_size(clip.frames[0]))
+        if not cfg.dynamic and (ch > h or cw > w):
+            raise StdvsrError(f"--check-set {cfg.check_set}: clip {clip.name} has LR frames {ch}×{cw} (H×W), larger "
+                              f"than the graph's --lq-size {h}x{w}; export at --lq-size "
+                              "{}x{} or larger, or with --dynamic".format(*padded_size(ch, cw)))
+
+
+def _warn_calibration(cfg: QuantizeConfig, source: _Source, windows: int, overlap: int) -> None:
+    """Fewer calibration windows than asked, and calibration frames that are also check frames, said up front."""
+    if windows < cfg.calib_windows:
+        _warn(f"--calib-windows {cfg.calib_windows} asked, but --calibrate {cfg.calibrate} has only "
+              f"{sum(source.lengths)} frame(s) and each centres at most one window: calibrating on {windows} "
+              "window(s); activation ranges from so few frames may clip other video (give a source with more "
+              "frames, e.g. --calibrate demo)")
+    if overlap:
+        _warn(f"--calibrate {cfg.calibrate} holds {overlap} frame(s) of --check-set {cfg.check_set}: the check is "
+              "not held out and overstates int8's quality on other video; calibrate on other clips (e.g. "
+              "--calibrate demo, whose training clips are not carphone)")
+
+
+def _score_graphs(model: nn.Module, fp32: Path, int8: Path, cfg: QuantizeConfig, lq_size: tuple[int, int],
+                  multiple: int, threads: int) -> dict:
+    """:func:`score` of PyTorch, the fp32 graph and the int8 graph, PyTorch on one thread meanwhile."""
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the untimed reference: no idle OpenMP workers spinning while ONNX Runtime is timed
+    try:
+        return score(model, {"onnx-fp32": ort_runner(fp32, threads), "onnx-int8": ort_runner(int8, threads)},
+                     cfg.check_set, lq_size, cfg.dynamic, multiple)
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def _judge(check: dict, threads: int) -> bool:
+    """Add int8's Y-PSNR drop and speed-up to ``check``; True when the drop is within :data:`MAX_INT8_DROP_DB`."""
+    check["threads"] = threads
+    rows = {r["name"]: r for r in check["rows"]}
+    check["int8_psnr_drop"] = rows["pytorch-fp32"]["psnr"] - rows["onnx-int8"]["psnr"]
+    check["int8_speedup"] = rows["onnx-fp32"]["ms_per_frame"] / rows["onnx-int8"]["ms_per_frame"]
+    check["max_int8_psnr_drop"] = MAX_INT8_DROP_DB
+    return check["int8_psnr_drop"] <= MAX_INT8_DROP_DB  # False for NaN too
+
+
+def _rejection(result: dict, cfg: QuantizeConfig, windows: int, out: _Outputs) -> Int8Rejected:
+    check = result["check"]
+    few = f", calibrated on {windows} of the {cfg.calib_windows} windows asked" if windows < cfg.calib_windows else ""
+    return Int8Rejected(
+        f"the int8 graph loses {check['int8_psnr_drop']:.2f} dB Y-PSNR against PyTorch on {check['set']} (more "
+        f"than {MAX_INT8_DROP_DB} dB; a well-calibrated student loses about 0.005 dB){few}; it is kept as "
+        f"{out.rejected_int8} with its report {out.rejected_report}, and {out.fp32} is good; calibrate on more frames "
+        f"like those you deploy on (e.g. --calibrate demo), or pass --accept-drop --force to keep it as {out.int8}",
+        result)
 
 
 def _check_overlap(source: _Source, check: list) -> int:

@@ -1,7 +1,8 @@
 """The teacher cache: stage one writes it (:mod:`.build`), stage two reads it (:mod:`.reader`).
 
 ``layout`` says what is stored and where, ``stores`` holds the two formats (Zarr v3 with sharding, HDF5 with a
-virtual dataset), ``check`` implements ``stdvsr cache info`` and ``stdvsr cache verify``.
+virtual dataset), ``records`` the progress records (which clips are done), ``check`` implements ``stdvsr cache info``
+and ``stdvsr cache verify``.
 """
 
 from stdvsr.cache.build import CacheConfig, run

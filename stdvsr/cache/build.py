@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import json
 import os
 import shutil
 import time
@@ -47,13 +46,14 @@ from stdvsr import __version__, interrupts
 from stdvsr.cache.layout import (FEATURE_POINT, FORMAT_VERSION, HEAD, MANIFEST, MIN_FOOTAGE_SIZE, PROGRESS,
                                  array_layout, estimate_bytes, first_difference, lookup, parse_tiers, plan_clips,
                                  quantise, read_manifest, sources_sha256, write_manifest)
+from stdvsr.cache.records import not_intact, read_records, record_path, write_record
 from stdvsr.cache.stores import backend
 from stdvsr.configs import CacheConfig
 from stdvsr.data import (check_clip, degrade, load_clips, parse_spec, read_footage, read_hr, read_lq_from_disk,
                          resolve_spec, window_indices, with_views)
 from stdvsr.distributed import barrier, end_process_group, torchrun_group
 from stdvsr.errors import StdvsrError
-from stdvsr.io import atomic_path, folder_lock, mib, sha256_file, size_text, write_text
+from stdvsr.io import atomic_path, folder_lock, mib, sha256_file, size_text
 from stdvsr.names import DEFAULT_TIERS, FOOTAGE_TIERS, NO_DEGRADATION
 from stdvsr.options import check_fields
 from stdvsr.progress import stderr, stdout, work_progress
@@ -162,46 +162,6 @@ def check_fingerprint(old: dict, new: dict, root: Path) -> None:
     if diff:
         raise StdvsrError(f"cache {root} was built with other settings: {diff} is {lookup(old, diff)!r} there, "
                           f"{lookup(new, diff)!r} now; use the same settings to resume, or another --out")
-
-
-def read_records(root: Path) -> dict[int, dict]:
-    """Finished clips: ``index → progress record``. A record that does not parse is ignored (and redone)."""
-    records = {}
-    folder = Path(root) / PROGRESS
-    if folder.is_dir():
-        for p in folder.glob("*.json"):
-            try:
-                r = json.loads(p.read_text())
-                records[int(r["index"])] = r
-            except (json.JSONDecodeError, KeyError, ValueError, UnicodeDecodeError):
-                continue
-    return records
-
-
-def record_path(index: int) -> str:
-    """A clip's progress record, relative to the cache folder."""
-    return f"{PROGRESS}/{index:07d}.json"
-
-
-def not_intact(root: Path, manifest: dict, records: dict[int, dict]) -> dict[int, str]:
-    """Finished clips that are not whole on disk: ``index → what is missing``, counted on disk (one walk per array),
-    not read from the manifest. A complete manifest's clip lacking its progress record is one; so is any clip
-    with a record (or, complete, its manifest entry) whose shards / part file are gone. Unfinished clips of an
-    incomplete cache are not (they are simply not written yet)."""
-    complete = bool(manifest.get("complete"))
-    finished = [c for c in manifest["clips"] if complete or c["index"] in records]
-    absent = backend(root, manifest).missing_all(finished, records)
-    out = {}
-    for clip in finished:
-        what = []
-        if clip["index"] not in records:
-            what.append(f"progress record {record_path(clip['index'])} missing")
-        pieces = absent.get(clip["index"], [])
-        if pieces:
-            what.append(f"missing on disk: {pieces[0]}" + (f" and {len(pieces) - 1} more" if len(pieces) > 1 else ""))
-        if what:
-            out[clip["index"]] = "; ".join(what)
-    return out
 
 
 # ------------------------------------------------------------------------------------------- distribution
@@ -367,10 +327,6 @@ def process_clip(model, clip, rec: dict, group: dict, cfg: CacheConfig, store, d
             "teacher_s": round(teacher_s, 4), "write_s": round(write_s, 4), "read_s": round(read_s, 4)}
 
 
-def _write_record(root: Path, record: dict) -> None:
-    write_text(Path(root) / record_path(record["index"]), json.dumps(record) + "\n", durable=True)
-
-
 # ------------------------------------------------------------------------------------------------- finalise
 def finalise(root: Path, manifest: dict, records: dict[int, dict]) -> dict:
     """All clips done: merge the records into the manifest and mark it complete (HDF5: write cache.h5 first)."""
@@ -446,7 +402,6 @@ def _run(cfg: CacheConfig, show_progress: bool, held: contextlib.ExitStack) -> d
     device = resolve_device(cfg.device)
     if device.type == "cuda" and pg and cfg.device == "auto":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    console = stderr()
 
     model, teacher_info = load_teacher(cfg)
     clips = load_clips(cfg.data, cfg.split)
@@ -455,7 +410,6 @@ def _run(cfg: CacheConfig, show_progress: bool, held: contextlib.ExitStack) -> d
     check_clips(clips, cfg, model.num_frame)
     clips = with_views(clips, cfg.views)  # after --max-clips, which counts the dataset's clips
     manifest = make_manifest(cfg, teacher_info, model, clips)
-    by_index = {r["index"]: r for r in manifest["clips"]}
 
     existing = read_manifest(root)
     if existing is None and root.exists() and any(root.iterdir()):
@@ -463,63 +417,93 @@ def _run(cfg: CacheConfig, show_progress: bool, held: contextlib.ExitStack) -> d
                           "or delete the folder")
     records, damaged = {}, {}
     if existing is not None:
-        check_fingerprint(existing["fingerprint"], manifest["fingerprint"], root)
-        manifest = existing
-        records = read_records(root)
-        # finished clips whose record, shards or part file are gone are written again (their stale record first
-        # removed, by the rank that owns the clip), so the same command repairs what `cache verify` reports missing
-        damaged = not_intact(root, existing, records)
-        for index in damaged:
-            records.pop(index, None)
-        if existing.get("complete"):
-            if not damaged and not backend(root, existing).join_missing():
-                if rank == 0:
-                    console.print(f"cache {root} is complete ({len(existing['clips'])} clips); nothing to do",
-                                  highlight=False)
-                return _result(root, existing, processed=0, seconds=0.0, rank=rank)
-            if rank == 0:
-                names = ", ".join(by_index[i]["name"] for i in sorted(damaged)) or "the join cache.h5"
-                console.print(f"cache {root} is marked complete but not whole on disk ({names}); writing "
-                              f"{'that' if len(damaged) < 2 else 'those'} again", highlight=False)
-            if rank == 0 or not pg:  # incomplete until the repair is finished, so nothing reads it meanwhile
-                manifest = write_manifest(root, {**existing, "complete": False})
+        manifest, records, damaged, whole = _resume(root, existing, manifest, rank, pg)
+        if whole:
+            return _result(root, existing, processed=0, seconds=0.0, rank=rank)
     todo = [r for r in manifest["clips"] if r["index"] % world == rank and r["index"] not in records]
     # every rank checks (and fails) alike, so no rank is left waiting at a barrier for one that stopped
     _check_space(root, sum(estimate_bytes(manifest["layout"]["arrays"],
                                           [c for c in manifest["clips"] if c["index"] not in records],
                                           cfg.store).values()), cfg.check_space, quiet=rank != 0)
-    if existing is None and rank == 0:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        create(root, manifest, model)
-    if pg:
-        barrier(pg)  # always: ranks that found the cache already created must meet the same barriers
-    elif existing is None:
-        _wait_for_manifest(root)
     if existing is None:
-        manifest = read_manifest(root)
-        check_fingerprint(manifest["fingerprint"], make_manifest(cfg, teacher_info, model, clips)["fingerprint"],
-                          root)
+        manifest = _create_or_join(root, manifest, model, rank, pg)
+    else:
+        barrier(pg)  # ranks that found the cache already created meet the barrier of those that created it
 
     if rank == 0 and records:
-        console.print(f"resuming {root}: {len(records)} of {len(manifest['clips'])} clips already done",
-                      highlight=False)
+        stderr().print(f"resuming {root}: {len(records)} of {len(manifest['clips'])} clips already done",
+                       highlight=False)
+    processed, seconds, done = _write_and_finalise(root, manifest, model.to(device), clips, todo, damaged, cfg,
+                                                   device, rank, pg, show_progress)
+    return _result(root, read_manifest(root), processed=processed, seconds=seconds, rank=rank, world=world,
+                   done=done)
+
+
+def _resume(root: Path, existing: dict, planned: dict, rank: int, pg: bool) -> tuple[dict, dict, dict, bool]:
+    """A build into the existing cache ``root``, refused if ``planned`` has other settings: ``(manifest, records of
+    the finished clips, damaged, whole)``. ``damaged``: finished clips not whole on disk, written again; ``whole``:
+    the cache is complete and whole, nothing to do. A complete cache that is not whole is marked incomplete until
+    it is repaired, so nothing reads it meanwhile."""
+    check_fingerprint(existing["fingerprint"], planned["fingerprint"], root)
+    records = read_records(root)
+    # finished clips whose record, shards or part file are gone are written again (their stale record first
+    # removed, by the rank that owns the clip), so the same command repairs what `cache verify` reports missing
+    damaged = not_intact(root, existing, records)
+    for index in damaged:
+        records.pop(index, None)
+    if not existing.get("complete"):
+        return existing, records, damaged, False
+    console = stderr()
+    if not damaged and not backend(root, existing).join_missing():
+        if rank == 0:
+            console.print(f"cache {root} is complete ({len(existing['clips'])} clips); nothing to do",
+                          highlight=False)
+        return existing, records, damaged, True
+    if rank == 0:
+        by_index = {r["index"]: r for r in planned["clips"]}
+        names = ", ".join(by_index[i]["name"] for i in sorted(damaged)) or "the join cache.h5"
+        console.print(f"cache {root} is marked complete but not whole on disk ({names}); writing "
+                      f"{'that' if len(damaged) < 2 else 'those'} again", highlight=False)
+    manifest = existing
+    if rank == 0 or not pg:
+        manifest = write_manifest(root, {**existing, "complete": False})
+    return manifest, records, damaged, False
+
+
+def _create_or_join(root: Path, planned: dict, model, rank: int, pg: bool) -> dict:
+    """A new cache: rank 0 lays it out, the others wait for it; every rank checks that it is the cache it planned
+    (a rank started with other settings is refused) and returns its manifest."""
+    if rank == 0:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        create(root, planned, model)
+    if pg:
+        barrier(pg)
+    else:
+        _wait_for_manifest(root)
+    manifest = read_manifest(root)
+    check_fingerprint(manifest["fingerprint"], planned["fingerprint"], root)
+    return manifest
+
+
+def _write_and_finalise(root: Path, manifest: dict, model, clips, todo: list[dict], damaged: dict[int, str],
+                        cfg: CacheConfig, device, rank: int, pg, show_progress: bool) -> tuple[int, float, int]:
+    """This rank's clips written; the cache finalised by rank 0 (or each process alone) once every clip is whole;
+    ``(clips written here, seconds, clips done by all ranks)``. On Ctrl-C / SIGTERM says what is kept."""
     try:
-        processed, seconds = _write_clips(root, manifest, model.to(device), clips, todo, damaged, cfg, device,
-                                          rank, show_progress)
+        processed, seconds = _write_clips(root, manifest, model, clips, todo, damaged, cfg, device, rank,
+                                          show_progress)
         barrier(pg)
         records = read_records(root)
         if ((rank == 0 or not pg) and len(records) == len(manifest["clips"]) and not manifest.get("complete")
                 and not not_intact(root, manifest, records)):
-            manifest = finalise(root, manifest, records)
+            finalise(root, manifest, records)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (stdvsr.errors.Terminated): the CLI exits 130 / 143
         interrupts.announce(e, f"{len(read_records(root))} of {len(manifest['clips'])} clips of {root} are written "
                                "and kept; run the same stdvsr cache-teacher command again to write the rest"
                             if rank == 0 or not pg else None)
         raise
     barrier(pg)
-    manifest = read_manifest(root)
-    return _result(root, manifest, processed=processed, seconds=seconds, rank=rank, world=world,
-                   done=len(records))
+    return processed, seconds, len(records)
 
 
 def _write_clips(root: Path, manifest: dict, model, clips, todo: list[dict], damaged: dict[int, str],
@@ -543,11 +527,11 @@ def _write_clips(root: Path, manifest: dict, model, clips, todo: list[dict], dam
             done = store.end_clip(rec)
             result["write_s"] = round(result["write_s"] + time.perf_counter() - t, 4)
             for clip, extra in done:  # Zarr: this clip; HDF5: the clips of a part that was just closed
-                _write_record(root, {**pending.pop(clip["index"]), **extra, "rank": rank})
+                write_record(root, {**pending.pop(clip["index"]), **extra, "rank": rank})
             processed += 1
             bar.advance(1, sum(estimate_bytes(layout, [rec], cfg.store).values()))
         for clip, extra in store.close():
-            _write_record(root, {**pending.pop(clip["index"]), **extra, "rank": rank})
+            write_record(root, {**pending.pop(clip["index"]), **extra, "rank": rank})
     return processed, time.perf_counter() - t0
 
 

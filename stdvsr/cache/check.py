@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from stdvsr.cache.build import not_intact, read_records, record_path
 from stdvsr.cache.layout import (HEAD, MANIFEST, MANIFEST_HASH, UNPROTECTED, estimate_bytes, has_ground_truth,
                                  read_manifest, sources_sha256)
+from stdvsr.cache.records import not_intact, read_records, record_path
 from stdvsr.cache.stores import VDS, backend
 from stdvsr.errors import StdvsrError
 from stdvsr.io import mib
@@ -100,25 +100,14 @@ def verify(path: str | Path, sources: bool = False, data: str | None = None, pro
     stored LR frames — which catches a manifest edited even with its hash recomputed. ``fix`` says how to mend it
     (:func:`advice`). ``progress(n)`` is called after each clip.
     """
-    import torch
-
     root = Path(path)
     manifest = read_manifest(root, required=True)
-    fp = manifest["fingerprint"]
     records = read_records(root)
     store = backend(root, manifest)
-    problems: list[dict] = []
-
-    def problem(clip: str, text: str, fix: str) -> None:
-        problems.append({"clip": clip, "problem": text, "fix": fix})
-
-    try:
-        torch.load(root / HEAD, map_location="cpu", weights_only=True)
-    except Exception as e:
-        problem("-", f"{HEAD} unreadable ({type(e).__name__})", REBUILD)
+    found = _head_problems(root)
     joined = not store.join_missing()  # without cache.h5 nothing reads back; the same command writes it again
     if not joined:
-        problem("-", f"missing on disk: {VDS} (the join of the part files)", RERUN)
+        found.append(("-", f"missing on disk: {VDS} (the join of the part files)", RERUN))
     dataset = None
     if sources:
         from stdvsr.cache.reader import CacheReader
@@ -127,58 +116,83 @@ def verify(path: str | Path, sources: bool = False, data: str | None = None, pro
     complete = bool(manifest.get("complete"))
     again = not_intact(root, manifest, records)  # what the same cache-teacher command writes again by itself
     for clip in manifest["clips"]:
-        name = clip["name"]
         record = records.get(clip["index"]) or (clip if complete and "hashes" in clip else None)
         if record is None:
-            problem(name, "not written yet (run the same cache-teacher command again)", RERUN)
-            if progress:
-                progress(1)
-            continue
-        if clip["index"] not in records:
-            problem(name, f"progress record {record_path(clip['index'])} missing", RERUN)
-        missing = store.missing(clip, record)
-        fix = RERUN if clip["index"] in again else REDO
-        for piece in missing:
-            problem(name, f"missing on disk: {piece}", fix)
-        lq = None
-        if joined and (not missing or fp["format"] == "zarr"):
-            for tier in ["lq", *fp["tiers"]]:
-                try:
-                    arr, scales = store.read(clip, tier, slice(0, clip["frames"]), slice(None), slice(None))
-                except Exception as e:  # a corrupted chunk fails to decode
-                    problem(name, f"{tier}: unreadable ({type(e).__name__}: {e})"[:300], fix)
-                    continue
-                for key, a in ((tier, arr), (f"{tier}_scale", scales)):
-                    if a is None:
-                        continue
-                    intact = _blake2b(a).hexdigest() == record["hashes"].get(key)
-                    if not intact:
-                        problem(name, f"{key}: content differs from what was written (corrupted or missing chunk)",
-                                fix)
-                    elif key == "lq":
-                        lq = a
-                    if a.dtype.kind == "f" and not np.isfinite(a).all():
-                        problem(name, f"{key}: holds NaN/inf", fix)
-        if dataset is not None:
-            c = dataset[clip["index"]]
-            paths = list(c.frames) + (list(c.lq_frames[fp["degradation"]]) if fp["lq_from_disk"] else [])
-            try:
-                digest = sources_sha256(paths)
-            except (OSError, KeyError) as e:
-                digest = f"unreadable: {e}"
-            if digest != record["source_sha256"]:
-                problem(name, "source frames changed since the cache was built", SOURCES)
-            elif lq is not None:  # the sources the teacher read, and intact LR frames: one follows from the other
-                differs = _rederive_lq(c, record, lq, fp, manifest["groups"][clip["group"]]["hr_size"])
-                if differs:
-                    how = (f"read as given (LR footage, degradation none, as {MANIFEST} records)"
-                           if not has_ground_truth(fp) else
-                           f"degraded as {MANIFEST} records ({fp['degradation']} ×{fp['scale']})")
-                    problem(name, f"lq: the source frames {how} are not the LR frames the teacher read: {differs}; "
-                                  f"{MANIFEST} does not describe this cache (edited?)", REBUILD)
+            found.append((clip["name"], "not written yet (run the same cache-teacher command again)", RERUN))
+        else:
+            fix = RERUN if clip["index"] in again else REDO
+            problems, lq = _clip_problems(store, clip, record, clip["index"] in records, fix, joined, manifest)
+            if dataset is not None:
+                problems += _source_problems(dataset[clip["index"]], clip, record, lq, manifest)
+            found += [(clip["name"], text, how) for text, how in problems]
         if progress:
             progress(1)
-    return problems
+    return [{"clip": clip, "problem": text, "fix": fix} for clip, text, fix in found]
+
+
+def _head_problems(root: Path) -> list[tuple[str, str, str]]:
+    """``head.pth``, which stage two rebuilds F^SR and SR with, loads."""
+    import torch
+
+    try:
+        torch.load(root / HEAD, map_location="cpu", weights_only=True)
+    except Exception as e:
+        return [("-", f"{HEAD} unreadable ({type(e).__name__})", REBUILD)]
+    return []
+
+
+def _clip_problems(store, clip: dict, record: dict, recorded: bool, fix: str, joined: bool,
+                   manifest: dict) -> tuple[list[tuple[str, str]], np.ndarray | None]:
+    """A written clip's record, pieces on disk and every tier read back against its hashes (and NaN/inf):
+    ``(problems as (text, fix), its LR frames if they read back intact)``. ``recorded``: its progress record exists;
+    ``joined``: HDF5's join is on disk (Zarr reads without one)."""
+    fp = manifest["fingerprint"]
+    found, lq = [], None
+    if not recorded:
+        found.append((f"progress record {record_path(clip['index'])} missing", RERUN))
+    missing = store.missing(clip, record)
+    found += [(f"missing on disk: {piece}", fix) for piece in missing]
+    if not joined or (missing and fp["format"] != "zarr"):
+        return found, None
+    for tier in ["lq", *fp["tiers"]]:
+        try:
+            arr, scales = store.read(clip, tier, slice(0, clip["frames"]), slice(None), slice(None))
+        except Exception as e:  # a corrupted chunk fails to decode
+            found.append((f"{tier}: unreadable ({type(e).__name__}: {e})"[:300], fix))
+            continue
+        for key, a in ((tier, arr), (f"{tier}_scale", scales)):
+            if a is None:
+                continue
+            intact = _blake2b(a).hexdigest() == record["hashes"].get(key)
+            if not intact:
+                found.append((f"{key}: content differs from what was written (corrupted or missing chunk)", fix))
+            elif key == "lq":
+                lq = a
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                found.append((f"{key}: holds NaN/inf", fix))
+    return found, lq
+
+
+def _source_problems(source, clip: dict, record: dict, lq: np.ndarray | None, manifest: dict) -> list[tuple[str, str]]:
+    """``--sources``: the dataset clip ``source`` still hashes to what the teacher read, and (given the intact
+    stored ``lq``) degrading it as the manifest says gives those LR frames."""
+    fp = manifest["fingerprint"]
+    paths = list(source.frames) + (list(source.lq_frames[fp["degradation"]]) if fp["lq_from_disk"] else [])
+    try:
+        digest = sources_sha256(paths)
+    except (OSError, KeyError) as e:
+        digest = f"unreadable: {e}"
+    if digest != record["source_sha256"]:
+        return [("source frames changed since the cache was built", SOURCES)]
+    if lq is None:  # the sources the teacher read, and intact LR frames: one follows from the other
+        return []
+    differs = _rederive_lq(source, record, lq, fp, manifest["groups"][clip["group"]]["hr_size"])
+    if not differs:
+        return []
+    how = (f"read as given (LR footage, degradation none, as {MANIFEST} records)" if not has_ground_truth(fp) else
+           f"degraded as {MANIFEST} records ({fp['degradation']} ×{fp['scale']})")
+    return [(f"lq: the source frames {how} are not the LR frames the teacher read: {differs}; {MANIFEST} does not "
+             "describe this cache (edited?)", REBUILD)]
 
 
 def advice(path: str | Path, problems: list[dict]) -> str:

@@ -21,12 +21,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from stdvsr.cache.layout import HEAD, HEAD_MARGIN, PROGRESS, dequantise, has_ground_truth, read_manifest
+from stdvsr.cache.records import read_records
 from stdvsr.cache.stores import backend
 from stdvsr.errors import StdvsrError
-
-
-def _lrelu(x: torch.Tensor) -> torch.Tensor:
-    return F.leaky_relu(x, 0.1)
+from stdvsr.models.common import lrelu
 
 
 class TeacherHead(nn.Module):
@@ -64,9 +62,9 @@ class TeacherHead(nn.Module):
             return x * (valid if factor == 1 else F.interpolate(valid, scale_factor=factor, mode="nearest"))
 
         x = mask(trunk, 1)
-        x = mask(_lrelu(F.pixel_shuffle(self.upconv1(x), 2)), 2)
-        x = mask(_lrelu(F.pixel_shuffle(self.upconv2(x), 2)), 4)
-        return mask(_lrelu(self.conv_hr(x)), 4)
+        x = mask(lrelu(F.pixel_shuffle(self.upconv1(x), 2)), 2)
+        x = mask(lrelu(F.pixel_shuffle(self.upconv2(x), 2)), 4)
+        return mask(lrelu(self.conv_hr(x)), 4)
 
     def sr(self, feat_sr: torch.Tensor, lq_center: torch.Tensor) -> torch.Tensor:
         """SR = conv_last(F^SR) + bilinear ×4 of the centre LR frame (both margin-padded crops)."""
@@ -170,8 +168,6 @@ class CacheReader:
             return
         record = clip
         if "part" not in clip and "hashes" not in clip:  # an incomplete cache: the clip's progress record
-            from stdvsr.cache.build import read_records
-
             record = read_records(self.root).get(clip["index"])
             if record is None:
                 raise StdvsrError(f"cache {self.root}: clip {clip['name']} is not written yet; run the same "

@@ -21,6 +21,12 @@ class Features(NamedTuple):
     feat_lr: torch.Tensor
 
 
+def lrelu(x: torch.Tensor) -> torch.Tensor:
+    """LeakyReLU with slope 0.1, in place: EDVR's activation after its convs (its trunk and upsampling head, and the
+    cache's copy of that head, :class:`stdvsr.cache.TeacherHead`)."""
+    return nn.functional.leaky_relu(x, 0.1, inplace=True)
+
+
 class ResidualBlockNoBN(nn.Module):
     """conv3×3 → ReLU → conv3×3, plus the identity (EDSR / BasicSR's block; keys ``conv1``, ``conv2``)."""
 

@@ -12,7 +12,7 @@ Conventions are torchvision's ``torchvision.ops.deform_conv2d`` (and so BasicSR'
 The pure-PyTorch path samples all ``K`` points with one ``grid_sample`` call per layer and contracts them with the
 weights in one matmul. torchvision's compiled kernel is used instead only where it is importable and known to be
 faster: on CUDA (``STDVSR_DCN=torch|torchvision`` forces a path; on a 2-core CPU the pure path measured faster, see
-``pipelines/bench_edvr.py``).
+``pipelines/bench/bench_edvr.py``).
 """
 
 from __future__ import annotations

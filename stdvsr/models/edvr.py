@@ -25,12 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stdvsr.models.common import Features, ResidualBlockNoBN, make_layer
+from stdvsr.models.common import Features, ResidualBlockNoBN, lrelu, make_layer
 from stdvsr.models.dcn import DCNv2Pack
-
-
-def _lrelu(x: torch.Tensor) -> torch.Tensor:
-    return F.leaky_relu(x, 0.1, inplace=True)
 
 
 def _up2(x: torch.Tensor) -> torch.Tensor:
@@ -67,22 +63,22 @@ class PCDAlignment(nn.Module):
         up_offset = up_feat = None
         for i in (3, 2, 1):
             level = f"l{i}"
-            offset = _lrelu(self.offset_conv1[level](torch.cat([nbr[i - 1], ref[i - 1]], dim=1)))
+            offset = lrelu(self.offset_conv1[level](torch.cat([nbr[i - 1], ref[i - 1]], dim=1)))
             if i == 3:
-                offset = _lrelu(self.offset_conv2[level](offset))
+                offset = lrelu(self.offset_conv2[level](offset))
             else:
-                offset = _lrelu(self.offset_conv2[level](torch.cat([offset, up_offset], dim=1)))
-                offset = _lrelu(self.offset_conv3[level](offset))
+                offset = lrelu(self.offset_conv2[level](torch.cat([offset, up_offset], dim=1)))
+                offset = lrelu(self.offset_conv3[level](offset))
             feat = self.dcn_pack[level](nbr[i - 1], offset)
             if i < 3:
                 feat = self.feat_conv[level](torch.cat([feat, up_feat], dim=1))
             if i > 1:
-                feat = _lrelu(feat)
+                feat = lrelu(feat)
                 # offsets are in pixels of their level: twice the resolution means twice the displacement
                 up_offset, up_feat = _up2(offset) * 2, _up2(feat)
         offset = torch.cat([feat, ref[0]], dim=1)
-        offset = _lrelu(self.cas_offset_conv2(_lrelu(self.cas_offset_conv1(offset))))
-        return _lrelu(self.cas_dcnpack(feat, offset))
+        offset = lrelu(self.cas_offset_conv2(lrelu(self.cas_offset_conv1(offset))))
+        return lrelu(self.cas_dcnpack(feat, offset))
 
 
 class TSAFusion(nn.Module):
@@ -117,18 +113,18 @@ class TSAFusion(nn.Module):
         corr = torch.sigmoid((emb * emb_ref.unsqueeze(1)).sum(dim=2))  # (b, t, h, w)
         aligned = (aligned * corr.unsqueeze(2)).reshape(b, t * c, h, w)
 
-        feat = _lrelu(self.feat_fusion(aligned))
+        feat = lrelu(self.feat_fusion(aligned))
 
         # spatial attention on a two-level pyramid
-        attn = _lrelu(self.spatial_attn1(aligned))
-        attn = _lrelu(self.spatial_attn2(self._pool(attn)))
-        attn_level = _lrelu(self.spatial_attn_l1(attn))
-        attn_level = _lrelu(self.spatial_attn_l2(self._pool(attn_level)))
-        attn_level = _up2(_lrelu(self.spatial_attn_l3(attn_level)))
-        attn = _lrelu(self.spatial_attn3(attn)) + attn_level
-        attn = _up2(_lrelu(self.spatial_attn4(attn)))
+        attn = lrelu(self.spatial_attn1(aligned))
+        attn = lrelu(self.spatial_attn2(self._pool(attn)))
+        attn_level = lrelu(self.spatial_attn_l1(attn))
+        attn_level = lrelu(self.spatial_attn_l2(self._pool(attn_level)))
+        attn_level = _up2(lrelu(self.spatial_attn_l3(attn_level)))
+        attn = lrelu(self.spatial_attn3(attn)) + attn_level
+        attn = _up2(lrelu(self.spatial_attn4(attn)))
         attn = self.spatial_attn5(attn)
-        attn_add = self.spatial_attn_add2(_lrelu(self.spatial_attn_add1(attn)))
+        attn_add = self.spatial_attn_add2(lrelu(self.spatial_attn_add1(attn)))
         # ×2: sigmoid starts near 0.5, so the attention starts near the identity
         return feat * torch.sigmoid(attn) * 2 + attn_add
 
@@ -151,11 +147,11 @@ class PredeblurModule(nn.Module):
         self.resblock_l1 = nn.ModuleList([ResidualBlockNoBN(num_feat) for _ in range(5)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feat_l1 = _lrelu(self.conv_first(x))
+        feat_l1 = lrelu(self.conv_first(x))
         if self.hr_in:
-            feat_l1 = _lrelu(self.stride_conv_hr2(_lrelu(self.stride_conv_hr1(feat_l1))))
-        feat_l2 = _lrelu(self.stride_conv_l2(feat_l1))
-        feat_l3 = _lrelu(self.stride_conv_l3(feat_l2))
+            feat_l1 = lrelu(self.stride_conv_hr2(lrelu(self.stride_conv_hr1(feat_l1))))
+        feat_l2 = lrelu(self.stride_conv_l2(feat_l1))
+        feat_l3 = lrelu(self.stride_conv_l3(feat_l2))
         feat_l2 = self.resblock_l2_1(feat_l2) + _up2(self.resblock_l3(feat_l3))
         feat_l2 = _up2(self.resblock_l2_2(feat_l2))
         feat_l1 = self.resblock_l1[1](self.resblock_l1[0](feat_l1)) + feat_l2
@@ -212,10 +208,10 @@ class EDVR(nn.Module):
         """Per-frame pyramid features ``[L1, L2, L3]``, each ``(B·T, C, h/2^l, w/2^l)`` (frames are independent)."""
         b, t, c, h, w = lq.shape
         x = lq.reshape(b * t, c, h, w)
-        feat_l1 = self.conv_1x1(self.predeblur(x)) if self.with_predeblur else _lrelu(self.conv_first(x))
+        feat_l1 = self.conv_1x1(self.predeblur(x)) if self.with_predeblur else lrelu(self.conv_first(x))
         feat_l1 = self.feature_extraction(feat_l1)
-        feat_l2 = _lrelu(self.conv_l2_2(_lrelu(self.conv_l2_1(feat_l1))))
-        feat_l3 = _lrelu(self.conv_l3_2(_lrelu(self.conv_l3_1(feat_l2))))
+        feat_l2 = lrelu(self.conv_l2_2(lrelu(self.conv_l2_1(feat_l1))))
+        feat_l3 = lrelu(self.conv_l3_2(lrelu(self.conv_l3_1(feat_l2))))
         return [feat_l1, feat_l2, feat_l3]
 
     def fuse(self, pyramid: list[torch.Tensor], b: int) -> torch.Tensor:
@@ -231,9 +227,9 @@ class EDVR(nn.Module):
 
     def upsample_head(self, feat_lr: torch.Tensor) -> torch.Tensor:
         """F^LR → F^SR: two pixel-shuffle ×2 steps and ``conv_hr``, each followed by LeakyReLU(0.1)."""
-        x = _lrelu(F.pixel_shuffle(self.upconv1(feat_lr), 2))
-        x = _lrelu(F.pixel_shuffle(self.upconv2(x), 2))
-        return _lrelu(self.conv_hr(x))
+        x = lrelu(F.pixel_shuffle(self.upconv1(feat_lr), 2))
+        x = lrelu(F.pixel_shuffle(self.upconv2(x), 2))
+        return lrelu(self.conv_hr(x))
 
     def to_rgb(self, feat_sr: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
         """F^SR → SR: ``conv_last`` plus the (bilinear ×4) centre frame."""

@@ -1,6 +1,6 @@
 """Each student against the EDVR teacher at the paper's LR size, ms per output frame and the ratio, in one run.
 
-    .venv/bin/python pipelines/bench_students.py [--lq 120x180] [--teacher edvr-l] [--rounds 5] [--device cpu]
+    .venv/bin/python pipelines/bench/bench_students.py [--lq 120x180] [--teacher edvr-l] [--rounds 5] [--device cpu]
 
 Timings are interleaved (round-robin over the models, median per model) so that machine noise hits every model
 alike; MACs come from stdvsr.profile.count_macs on the same input.
@@ -15,7 +15,7 @@ import time
 import torch
 
 from stdvsr.models import STUDENTS, build_model
-from stdvsr.profile import count_macs
+from stdvsr.profile import count_macs, parse_size
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    h, w = (int(v) for v in args.lq.split("x"))
+    h, w = parse_size(args.lq, "--lq")
     device = torch.device(args.device)
     names = [args.teacher, *args.students.split(",")]
     models, inputs, macs = {}, {}, {}

@@ -6,7 +6,7 @@ transforms T on real LR windows from a cache: the relative L2 error of T⁻¹(te
 F^SR, for the attention map Σ_c F², and the PSNR between the two SR outputs (borders of ``--border`` HR pixels
 excluded). Usage::
 
-    python pipelines/augment_gap.py --cache cache/demo-edvr.zarr            # the demo teacher on the demo cache
+    python pipelines/studies/augment_gap.py --cache cache/demo-edvr.zarr            # the demo teacher on the demo cache
 """
 
 from __future__ import annotations

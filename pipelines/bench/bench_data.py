@@ -4,7 +4,7 @@ A sample is N consecutive frames of a clip: decode N PNGs, degrade the *full* HR
 cached teacher targets computed on full frames), crop. This prints the share of each step and the DataLoader
 throughput, so the loader can be compared with a training step later.
 
-    .venv/bin/python pipelines/bench_data.py [--frames 7] [--patch 128] [--samples 40] [--workers 2]
+    .venv/bin/python pipelines/bench/bench_data.py [--frames 7] [--patch 128] [--samples 40] [--workers 2]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ For the same training crops (drawn from the cache exactly as ``stdvsr distill`` 
 checkpoint the mean |F^SR| of teacher and student, the mean attention map M = Σ_c F² of each, and the Pearson
 correlation between the student's and the teacher's maps (averaged over crops and frames).
 
-    python pipelines/attention_similarity.py runs/ablations/fastdvdnet-quarter_kd-none_seed0/student.pth \
+    python pipelines/studies/attention_similarity.py runs/ablations/fastdvdnet-quarter_kd-none_seed0/student.pth \
         runs/ablations/fastdvdnet-quarter_kd-std_seed0/student.pth --cache cache/demo-4clips-edvr.zarr
 """
 

@@ -1,8 +1,8 @@
 """Every student as fp32 and int8 ONNX (``stdvsr export --quantize int8``): ms per frame in ONNX Runtime side by side,
 and the Y-PSNR the int8 graph loses on the held-out carphone clip, in one run.
 
-    .venv/bin/python pipelines/bench_quantize.py [--lq 120x180] [--rounds 10] [--calibrate demo] [--json F]
-    .venv/bin/python pipelines/bench_quantize.py --trained runs/demo/fastdvdnet-quarter-kd_output/student.pth
+    .venv/bin/python pipelines/bench/bench_quantize.py [--lq 120x180] [--rounds 10] [--calibrate demo] [--json F]
+    .venv/bin/python pipelines/bench/bench_quantize.py --trained runs/demo/fastdvdnet-quarter-kd_output/student.pth
 
 Speed: each student exported at ``--lq`` (the paper's 120×180 by default), quantised with ``--calib-windows``
 windows of ``--calibrate`` (default ``demo``: BD ×4 of the demo training clips, never carphone), both graphs run in
@@ -27,11 +27,13 @@ import torch
 from stdvsr.export import ExportConfig
 from stdvsr.export import run as export_fp32
 from stdvsr.models import load_model, save_random
+from stdvsr.names import STUDENTS as REGISTERED
+from stdvsr.profile import parse_size
 from stdvsr.quantize import (QuantizeConfig, calibration_windows, int8_path, open_source, ort_session,
                              quantize_int8)
 from stdvsr.quantize import run as quantize_run
 
-STUDENTS = ("fastdvdnet-quarter", "fastdvdnet", "vsrnet", "vespcn", "vdsr")
+STUDENTS = ("fastdvdnet-quarter", *REGISTERED)  # every student, and the demo's width
 CARPHONE_LR = "36x44"
 
 
@@ -42,7 +44,7 @@ def random_student(folder: Path, name: str) -> Path:
 
 def speed(ckpt: Path, folder: Path, lq: str, source, windows: int, rounds: int, threads: int) -> dict:
     model, _ = load_model(ckpt)
-    h, w = (int(v) for v in lq.split("x"))
+    h, w = parse_size(lq, "--lq")
     fp32 = folder / "speed.onnx"
     export_fp32(ExportConfig(model=str(ckpt), lq_size=lq, out=str(fp32), force=True))
     calib = calibration_windows(source, model.num_frame, (h, w), windows, seed=0)

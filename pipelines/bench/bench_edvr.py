@@ -1,6 +1,6 @@
 """EDVR forward time per window on this machine, pure-PyTorch DCN vs torchvision's kernel, measured side by side.
 
-    .venv/bin/python pipelines/bench_edvr.py [--lq 64x64] [--frames 7] [--repeats 5] [--device cpu]
+    .venv/bin/python pipelines/bench/bench_edvr.py [--lq 64x64] [--frames 7] [--repeats 5] [--device cpu]
 
 torchvision's kernel is timed only where ``torchvision.ops`` imports (PyPI's torchvision needs the torch build it
 was made for); the script says so otherwise. Both paths run the same weights on the same input, and the largest
@@ -15,7 +15,7 @@ import torch
 
 from stdvsr.models import build_model
 from stdvsr.models.dcn import _torchvision_op
-from stdvsr.profile import time_forward
+from stdvsr.profile import parse_size, time_forward
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--presets", default="edvr-m,edvr-s")
     args = ap.parse_args()
-    h, w = (int(v) for v in args.lq.split("x"))
+    h, w = parse_size(args.lq, "--lq")
     device = torch.device(args.device)
     backends = ["torch"] + (["torchvision"] if _torchvision_op() is not None else [])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, LR {h}x{w}, "

@@ -17,7 +17,8 @@ Rows are levers alone and combined (see ``ROWS``). Every run also logs its first
 reconstruction head and the share per frame of the clip — the mechanism, not only the score. Finished runs are
 reused (``run_or_reuse``), so the study can be stopped and continued; ``--rows`` / ``--seeds`` pick a subset.
 
-    python pipelines/distill_study.py --rows plain,std,std-fit --seeds 0,1,2 --json docs/results/distill_study.json
+    python pipelines/studies/distill_study.py --rows plain,std,std-fit --seeds 0,1,2 \\
+        --json docs/results/distill_study.json
 """
 
 from __future__ import annotations
@@ -28,16 +29,12 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import torch
-
-from ablations import run_in_processes, run_study  # the sibling script (pipelines/ is sys.path[0] when run)
-from stdvsr.distill import DistillConfig, run_or_reuse
-from stdvsr.evaluate import EvalConfig
-from stdvsr.evaluate import run as evaluate
+from stdvsr.distill import DistillConfig
+from stdvsr.experiments import score, train
 from stdvsr.io import write_text
+from stdvsr.pool import run_in_processes, run_script
 
 VALIDATION = "demo:bigbuckbunny"
 BASE = dict(student="fastdvdnet-quarter", steps=800, warmup_steps=400, lr=1e-3, batch_size=2, patch_size=64,
@@ -67,19 +64,9 @@ ROWS: dict[str, tuple[str, dict]] = {
 REFERENCE = {"v1": "plain", "v2": "plain-v2"}
 
 
-def score(name: str, student: Path, eval_set: str) -> dict:
-    result = evaluate(EvalConfig(set=eval_set, models=(f"{name}={student}",), figures=None, max_figures=0),
-                      show_progress=False)
-    avg = result["models"][0]["average"]
-    return {"psnr": avg["psnr"], "ssim": avg["ssim"]}
-
-
-def train_and_score(row: str, seed: int, cfg: DistillConfig, threads: int) -> dict:
+def run_row(row: str, seed: int, cfg: DistillConfig, threads: int) -> dict:
     """One run (trained or reused) scored on the validation video and the test clip; a worker process."""
-    torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    _, what = run_or_reuse(cfg, show_progress=False)
-    seconds = time.perf_counter() - t0
+    what, seconds = train(cfg, threads)
     student = Path(cfg.out) / "student.pth"
     rows = [json.loads(line) for line in open(Path(cfg.out) / "metrics.jsonl")]
     probes = [r for r in rows if r.get("event") == "probe"]
@@ -87,8 +74,9 @@ def train_and_score(row: str, seed: int, cfg: DistillConfig, threads: int) -> di
     if what == "reused" and scores_file.is_file():
         scores = json.loads(scores_file.read_text())
     else:
-        scores = {"val": score(row, student, VALIDATION), "test": score(row, student, "demo"),
-                  "train_seconds": round(seconds, 1)}
+        scores = {split: {k: v for k, v in score(row, student, eval_set).items() if k != "protocol"}
+                  for split, eval_set in (("val", VALIDATION), ("test", "demo"))}
+        scores["train_seconds"] = round(seconds, 1)
         write_text(scores_file, json.dumps(scores))
     return {"row": row, "seed": seed, "run": what, "train_seconds": scores["train_seconds"],
             "val": scores["val"], "test": scores["test"],
@@ -174,10 +162,10 @@ def main() -> None:
                                          "base": BASE, "rows": {r: ROWS[r] for r in rows}, "seeds": seeds,
                                          "summary": summarise(runs, rows, seeds), "runs": runs}, indent=1))
 
-    run_in_processes(args.jobs, {(row, seed): (train_and_score, (row, seed, cfg, threads)) for row, seed, cfg in plan},
+    run_in_processes(args.jobs, {(row, seed): (run_row, (row, seed, cfg, threads)) for row, seed, cfg in plan},
                      done)
     print_table(summarise(runs, rows, seeds), seeds)
 
 
 if __name__ == "__main__":
-    run_study(main)
+    run_script(main)
