@@ -463,7 +463,7 @@ def adapt(**opts) -> None:
 
     The defaults of --steps and --lr (1200, 3e-4: about 2.5 minutes of fine-tuning on one CPU core for the demo's
     student) were chosen on bigbuckbunny's LR frames among 400/1200 steps × 1e-4/3e-4, never on carphone
-    (pipelines/adapt_study.py, docs/RESULTS.md).
+    (pipelines/studies/adapt_study.py, docs/RESULTS.md).
 
     \b
     Examples:

@@ -328,7 +328,7 @@ class PlotConfig:
 @dataclass
 class AdaptConfig:
     """``stdvsr adapt``: a trained student fine-tuned to the user's own LR footage against the teacher's outputs on
-    it (issue #22). --steps and --lr were chosen on bigbuckbunny's LR frames (pipelines/adapt_study.py), never on
+    it (issue #22). --steps and --lr were chosen on bigbuckbunny's LR frames (pipelines/studies/adapt_study.py), never on
     carphone, the demo's test clip; --kd output and --views 1 were not swept."""
     student: str = option(REQUIRED, "The trained student to adapt: a student.pth written by stdvsr distill (or adapt).",
                           type=click.Path(dir_okay=False))
@@ -342,7 +342,7 @@ class AdaptConfig:
                                          "teacher (edvr-s).", type=click.Path(dir_okay=False))
     teacher_preset: str | None = option(None, "Architecture of --teacher-weights that are not a stdvsr checkpoint "
                                         "(e.g. BasicSR's EDVR-L).", type=click.Choice(teacher_presets()))
-    steps: int = option(1200, "Fine-tuning steps (chosen on bigbuckbunny: pipelines/adapt_study.py).",
+    steps: int = option(1200, "Fine-tuning steps (chosen on bigbuckbunny: pipelines/studies/adapt_study.py).",
                         type=click.IntRange(1))
     lr: float = option(3e-4, "Peak Adam learning rate, cosine to 1e-6 (chosen on bigbuckbunny).",
                        type=click.FloatRange(0, min_open=True))
