@@ -4,7 +4,7 @@ What is exported is the deployable path ``forward(lq) -> sr`` (docs/ARCHITECTURE
 ``lq`` is ``(B, num_frame, 3, h, w)`` in [0, 1], ``sr`` is ``(B, 3, 4h, 4w)``. ONNX files name the input ``lq``
 and the output ``sr``; with ``dynamic`` their batch, height and width are symbolic. TorchScript files are ``torch.jit.trace`` graphs, which keep the shape
 arithmetic of the students, so they run at other sizes too; ``dynamic`` makes that checked. "Other sizes" means LR
-heights and widths that are multiples of 4 for FastDVDnet and VESPCN (:data:`SIZE_MULTIPLE`): the graph has no
+heights and widths that are multiples of 4 for FastDVDnet and VESPCN (:func:`stdvsr.models.size_multiple`): the graph has no
 shape check, so a deployer pads the LR frames (replicate, bottom/right, as ``stdvsr upscale`` does) and crops the
 output; at other sizes ONNX Runtime fails.
 
@@ -38,7 +38,7 @@ from stdvsr.configs import ExportConfig
 from stdvsr.errors import StdvsrError
 from stdvsr.infer import MULTIPLE, padded_size
 from stdvsr.io import atomic_path, check_writable, mib
-from stdvsr.models import STUDENTS, load_model, model_spec, read_checkpoint
+from stdvsr.models import STUDENTS, load_model, model_spec, read_checkpoint, size_multiple
 from stdvsr.names import MIN_OPSET
 from stdvsr.options import check_fields
 from stdvsr.profile import parse_size
@@ -46,9 +46,6 @@ from stdvsr.progress import stdout
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 MIN_OPSET_FOR = {"vespcn": 16}  # GridSample
-# LR H and W the exported graph accepts must be multiples of this (FastDVDnet's U-Net halves twice, VESPCN's coarse
-# flow works at 1/4). PyTorch checks it; the traced graph cannot, so ONNX Runtime fails (e.g. at 37×45) instead.
-SIZE_MULTIPLE = {"fastdvdnet": 4, "vespcn": 4}
 
 
 def default_out(model: str | Path, fmt: str) -> Path:
@@ -134,7 +131,7 @@ def run(cfg: ExportConfig) -> dict:
         size = tmp.stat().st_size
     return {"path": str(out), "format": cfg.format, "model": name, "arch": arch, "bytes": size, "lq_size": [h, w],
             "dynamic": cfg.dynamic, "opset": cfg.opset if cfg.format == "onnx" else None, "checks": checks,
-            "max_abs_diff": max(c["max_abs_diff"] for c in checks), "size_multiple": SIZE_MULTIPLE.get(arch, 1)}
+            "max_abs_diff": max(c["max_abs_diff"] for c in checks), "size_multiple": size_multiple(arch)}
 
 
 def require_onnx(flag: str = "--format onnx") -> None:

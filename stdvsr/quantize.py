@@ -50,11 +50,12 @@ from torch import nn
 from stdvsr.configs import QuantizeConfig
 from stdvsr.data import SPEC_KINDS, degrade, load_clips, read_hr, window_indices
 from stdvsr.errors import StdvsrError
-from stdvsr.export import SIZE_MULTIPLE, ExportConfig, default_out, load_student, parse_lq_size, require_onnx
+from stdvsr.export import ExportConfig, default_out, load_student, parse_lq_size, require_onnx
 from stdvsr.export import run as export_fp32
 from stdvsr.infer import pad_bottom_right, padded_size
 from stdvsr.io import atomic_path, check_writable, image_size, mib, write_text
 from stdvsr.metrics import VideoMetrics, tensor_to_uint8
+from stdvsr.models import size_multiple
 from stdvsr.names import ACTIVATIONS as ACTIVATION_TYPES
 from stdvsr.options import check_fields
 from stdvsr.progress import stderr, stdout
@@ -380,7 +381,7 @@ def run(cfg: QuantizeConfig) -> dict:
     out = _outputs(cfg)
 
     # everything that can be refused is refused before a file is written
-    multiple = SIZE_MULTIPLE.get(arch, 1)
+    multiple = size_multiple(arch)
     source = _checked(open_source(cfg.calibrate), cfg.calibrate)
     clips, _, _ = check_clips(cfg.check_set)
     _check_fits(clips, cfg, h, w)

@@ -14,7 +14,7 @@ from stdvsr.cache.layout import FEATURE_POINT
 from stdvsr.cache.reader import CacheReader
 from stdvsr.configs import DistillConfig
 from stdvsr.errors import StdvsrError
-from stdvsr.models import model_spec
+from stdvsr.models import model_spec, size_multiple
 from stdvsr.options import check_fields, flag_of
 from stdvsr.training import check_schedule
 
@@ -124,13 +124,11 @@ def check_mix_cache(cfg: DistillConfig, mix: CacheReader, scale: int) -> None:
 def check_cache(cfg: DistillConfig, reader: CacheReader, student: nn.Module) -> None:
     """Refuse a cache whose settings cannot serve this student, and a patch size the student cannot take, naming
     the field."""
-    from stdvsr.export import SIZE_MULTIPLE
-
     fp = reader.fingerprint
     if student.scale != reader.scale:
         raise StdvsrError(f"cache {reader.root}: scale is ×{reader.scale} there but student {cfg.student} is "
                           f"×{student.scale}; build a ×{student.scale} cache")
-    lr_multiple = SIZE_MULTIPLE.get(model_spec(cfg.student)[0], 1)  # FastDVDnet and VESPCN downsample twice
+    lr_multiple = size_multiple(cfg.student)  # FastDVDnet and VESPCN downsample twice
     if cfg.patch_size % (student.scale * lr_multiple):
         why = f" × {lr_multiple} for its LR downsampling" if lr_multiple > 1 else ""
         raise StdvsrError(f"--patch-size {cfg.patch_size} must be a multiple of {student.scale * lr_multiple} for "

@@ -29,7 +29,7 @@ from stdvsr.models.vespcn import VESPCN
 from stdvsr.models.vsrnet import VSRNet
 
 __all__ = ["Features", "MODELS", "STUDENTS", "PRESETS", "DEMO_TEACHER", "build_model", "list_models", "load_weights",
-           "load_model", "read_checkpoint", "model_spec"]
+           "load_model", "checkpoint_spec", "read_checkpoint", "model_spec", "feature_channels"]
 
 #: The shipped demo teacher: edvr-s trained on the demo training clips (BD ×4) by pipelines/train_demo_teacher.sh.
 DEMO_TEACHER = Path(__file__).resolve().parent.parent / "weights" / "edvr_s_demo.pth"
@@ -45,8 +45,8 @@ MODELS: dict[str, type[nn.Module]] = {
 
 
 def list_models() -> list[str]:
-    """Architecture names and preset names that :func:`build_model` accepts."""
-    return sorted(MODELS) + sorted(PRESETS)
+    """Architecture names and preset names that :func:`build_model` accepts (``rbpn`` is both)."""
+    return sorted(MODELS) + sorted(p for p in PRESETS if p not in MODELS)
 
 
 def model_spec(name: str, **kwargs) -> tuple[str, dict]:
@@ -59,6 +59,12 @@ def model_spec(name: str, **kwargs) -> tuple[str, dict]:
     raise StdvsrError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
 
 
+def size_multiple(name: str) -> int:
+    """What the LR height and width of a network's input must be a multiple of (a class's ``size_multiple``; 1 if
+    any size works). PyTorch checks it at run time; a traced / exported graph cannot."""
+    return getattr(MODELS[model_spec(name)[0]], "size_multiple", 1)
+
+
 def build_model(name: str, **kwargs) -> nn.Module:
     """A fresh network by architecture or preset name; ``kwargs`` override the preset's arguments."""
     arch, args = model_spec(name, **kwargs)
@@ -66,6 +72,13 @@ def build_model(name: str, **kwargs) -> nn.Module:
         return MODELS[arch](**args)
     except (TypeError, ValueError) as e:
         raise StdvsrError(f"bad arguments for model {name!r}: {e}") from None
+
+
+def feature_channels(model: nn.Module) -> dict[str, int]:
+    """A teacher's channels at F^SR (what enters ``conv_last``) and F^LR (EDVR: the trunk, input of ``upconv1``;
+    RBPN: the LR state after the last projection, ``base_filter``), keyed ``sr`` / ``lr`` as ``--feature``."""
+    lr = model.feat0.conv.out_channels if isinstance(model, RBPN) else model.upconv1.in_channels
+    return {"sr": model.conv_last.in_channels, "lr": lr}
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -218,16 +231,8 @@ def load_model(path: str | Path, key: str | None = None, arch: str | None = None
     """
     path = Path(path).expanduser()
     ckpt = read_checkpoint(path, flag)
-    spec = ckpt.get("model")
-    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
-        name, kwargs = spec["name"], spec.get("kwargs", {})
-    elif arch is not None:
-        if arch not in list_models():
-            raise StdvsrError(f"--arch {arch!r} is not a model name; use one of {', '.join(list_models())}")
-        name, kwargs = arch, {}
-        if model_spec(arch)[0] == "rbpn":  # official RBPN weights: the configuration is in the tensor shapes
-            kwargs = _rbpn_kwargs(ckpt, path, key, arch)
-    else:
+    name, kwargs = checkpoint_spec(ckpt, path, key, arch)
+    if name is None:
         raise StdvsrError(f"{path} is not a stdvsr checkpoint (no model name inside: a raw state dict or a BasicSR "
                           f"checkpoint); name its architecture with --arch, one of {', '.join(list_models())} "
                           "(e.g. --arch edvr-m for BasicSR's EDVR-M)")
@@ -236,13 +241,29 @@ def load_model(path: str | Path, key: str | None = None, arch: str | None = None
     return model.eval(), ckpt
 
 
+def checkpoint_spec(ckpt: dict, path: Path, key: str | None = None,
+                    arch: str | None = None) -> tuple[str | None, dict]:
+    """``(name, kwargs)`` of the network a checkpoint (read by :func:`read_checkpoint`) holds: as recorded by stdvsr,
+    else ``arch`` — for RBPN with the configuration read off the tensor shapes —, else ``(None, {})``."""
+    spec = ckpt.get("model")
+    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        return spec["name"], dict(spec.get("kwargs", {}))
+    if arch is None:
+        return None, {}
+    if arch not in list_models():
+        raise StdvsrError(f"--arch {arch!r} is not a model name; use one of {', '.join(list_models())}")
+    if model_spec(arch)[0] == "rbpn":  # official RBPN weights: the configuration is in the tensor shapes
+        return arch, _rbpn_kwargs(ckpt, path, key, arch)
+    return arch, {}
+
+
 def _rbpn_kwargs(ckpt: dict, path: Path, key: str | None, arch: str) -> dict:
     """RBPN's constructor arguments read off a checkpoint's shapes (frames, base filters, features, residual
     blocks, stages, scale; ``sr_feat`` if it has the STD ``conv_last``), or a one-line refusal."""
     state, _ = _state_dict_of(ckpt, path, key)
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    try:
-        return rbpn_config(state)
+    try:  # sr_feat stated either way, so a preset's own (rbpn-s: 64) never survives for weights without conv_last
+        return {"sr_feat": None, **rbpn_config(state)}
     except ValueError as e:
         found = ", ".join(list(state)[:3])
         raise StdvsrError(f"--arch {arch}: {path} does not hold RBPN weights ({e}; its first keys: {found}); "

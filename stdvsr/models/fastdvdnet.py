@@ -60,6 +60,8 @@ class DenBlock(nn.Module):
 class FastDVDnet(nn.Module):
     """FastDVDnet-VSR: ``(B, 7, 3, h, w)`` → ``(B, 3, 4h, 4w)``; see the module docstring for the adaptation."""
 
+    size_multiple = 4  # LR height and width: the U-Net halves them twice
+
     def __init__(self, num_frame: int = 7, width: float = 1.0, head_feat: int | None = None):
         super().__init__()
         if num_frame != 7:

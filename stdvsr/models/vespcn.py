@@ -68,6 +68,8 @@ class MotionCompensation(nn.Module):
 class VESPCN(nn.Module):
     """VESPCN-VSR: ``(B, 3, 3, h, w)`` → ``(B, 3, 4h, 4w)``; see the module docstring for the adaptation."""
 
+    size_multiple = 4  # LR height and width: the coarse flow works at 1/4
+
     def __init__(self, num_feat: int = 64, num_layers: int = 7, feat_sr: int = 64):
         super().__init__()
         self.num_frame, self.scale = 3, 4
