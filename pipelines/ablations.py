@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stdvsr.distill import DistillConfig
-from stdvsr.experiments import train_and_score
+from stdvsr.experiments import chosen, train_and_score
 from stdvsr.io import write_text
 from stdvsr.pool import run_in_processes, run_script
 from stdvsr.progress import stdout, work_progress
@@ -170,10 +170,7 @@ def main() -> None:
     ap.add_argument("--json", default="runs/ablations/results.json")
     ap.add_argument("--markdown", help="also write the tables as Markdown (docs/RESULTS.md includes them)")
     args = ap.parse_args()
-    tables = [t.strip() for t in args.tables.split(",")]
-    unknown = [t for t in tables if t not in TABLES]
-    if unknown:
-        raise SystemExit(f"Error: --tables {','.join(unknown)}: choose from {', '.join(TABLES)}")
+    tables = chosen(args.tables, TABLES, "--tables")
     console = Console(stderr=True)
 
     plan: dict[str, DistillConfig] = {}  # distinct runs, in table order

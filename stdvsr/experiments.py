@@ -45,3 +45,13 @@ def train_and_score(name: str, cfg: DistillConfig, threads: int, show_progress: 
     return {"psnr": scores["psnr"], "ssim": scores["ssim"], "run": what,
             "seconds": round(time.perf_counter() - t0, 1), "config": dataclasses.asdict(cfg),
             "protocol": scores["protocol"]}
+
+
+def chosen(text: str, known, flag: str) -> list[str]:
+    """The comma-separated names of ``text`` (a script's ``--rows`` / ``--tables``), each one of ``known``, or an
+    ``Error:`` exit naming ``flag`` and the choices."""
+    names = [n.strip() for n in text.split(",")]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"Error: {flag} {','.join(unknown)}: choose from {', '.join(known)}")
+    return names

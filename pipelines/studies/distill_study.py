@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from stdvsr.distill import DistillConfig
-from stdvsr.experiments import score, train
+from stdvsr.experiments import chosen, score, train
 from stdvsr.io import write_text
 from stdvsr.pool import run_in_processes, run_script
 
@@ -133,10 +133,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/study")
     ap.add_argument("--json", default="runs/study/results.json")
     args = ap.parse_args()
-    rows = [r.strip() for r in args.rows.split(",")]
-    unknown = [r for r in rows if r not in ROWS]
-    if unknown:
-        raise SystemExit(f"Error: --rows {','.join(unknown)}: choose from {', '.join(ROWS)}")
+    rows = chosen(args.rows, ROWS, "--rows")
     rows = list(dict.fromkeys([*(REFERENCE[ROWS[r][0]] for r in rows), *rows]))  # references first
     seeds = [int(s) for s in args.seeds.split(",")]
     caches = {"v1": args.cache, "v2": args.cache_v2}
