@@ -58,10 +58,16 @@ def distill_config(cfg: AdaptConfig, out: Path) -> DistillConfig:
 
 
 def cache_config(cfg: AdaptConfig, out: Path) -> CacheConfig:
-    """The labelling as a footage cache: the teacher's SR frames (and its trunk where SD / TD need features)."""
-    return CacheConfig(weights=cfg.teacher_weights, preset=cfg.teacher_preset, data=resolve_spec(cfg.data),
-                       views=cfg.views, out=str(out / "cache"), degradation="none", device=cfg.device,
-                       store="sr" if cfg.kd == "output" else "trunk,sr")
+    """The labelling as a footage cache: the teacher's SR frames, and where SD / TD need features its trunk (EDVR)
+    or its F^SR itself (RBPN, which has no trunk to cache)."""
+    from stdvsr.cache.build import teacher_arch
+    from stdvsr.names import NO_TRUNK
+
+    teacher = teacher_arch(cfg.teacher_weights, cfg.teacher_preset)
+    features = "feat_sr" if teacher in NO_TRUNK else "trunk"
+    return CacheConfig(teacher=teacher, weights=cfg.teacher_weights, preset=cfg.teacher_preset,
+                       data=resolve_spec(cfg.data), views=cfg.views, out=str(out / "cache"), degradation="none",
+                       device=cfg.device, store="sr" if cfg.kd == "output" else f"{features},sr")
 
 
 # ------------------------------------------------------------------------------------------------- checks

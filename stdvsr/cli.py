@@ -203,25 +203,27 @@ MODEL_ARG_FLAGS = ("num_feat", "num_frame", "deformable_groups", "num_extract_bl
 @cli.command("train-teacher", context_settings=CONTEXT)
 @config_file_option("TOML file whose keys fill the options below (flags win).")
 @click_options(TeacherConfig)
-@click.option("--num-feat", type=int, help="Override the preset's channel count.")
-@click.option("--num-frame", type=int, help="Override the preset's window length 2k+1 (the paper: 7).")
-@click.option("--deformable-groups", type=int, help="Override the preset's DCN groups.")
-@click.option("--num-extract-block", type=int, help="Override the preset's feature-extraction blocks.")
-@click.option("--num-reconstruct-block", type=int, help="Override the preset's reconstruction blocks.")
+@click.option("--num-feat", type=int, help="Override the EDVR preset's channel count.")
+@click.option("--num-frame", type=int, help="Override the EDVR preset's window length 2k+1 (the paper: 7).")
+@click.option("--deformable-groups", type=int, help="Override the EDVR preset's DCN groups.")
+@click.option("--num-extract-block", type=int, help="Override the EDVR preset's feature-extraction blocks.")
+@click.option("--num-reconstruct-block", type=int, help="Override the EDVR preset's reconstruction blocks.")
 @click.option("--resume", help="auto (the newest checkpoint in --out that loads; none yet: start fresh) or a "
                                  "checkpoint path.")
 @click.pass_context
 def train_teacher(ctx: click.Context, **opts) -> None:
-    """Train an EDVR teacher with the Charbonnier loss (no public EDVR exists for the paper's BD degradation).
+    """Train an EDVR or RBPN teacher with the Charbonnier loss (no public EDVR exists for the paper's BD degradation).
 
     Random scale-aligned crops of 2k+1 consecutive frames, flips and rotations, Adam with a cosine or step
     schedule, EMA weights, Y-PSNR on the held-out clip next to bicubic, checkpoints every --ckpt-every steps and
-    --resume auto. Stops with an error on a non-finite loss (the last checkpoint stays).
+    --resume auto. Stops with an error on a non-finite loss (the last checkpoint stays). RBPN's optical flows
+    (OpenCV DIS) are computed from each LR window in the DataLoader workers.
 
     \b
     Examples:
       stdvsr train-teacher                                   # edvr-s on the demo set, CPU-sized
       stdvsr train-teacher --steps 6000 --resume auto        # continue (and extend) the run in runs/teacher
+      stdvsr train-teacher --teacher rbpn --out runs/rbpn    # rbpn-s (F^SR 64 channels) on the demo set
       stdvsr train-teacher --preset edvr-l --data vimeo90k:/data/vimeo_septuplet \\
           --batch-size 8 --patch-size 256 --schedule step --lr 4e-4 --steps 600000 --device cuda
     """
@@ -232,9 +234,13 @@ def train_teacher(ctx: click.Context, **opts) -> None:
     for k in MODEL_ARG_FLAGS:
         opts.pop(k, None)
     cfg = from_cli(TeacherConfig, opts, model_args=model_args)
+    if model_args and cfg.teacher != "edvr":
+        flag = "--" + next(iter(model_args)).replace("_", "-")
+        raise StdvsrError(f"{flag} overrides an EDVR preset; --teacher {cfg.teacher} takes its size from --preset")
     explicit = options.explicit(ctx, TeacherConfig) | ({"model_args"} if model_args else set())
     result = run(cfg, resume=opts["resume"], explicit=explicit)
-    print_training(f"Teacher ({cfg.preset}) after {result['steps']} steps", result, [], "weights", result["teacher"])
+    print_training(f"Teacher ({result['preset']}) after {result['steps']} steps", result, [], "weights",
+                   result["teacher"])
 
 
 # ------------------------------------------------------------------------------------------------- profile
@@ -242,16 +248,19 @@ def train_teacher(ctx: click.Context, **opts) -> None:
 @click_options(ProfileConfig)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def profile(as_json: bool, **opts) -> None:
-    """Parameters, multiply-accumulates and milliseconds per output frame of registered networks.
+    """Parameters, multiply-accumulates and milliseconds per output frame of registered networks or checkpoints.
 
     MACs are counted from the layers actually run at --lq-size (convolutions, deformable convolutions, linear
     layers); times are the median of --repeats forward passes after --warmup, batch 1, with the thread count shown.
+    RBPN computes its optical flow with OpenCV: that time is inside ms / frame and outside the MACs, and is also
+    timed on its own.
 
     \b
     Examples:
       stdvsr profile --model fastdvdnet --model vdsr
       stdvsr profile --model edvr-l --frames 7 --lq-size 120x180 --json
       stdvsr profile --model fastdvdnet --model fastdvdnet-half --model fastdvdnet-quarter --no-timing
+      stdvsr profile --model runs/rbpn/teacher.pth --model edvr-s
     """
     from stdvsr.profile import print_profiles, run
 
@@ -270,12 +279,12 @@ def profile(as_json: bool, **opts) -> None:
 def cache_teacher(**opts) -> None:
     """Stage one: run the teacher once over a dataset and store its targets for every frame.
 
-    For each clip and frame t the teacher sees the 2k+1 window around t; each frame's features are extracted
+    For each clip and frame t the teacher sees the 2k+1 window around t; EDVR extracts each frame's features
     once per clip. The cache holds the LR input, the chosen tiers, the teacher's upsampling head (so stage two
-    rebuilds F^SR from the trunk) and a manifest with the fingerprint (teacher weights hash, degradation, scale,
-    window, padding, dtype, views, clips). Killed at any point, the same command resumes and ends with the arrays
-    an uninterrupted run writes; on a complete cache it does nothing. Different settings against an existing
-    cache are refused, naming the field.
+    rebuilds F^SR from the trunk; RBPN has no trunk, and its caches store feat_sr,sr by default) and a manifest
+    with the fingerprint (teacher weights hash, degradation, scale, window, padding, dtype, views, clips). Killed
+    at any point, the same command resumes and ends with the arrays an uninterrupted run writes; on a complete
+    cache it does nothing. Different settings against an existing cache are refused, naming the field.
 
     --views N also caches every clip flipped (and transposed, N > 4) as clips of their own named CLIP@tV: the HR
     frames are transformed, then degraded, then the teacher runs on them, so a flipped training sample gets the
@@ -292,6 +301,7 @@ def cache_teacher(**opts) -> None:
       stdvsr cache-teacher --max-clips 2 --out cache/smoke.zarr   # a quick check
       stdvsr cache-teacher --views 4 --out cache/demo-views4.zarr # + flipped views, exact targets (4× cost)
       stdvsr cache-teacher --data video:my_clip.mp4 --degradation none  # your LR footage, no GT: SR targets
+      stdvsr cache-teacher --teacher rbpn --weights runs/rbpn/teacher.pth   # F^SR and SR, no trunk
       stdvsr cache-teacher --weights EDVR_L_BD.pth --preset edvr-l \\
           --data vimeo90k:/data/vimeo_septuplet --dtype int8 --device cuda --batch-size 7
       torchrun --nproc_per_node 4 -m stdvsr cache-teacher --data vimeo90k:/data/vimeo_septuplet ...

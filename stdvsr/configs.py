@@ -11,8 +11,8 @@ import click
 
 from stdvsr.names import (ACTIVATIONS, ADAPTERS, AUGMENTS, CACHE_DEGRADATIONS, DEGRADATIONS, DTYPES,
                           EVAL_DEGRADATIONS, EXPORT_FORMATS, FEATURES, FORMATS, FRAME_MODES, KD_MODES, MAPPINGS,
-                          MAX_CALIB_WINDOWS, MAX_OPSET, MIN_OPSET, PADDING_MODES, SCHEDULES, SD_NORMS, student_names,
-                          teacher_presets)
+                          MAX_CALIB_WINDOWS, MAX_OPSET, MIN_OPSET, PADDING_MODES, SCHEDULES, SD_NORMS, TEACHERS,
+                          student_names, teacher_presets)
 from stdvsr.options import REQUIRED, option, redeclare
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N."
@@ -56,9 +56,11 @@ class TrainingConfig:
 
 @dataclass
 class TeacherConfig(TrainingConfig):
-    teacher: str = option("edvr", "Teacher network.", type=click.Choice(["edvr"]))
-    preset: str = option("edvr-s", "Size preset: edvr-s trains on a CPU; edvr-m / edvr-l are BasicSR's EDVR-M / "
-                         "EDVR-L.", type=click.Choice(teacher_presets()))
+    teacher: str = option("edvr", "Teacher network: EDVR (the paper's) or RBPN (its Table 5; flows from OpenCV, "
+                          "computed in the DataLoader workers).", type=click.Choice(TEACHERS))
+    preset: str | None = option(None, "Size preset of --teacher: edvr-s / rbpn-s train on a CPU (the default); "
+                                "edvr-m / edvr-l are BasicSR's EDVR-M / EDVR-L, rbpn the published RBPN.",
+                                type=click.Choice(teacher_presets()))
     model_args: dict = field(default_factory=dict)  # overrides of the preset (--num-feat, ...)
     init_weights: str | None = option(None, "Start from these weights (BasicSR, xinntao/EDVR or stdvsr checkpoint) "
                                       "instead of random.", type=click.Path(dir_okay=False), flag="--weights",
@@ -155,11 +157,14 @@ class DistillConfig(TrainingConfig):
 
 @dataclass
 class CacheConfig:
-    teacher: str = option("edvr", "Teacher network.", type=click.Choice(["edvr"]))
-    weights: str | None = option(None, "Teacher weights (stdvsr or BasicSR checkpoint). Default: the shipped demo "
-                                 "teacher (edvr-s).", type=click.Path(dir_okay=False))
+    teacher: str = option("edvr", "Teacher network: EDVR, or RBPN (no trunk: its caches store feat_sr / attention "
+                          "/ sr).", type=click.Choice(TEACHERS))
+    weights: str | None = option(None, "Teacher weights (stdvsr, BasicSR or official RBPN checkpoint). Default: the "
+                                 "shipped demo teacher (edvr-s); --teacher rbpn needs them.",
+                                 type=click.Path(dir_okay=False))
     preset: str | None = option(None, "Architecture of --weights that are not a stdvsr checkpoint (e.g. BasicSR's "
-                                "EDVR-L).", type=click.Choice(teacher_presets()))
+                                "EDVR-L; rbpn for official RBPN weights, configuration read off their shapes).",
+                                type=click.Choice(teacher_presets()))
     data: str = option("demo", "Dataset spec (see `stdvsr data`).")
     split: str = option("train", "Dataset split to cache.")
     max_clips: int | None = option(None, "Only the first N clips of the dataset (smoke runs).",
@@ -172,9 +177,9 @@ class CacheConfig:
     format: str = option("zarr", "Zarr v3 with sharding, or HDF5 part files joined by a virtual dataset.",
                          type=click.Choice(FORMATS), aliases=("fmt",))
     store: str | tuple | None = option(None, "Comma list of tiers besides the LR input: trunk (F^LR + the head, "
-                                       "serves SD and TD), attention (M^T, HR), feat_sr (F^SR, HR, 16× trunk at 64 "
-                                       "ch), sr (teacher output, HR, 3 ch). Default: trunk; sr with --degradation "
-                                       "none.", type=click.STRING)
+                                       "serves SD and TD; EDVR only), attention (M^T, HR), feat_sr (F^SR, HR, 16× "
+                                       "trunk at 64 ch), sr (teacher output, HR, 3 ch). Default: trunk (RBPN: "
+                                       "feat_sr,sr); sr with --degradation none.", type=click.STRING)
     dtype: str = option("fp16", "Storage of trunk / feat_sr; int8 has one scale per frame and channel (half the "
                         "size).", type=click.Choice(DTYPES))
     degradation: str = option("bd", "How the teacher's LR input is made from the --data frames: bd (the paper) or "
@@ -303,10 +308,11 @@ class UpscaleConfig:
 @dataclass
 class ProfileConfig:
     models: tuple = option(REQUIRED, "Registered model or preset (repeat for several): fastdvdnet, vsrnet, vespcn, "
-                           "vdsr, edvr-m, ...", flag="--model", multiple=True)
+                           "vdsr, edvr-m, rbpn-s, ...; or a checkpoint written by stdvsr (teacher.pth, student.pth), "
+                           "profiled as the network it records.", flag="--model", multiple=True)
     lq_size: str = option("120x180", "LR input size HxW (the paper: 120x180).")
-    frames: int | None = option(None, "Window length for networks where it is configurable (EDVR, VSRNet); default: "
-                                "the network's own.", type=click.IntRange(1))
+    frames: int | None = option(None, "Window length for networks where it is configurable (EDVR, RBPN, VSRNet); "
+                                "default: the network's own.", type=click.IntRange(1))
     repeats: int = option(10, "Timed passes (median).", type=click.IntRange(1))
     warmup: int = option(2, "Untimed passes first.", type=click.IntRange(0))
     threads: int | None = option(None, "torch CPU threads (default: torch's choice).", type=click.IntRange(1))

@@ -188,7 +188,7 @@ def complexity(model: torch.nn.Module, lr_size: tuple[int, int]) -> dict:
     device = next(model.parameters()).device
     lq = torch.zeros(1, model.num_frame, 3, h, w, device=device)
     return {"params": sum(p.numel() for p in model.parameters()), "gmacs": count_macs(model, lq) / 1e9,
-            "lr_size": [h, w]}
+            "lr_size": [h, w], "opencv_flow": getattr(model, "flow_method", None) is not None}
 
 
 # ------------------------------------------------------------------------------------------------ pictures
@@ -407,6 +407,10 @@ def print_evaluation(result: dict) -> None:
             cost.add_column(col, justify="left" if col == "model" else "right")
         for m in costed:
             cost.add_row(m["name"], f"{m['params'] / 1e6:.3f}", f"{m['gmacs']:.2f}", f"{m['ms_per_frame']:.1f}")
+        flows = [m["name"] for m in costed if m.get("opencv_flow")]
+        if flows:
+            cost.caption = (f"{', '.join(flows)}: the OpenCV optical flow is inside ms / frame and outside GMACs "
+                            "(stdvsr profile times it alone)")
         out.print(cost)
     for path in result["pictures"][:6]:
         stderr().print(f"wrote {path}", highlight=False)

@@ -31,6 +31,13 @@ def pad_bottom_right(lq: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return flat.reshape(*lq.shape[:-2], h, w)
 
 
+def pad_to_multiple(lq: torch.Tensor, multiple: int = MULTIPLE) -> torch.Tensor:
+    """``lq`` replicate-padded on the bottom and right to sizes that are multiples of ``multiple``: how the teacher
+    runs over whole frames for the cache and for ``distill --online-teacher`` (EDVR's pyramid needs multiples of 4),
+    as :func:`upscale_frames` runs every network."""
+    return pad_bottom_right(lq, *padded_size(*lq.shape[-2:], multiple))
+
+
 @torch.no_grad()
 def upscale_frames(model: nn.Module, lq: torch.Tensor, frames: Sequence[int] | None = None,
                    padding: str = "replicate", batch_size: int = 4, multiple: int = MULTIPLE) -> torch.Tensor:

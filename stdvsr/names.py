@@ -4,8 +4,10 @@ fast); the modules that implement the choices import them from here."""
 
 from __future__ import annotations
 
-#: The students of the paper (everything in MODELS but the teacher).
+#: The students of the paper (everything in MODELS but the teachers).
 STUDENTS = ("fastdvdnet", "vsrnet", "vespcn", "vdsr")
+#: The teachers: EDVR (the paper's) and RBPN (its Table 5).
+TEACHERS = ("edvr", "rbpn")
 
 # name → (architecture, constructor arguments, what it is). Arguments given to build_model override these.
 PRESETS: dict[str, tuple[str, dict, str]] = {
@@ -19,7 +21,12 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
     "fastdvdnet-quarter": ("fastdvdnet", dict(width=0.25), "FastDVDnet-VSR at width 1/4 (F^SR 16 channels)"),
     "fastdvdnet-quarter-h64": ("fastdvdnet", dict(width=0.25, head_feat=64),
                                "FastDVDnet-VSR at width 1/4 in front of a 64-channel head (F^SR as the teacher's)"),
+    "rbpn-s": ("rbpn", dict(base_filter=32, feat=16, n_resblock=1, nFrames=7, sr_feat=64),
+               "small RBPN with the STD last conv (F^SR 64 channels), 7 frames, trains on a CPU"),
+    "rbpn": ("rbpn", {}, "RBPN as published (RBPN-PyTorch), 7 frames, 12.8M; F^SR = the 384-channel concatenation"),
 }
+#: Each teacher's CPU-sized preset: what train-teacher trains when --preset is not given.
+SMALL_TEACHER = {"edvr": "edvr-s", "rbpn": "rbpn-s"}
 
 
 def student_names() -> list[str]:
@@ -28,8 +35,8 @@ def student_names() -> list[str]:
 
 
 def teacher_presets() -> list[str]:
-    """The teacher's size presets, smallest first."""
-    return [p for p, (arch, _, _) in PRESETS.items() if arch == "edvr"]
+    """The teachers' size presets, each teacher's smallest first."""
+    return [p for t in TEACHERS for p, (arch, _, _) in PRESETS.items() if arch == t]
 
 
 
@@ -46,6 +53,10 @@ DTYPES = ("fp16", "int8")
 #: Optional tiers ``--store`` chooses from; ``lq`` (the teacher's float32 input frames) is always stored.
 TIERS = ("trunk", "attention", "feat_sr", "sr")
 DEFAULT_TIERS = ("trunk",)
+#: Teachers with no LR trunk + small head to cache (RBPN makes its HR maps inside every projection): their caches
+#: store HR tiers directly, never ``trunk``; by default F^SR (SD, TD, KD-MSE) and the teacher's SR (output KD).
+NO_TRUNK = ("rbpn",)
+NO_TRUNK_TIERS = ("feat_sr", "sr")
 #: A footage cache's default: the teacher's SR frames (3 channels at HR), the target a student reads without
 #: re-running the teacher's head each step (which costs more than the student itself).
 FOOTAGE_TIERS = ("sr",)

@@ -6,6 +6,10 @@ in_features``, and a modulated deformable convolution the same as a convolution 
 an ordinary conv and counted as one; the bilinear sampling is not a MAC and is left out). Pooling, activations,
 interpolation and warping are not counted. One forward pass produces one output frame, so the counts and times are
 per frame. Times: warm-up passes, then the median of ``repeats`` timed passes, batch 1, ``torch.no_grad``.
+
+A flow-based network (RBPN) computes its optical flow with OpenCV inside ``forward``: that time is part of the
+measured ms (it is what a user waits for) and no part of the MACs (not a layer); it is also timed alone
+(``flow_ms``, the same median) so the two can be told apart.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from stdvsr.configs import ProfileConfig
 from stdvsr.errors import StdvsrError
 from stdvsr.models import build_model
 from stdvsr.models.dcn import DCNv2Pack
+from stdvsr.models.flow import window_flows
 from stdvsr.options import check_fields
 
 
@@ -59,7 +64,7 @@ def count_macs(model: nn.Module, lq: torch.Tensor) -> int:
 
 
 def time_forward(model: nn.Module, lq: torch.Tensor, repeats: int = 10, warmup: int = 2) -> float:
-    """Median seconds of one forward pass (after ``warmup`` untimed passes)."""
+    """Median seconds of one forward pass (after ``warmup`` untimed passes); ``model`` may be any callable."""
     sync = torch.cuda.synchronize if lq.is_cuda else (lambda: None)
     times = []
     with torch.no_grad():
@@ -87,26 +92,13 @@ def parse_size(text: str, flag: str = "--lq-size") -> tuple[int, int]:
 
 def profile_model(name: str, lq_size: tuple[int, int] = (120, 180), frames: int | None = None,
                   device: str = "cpu", repeats: int = 10, warmup: int = 2, timing: bool = True) -> dict:
-    """Parameters, MACs per output frame and ms per frame of model ``name`` at LR size ``lq_size`` (h, w).
+    """Parameters, MACs per output frame and ms per frame of model ``name`` (a registered name, or a stdvsr
+    checkpoint) at LR size ``lq_size`` (h, w); a flow-based network also gets ``flow_ms``, its OpenCV flow alone.
 
-    ``frames`` (odd) sets the window of networks whose window is configurable (``num_frame``); a network whose
-    window is fixed at another length is refused.
+    ``frames`` (odd) sets the window of networks whose window is configurable (``num_frame``, RBPN's ``nFrames``);
+    a network whose window is fixed at another length is refused.
     """
-    if frames is not None and (frames < 1 or frames % 2 == 0):
-        raise StdvsrError(f"--frames {frames} must be odd, 2k+1: a window centred on the output frame")
-    kwargs = {"num_frame": frames} if frames is not None else {}
-    try:
-        model = build_model(name, **kwargs)
-    except StdvsrError:
-        if not kwargs:
-            raise
-        own = build_model(name).num_frame
-        if own == frames:
-            model = build_model(name)
-        else:
-            raise StdvsrError(f"--frames {frames}: {name}'s window is fixed at {own} frame(s); profile it without "
-                              "--frames (the option sets the window of EDVR and VSRNet)") from None
-    model = model.to(device).eval()
+    model = _network(name, frames).to(device).eval()
     h, w = lq_size
     lq = torch.rand(1, model.num_frame, 3, h, w, device=device)
     try:
@@ -117,20 +109,54 @@ def profile_model(name: str, lq_size: tuple[int, int] = (120, 180), frames: int 
            model.parameters()), "macs": macs, "device": str(device), "threads": torch.get_num_threads()}
     if timing:
         row["ms"] = time_forward(model, lq, repeats, warmup) * 1e3
+        flow_method = getattr(model, "flow_method", None)
+        if flow_method is not None:
+            row["flow_ms"] = time_forward(lambda x: window_flows(x, flow_method), lq, repeats, warmup) * 1e3
     return row
+
+
+def _network(name: str, frames: int | None) -> nn.Module:
+    """The network ``name`` names (a registered name, or a checkpoint written by stdvsr), with window ``frames``."""
+    from pathlib import Path
+
+    from stdvsr.models import list_models, load_model, model_spec
+
+    if frames is not None and (frames < 1 or frames % 2 == 0):
+        raise StdvsrError(f"--frames {frames} must be odd, 2k+1: a window centred on the output frame")
+    if name not in list_models() and Path(name).expanduser().is_file():
+        model = load_model(Path(name), flag="--model")[0]
+        if frames is not None and frames != model.num_frame:
+            raise StdvsrError(f"--frames {frames}: {name} was trained with a window of {model.num_frame}; profile "
+                              "it without --frames")
+        return model
+    window = "nFrames" if model_spec(name)[0] == "rbpn" else "num_frame"
+    kwargs = {window: frames} if frames is not None else {}
+    try:
+        return build_model(name, **kwargs)
+    except StdvsrError:
+        if not kwargs:
+            raise
+        own = build_model(name).num_frame
+        if own == frames:
+            return build_model(name)
+        raise StdvsrError(f"--frames {frames}: {name}'s window is fixed at {own} frame(s); profile it without "
+                          "--frames (the option sets the window of EDVR, RBPN and VSRNet)") from None
 
 
 def run(cfg: ProfileConfig) -> list[dict]:
     """``stdvsr profile``: :func:`profile_model` of each registered name in ``cfg.models`` at ``cfg.lq_size``."""
+    from pathlib import Path
+
     from stdvsr.models import list_models
     from stdvsr.progress import stderr
     from stdvsr.training import resolve_device
 
     check_fields(cfg)
     size = parse_size(cfg.lq_size)
-    unknown = [m for m in cfg.models if m not in list_models()]
+    unknown = [m for m in cfg.models if m not in list_models() and not Path(m).expanduser().is_file()]
     if unknown:
-        raise StdvsrError(f"unknown --model {unknown[0]!r}; choose from {', '.join(list_models())}")
+        raise StdvsrError(f"unknown --model {unknown[0]!r}; choose from {', '.join(list_models())}, or pass a "
+                          "checkpoint written by stdvsr")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dev = resolve_device(cfg.device)
@@ -153,9 +179,15 @@ def print_profiles(rows: list[dict], repeats: int) -> None:
     title = (f"Per output frame at LR {h}×{w} (×4 → {4 * h}×{4 * w}), {rows[0]['device']}"
              + (f", {rows[0]['threads']} threads, median of {repeats}" if timed else ""))
     table = Table(title=title)
-    for col in ("model", "frames", "params (M)", "MACs (G)", *(("ms / frame",) if timed else ())):
+    flows = timed and any("flow_ms" in r for r in rows)
+    for col in ("model", "frames", "params (M)", "MACs (G)", *(("ms / frame",) if timed else ()),
+                *(("of which flow ms",) if flows else ())):
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in rows:
         table.add_row(r["model"], str(r["frames"]), f"{r['params'] / 1e6:.3f}", f"{r['macs'] / 1e9:.1f}",
-                      *((f"{r['ms']:.1f}",) if timed else ()))
+                      *((f"{r['ms']:.1f}",) if timed else ()),
+                      *((f"{r['flow_ms']:.1f}" if "flow_ms" in r else "-",) if flows else ()))
+    if flows:
+        table.caption = ("RBPN's optical flow (OpenCV, on the CPU) is inside ms / frame and outside the MACs; "
+                         "'of which flow ms' times it alone")
     stdout().print(table)

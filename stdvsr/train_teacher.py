@@ -1,4 +1,4 @@
-"""``stdvsr train-teacher``: train the teacher (EDVR) with the Charbonnier loss, for users without BD weights.
+"""``stdvsr train-teacher``: train the teacher (EDVR, or RBPN) with the Charbonnier loss, for users without BD weights.
 
 One readable loop: random scale-aligned crops of ``num_frame`` consecutive frames (flips and rotations on), the
 centre frame's HR crop as the target, Adam with a cosine or step schedule, optional EMA of the weights, periodic
@@ -6,6 +6,12 @@ Y-PSNR on the held-out clip(s) next to bicubic, atomic checkpoints every ``ckpt_
 config, and ``resume="auto"``, which continues from the newest checkpoint in ``out`` with exactly the batches an
 uninterrupted run would have seen (Ctrl-C writes a checkpoint of the finished steps first). A non-finite loss stops
 the run with a clear error; the last checkpoint stays.
+
+RBPN takes optical flow from the centre frame to each neighbour. The flows of a training window are computed by
+:class:`WithFlows` where the sample is made — in the DataLoader workers, as the official code does in its
+``Dataset`` — so OpenCV runs beside the step rather than inside it (with ``workers=0`` it runs in the loop's
+process); they are the flows the network would compute itself from the same window (:func:`window_flows`).
+Validation runs the network on whole frames, where it computes its flows itself.
 
 Outputs in ``out``: ``config.json``, ``metrics.jsonl`` (one JSON object per log/validation line),
 ``checkpoints/step_<7-digit step>.pth`` (the last three), and ``teacher.pth`` — the final weights alone (model name and
@@ -29,6 +35,8 @@ from stdvsr.evaluate import Validator, validation_clips
 from stdvsr.io import folder_lock
 from stdvsr.progress import training_progress
 from stdvsr.models import build_model, load_weights, model_spec
+from stdvsr.models.flow import window_flows
+from stdvsr.names import SMALL_TEACHER, TEACHERS, teacher_presets
 from stdvsr.options import check_fields, resumable
 from stdvsr.losses import charbonnier
 from stdvsr.training import (EMA, Checkpoint, LoopState, RunFolder, StepBatches, announce_start, check_finite,
@@ -65,11 +73,13 @@ class Setup:
 
 def _run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | None = None,
          show_progress: bool = True) -> dict:
-    """Train the teacher; returns ``{"teacher": path, "val_psnr": …, "bicubic_psnr": …, "steps": …, ...}``.
+    """Train the teacher; returns ``{"teacher": path, "preset", "val_psnr", "bicubic_psnr", "steps", ...}``.
 
     ``resume``: None, ``"auto"`` or a checkpoint path, as for :func:`stdvsr.training.resume_run`."""
     check_fields(cfg)
     check_schedule(cfg)
+    if cfg.preset is None:  # each teacher's CPU-sized preset; resolved before it is compared with a checkpoint's
+        cfg = dataclasses.replace(cfg, preset=SMALL_TEACHER[cfg.teacher])
     cfg, ckpt = resume_run(cfg, resume, explicit, RESUMABLE_CHANGES)
     setup, state = _setup(cfg, ckpt)
     folder = RunFolder(cfg.out, folder_config(dataclasses.asdict(cfg), setup.model_spec),
@@ -81,7 +91,7 @@ def _run(cfg: TeacherConfig, resume: str | None = None, explicit: set[str] | Non
 
     teacher = Path(cfg.out) / "teacher.pth"
     state_of(setup, state, cfg.steps).save(teacher)
-    return {"teacher": str(teacher), "steps": cfg.steps, "val_psnr": val_psnr,
+    return {"teacher": str(teacher), "preset": cfg.preset, "steps": cfg.steps, "val_psnr": val_psnr,
             "bicubic_psnr": setup.validator.bicubic if setup.validator is not None else None,
             "seconds": time.perf_counter() - start_time, "resumed_from": start_step}
 
@@ -101,7 +111,8 @@ def _train(setup: Setup, state: LoopState, folder: RunFolder, show: bool) -> flo
             data_wait += time.perf_counter() - t0
             lr = set_learning_rate(optimizer, cfg, step)
             lq, gt = batch["lq"].to(device), batch["gt"][:, center].to(device)
-            loss = charbonnier(model(lq), gt)
+            flows = batch["flows"].to(device) if "flows" in batch else None  # RBPN: made by the loader
+            loss = charbonnier(model(lq) if flows is None else model(lq, flows=flows), gt)
             value = loss.item()
             check_finite(value, step + 1, folder.last, f"training loss became {value}", "lower --lr or check the data")
             optimizer.zero_grad(set_to_none=True)
@@ -128,11 +139,12 @@ def _train(setup: Setup, state: LoopState, folder: RunFolder, show: bool) -> flo
 def _setup(cfg: TeacherConfig, ckpt: Checkpoint | None) -> tuple[Setup, LoopState]:
     """The seeded network (from ``--init-weights`` on a fresh run), its EMA and optimizer (restored from ``ckpt``
     when resuming), the batches and the validator; and the loop's state at the start."""
-    if cfg.teacher != "edvr":
-        raise StdvsrError(f"--teacher {cfg.teacher!r} is not supported; the teacher is edvr")
+    if cfg.teacher not in TEACHERS:
+        raise StdvsrError(f"--teacher {cfg.teacher!r} is not supported; use one of {', '.join(TEACHERS)}")
     arch, kwargs = model_spec(cfg.preset, **cfg.model_args)
     if arch != cfg.teacher:
-        raise StdvsrError(f"--preset {cfg.preset} is not an {cfg.teacher} preset")
+        raise StdvsrError(f"--preset {cfg.preset} is not an {cfg.teacher} preset; use "
+                          f"{' or '.join(p for p in teacher_presets() if model_spec(p)[0] == cfg.teacher)}")
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     model = build_model(cfg.preset, **cfg.model_args).to(device)
@@ -170,7 +182,24 @@ def _loader(cfg: TeacherConfig, model, start_step: int) -> torch.utils.data.Data
     """Random crops of the training clips in an order fixed by (seed, step): resuming continues it."""
     dataset = ClipDataset(load_clips(cfg.data, "train"), num_frames=model.num_frame, scale=model.scale,
                           patch_size=cfg.patch_size, degradation=cfg.degradation, augment=cfg.augment, seed=cfg.seed)
+    if getattr(model, "flow_method", None) is not None:
+        dataset = WithFlows(dataset, model.flow_method)
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=StepBatches(len(dataset), cfg.batch_size, cfg.seed, start_step),
         num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
         generator=torch.Generator().manual_seed(cfg.seed), worker_init_fn=loader_worker_init)
+
+
+class WithFlows(torch.utils.data.Dataset):
+    """A training set whose samples also carry ``flows`` ``(N − 1, 2, h, w)``: from the centre LR frame of the
+    sample's window to each other frame, in window order (RBPN's layout), by OpenCV ``method`` without gradient."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, method: str):
+        self.dataset, self.method = dataset, method
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key) -> dict:
+        sample = self.dataset[key]
+        return {**sample, "flows": torch.stack(window_flows(sample["lq"][None], self.method), dim=1)[0]}

@@ -45,7 +45,7 @@ def test_shared_training_fields_are_declared_once_and_redeclared_only_for_anothe
     (TeacherConfig(val_every=0), "--val-every 0 must be ≥ 1"),
     (CacheConfig(part_mb=-1), "--hdf5-part-mb -1 must be ≥ 0"),
     (CacheConfig(format="tar"), "--format 'tar' is not one of zarr, hdf5"),
-    (CacheConfig(preset="edvr-xl"), "--preset 'edvr-xl' is not one of edvr-s, edvr-m, edvr-l"),
+    (CacheConfig(preset="edvr-xl"), "--preset 'edvr-xl' is not one of edvr-s, edvr-m, edvr-l, rbpn-s, rbpn"),
     (UpscaleConfig(input="a.mp4", output="b.mp4", model="s.pth", fps=float("nan")), "--fps nan must be > 0"),
     (UpscaleConfig(input="a.mp4", output="b.mp4", model="s.pth", fps=float("inf")), "--fps inf must be a finite number"),
     (DistillConfig(lr=float("inf")), "--lr inf must be a finite number"),

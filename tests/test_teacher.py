@@ -17,6 +17,10 @@ from stdvsr.io import write_image
 from stdvsr.models import build_model, load_model, load_weights, read_checkpoint
 
 TINY = dict(num_feat=8, num_frame=3, deformable_groups=2, num_extract_block=1, num_reconstruct_block=1)
+#: The same loop with each teacher at a tiny size (RBPN's flows made by the loader).
+TINY_TEACHERS = {"edvr": dict(preset="edvr-s", model_args=TINY),
+                 "rbpn": dict(teacher="rbpn", preset="rbpn-s",
+                              model_args=dict(base_filter=8, feat=8, n_resblock=1, nFrames=3, sr_feat=16))}
 
 
 def tiny(seed: int = 0, **kw):
@@ -194,8 +198,10 @@ def test_training_lowers_the_loss_and_writes_a_loadable_teacher(tiny_frames, tmp
         "step_0000020.pth", "step_0000040.pth"]
 
 
-def test_resume_continues_exactly(tiny_frames, tmp_path, monkeypatch):
-    train_teacher.run(tiny_config(tiny_frames, tmp_path / "full"), show_progress=False)
+@pytest.mark.parametrize("teacher", sorted(TINY_TEACHERS))
+def test_resume_continues_exactly(tiny_frames, tmp_path, monkeypatch, teacher):
+    kw = TINY_TEACHERS[teacher]
+    train_teacher.run(tiny_config(tiny_frames, tmp_path / "full", **kw), show_progress=False)
     calls = {"n": 0}
     real = train_teacher.charbonnier
 
@@ -207,11 +213,11 @@ def test_resume_continues_exactly(tiny_frames, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_teacher, "charbonnier", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train_teacher.run(tiny_config(tiny_frames, tmp_path / "part"), show_progress=False)
+        train_teacher.run(tiny_config(tiny_frames, tmp_path / "part", **kw), show_progress=False)
     # the interrupt saved the 7 finished steps
     assert (tmp_path / "part" / "checkpoints" / "step_0000007.pth").is_file()
     monkeypatch.setattr(train_teacher, "charbonnier", real)
-    resumed = train_teacher.run(tiny_config(tiny_frames, tmp_path / "part"), resume="auto", show_progress=False)
+    resumed = train_teacher.run(tiny_config(tiny_frames, tmp_path / "part", **kw), resume="auto", show_progress=False)
     assert resumed["resumed_from"] == 7
     a, b = losses(tmp_path / "full"), losses(tmp_path / "part")
     assert [a[s] for s in range(1, 11)] == [b[s] for s in range(1, 11)]
@@ -290,8 +296,10 @@ def test_ctrl_c_saves_the_finished_steps_says_so_and_exits_130(tiny_frames, tmp_
 def test_cli_preset_choices_follow_the_registry():
     from stdvsr.models import PRESETS
 
-    option = next(p for p in cli.commands["train-teacher"].params if p.name == "preset")
-    assert sorted(option.type.choices) == sorted(n for n, (arch, _, _) in PRESETS.items() if arch == "edvr")
+    for command in ("train-teacher", "cache-teacher"):
+        option = next(p for p in cli.commands[command].params if p.name == "preset")
+        assert sorted(option.type.choices) == sorted(n for n, (arch, _, _) in PRESETS.items() if arch in
+                                                     ("edvr", "rbpn"))
 
 
 def test_ema_decay_warms_up():

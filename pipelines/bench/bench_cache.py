@@ -28,9 +28,10 @@ import torch
 from torch.nn import functional as F
 
 from stdvsr.cache import CacheConfig, CacheDataset, CacheReader, run
-from stdvsr.cache.build import pad4, load_teacher
+from stdvsr.cache.build import load_teacher
 from stdvsr.cache.layout import HEAD_MARGIN, array_layout, estimate_bytes
 from stdvsr.data import degrade, load_clips, read_hr, window_indices
+from stdvsr.infer import pad_to_multiple
 
 
 def bare_teacher(cfg: CacheConfig, clips) -> float:
@@ -42,7 +43,7 @@ def bare_teacher(cfg: CacheConfig, clips) -> float:
             lq = degrade(read_hr(clip, range(len(clip))), cfg.degradation, 4)
             windows = torch.tensor([window_indices(t, len(clip), model.num_frame, cfg.padding)
                                     for t in range(len(clip))])
-            for _ in model.iter_windows(pad4(lq)[None], windows, chunk=cfg.batch_size):
+            for _ in model.iter_windows(pad_to_multiple(lq)[None], windows, chunk=cfg.batch_size):
                 pass
     return time.perf_counter() - t0
 

@@ -1,10 +1,12 @@
 """``stdvsr cache-teacher`` (stage one): run the teacher once over a dataset and store its targets.
 
-For every clip and every frame t, the teacher (EDVR) sees the ``2k+1`` window around t (the cache's padding mode
-beyond the clip's ends); each frame's pyramid features are extracted once per clip and shared by its windows
-(:meth:`EDVR.iter_windows`). What is stored per frame is chosen by ``tiers`` (see :mod:`stdvsr.cache.layout`);
-the teacher's float32 LR input ``lq`` is always stored, so stage two feeds the student exactly the pixels the
-teacher saw.
+For every clip and every frame t, the teacher sees the ``2k+1`` window around t (the cache's padding mode beyond
+the clip's ends); EDVR extracts each frame's pyramid features once per clip and shares them among its windows
+(:meth:`EDVR.iter_windows`), RBPN computes each window's flows and projections anew (:meth:`RBPN.iter_windows`).
+What is stored per frame is chosen by ``tiers`` (see :mod:`stdvsr.cache.layout`); the teacher's float32 LR input
+``lq`` is always stored, so stage two feeds the student exactly the pixels the teacher saw. RBPN has no LR trunk
+and small head (:mod:`stdvsr.models.rbpn`), so its caches store F^SR, the attention map and SR directly (default
+``feat_sr,sr``) and hold no ``head.pth``.
 
 Views (``views`` > 1): every clip is also cached through the dihedral transforms 1..views−1
 (:func:`stdvsr.data.with_views`), each a clip of its own named ``<clip>@t<v>``. A view's HR frames are transformed
@@ -40,12 +42,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.table import Table
-from torch.nn import functional as F
 
 from stdvsr import __version__, interrupts
-from stdvsr.cache.layout import (FEATURE_POINT, FORMAT_VERSION, HEAD, MANIFEST, MIN_FOOTAGE_SIZE, PROGRESS,
-                                 array_layout, estimate_bytes, first_difference, lookup, parse_tiers, plan_clips,
-                                 quantise, read_manifest, sources_sha256, write_manifest)
+from stdvsr.cache.layout import (FORMAT_VERSION, HEAD, MANIFEST, MIN_FOOTAGE_SIZE, PROGRESS, array_layout,
+                                 estimate_bytes, feature_point, first_difference, lookup,
+                                 parse_tiers, plan_clips, quantise, read_manifest, sources_sha256, write_manifest)
 from stdvsr.cache.records import not_intact, read_records, record_path, write_record
 from stdvsr.cache.stores import backend
 from stdvsr.configs import CacheConfig
@@ -53,8 +54,10 @@ from stdvsr.data import (check_clip, degrade, load_clips, parse_spec, read_foota
                          resolve_spec, window_indices, with_views)
 from stdvsr.distributed import barrier, end_process_group, torchrun_group
 from stdvsr.errors import StdvsrError
+from stdvsr.infer import pad_to_multiple
 from stdvsr.io import atomic_path, folder_lock, mib, sha256_file, size_text
-from stdvsr.names import DEFAULT_TIERS, FOOTAGE_TIERS, NO_DEGRADATION
+from stdvsr.names import (DEFAULT_TIERS, FOOTAGE_TIERS, NO_DEGRADATION, NO_TRUNK, NO_TRUNK_TIERS, TEACHERS,
+                          teacher_presets)
 from stdvsr.options import check_fields
 from stdvsr.progress import stderr, stdout, work_progress
 from stdvsr.training import resolve_device
@@ -75,34 +78,46 @@ def footage(cfg: CacheConfig) -> bool:
 
 
 def store_tiers(cfg: CacheConfig) -> tuple[str, ...]:
-    """The tiers ``--store`` names, or its default: ``trunk`` (serves SD and TD through the cached head), and for
-    footage ``sr`` (the teacher's output, what a student adapting to footage reads every step)."""
+    """The tiers ``--store`` names, or its default: ``trunk`` (serves SD and TD through the cached head; a teacher
+    without a trunk, RBPN: ``feat_sr,sr``), and for footage ``sr`` (the teacher's output, what a student adapting to
+    footage reads every step). A teacher without a trunk refuses ``trunk``, and on footage needs ``sr`` (no cached
+    head can rebuild it)."""
+    direct = cfg.teacher in NO_TRUNK
     if cfg.store is None:
-        return FOOTAGE_TIERS if footage(cfg) else DEFAULT_TIERS
-    return parse_tiers(cfg.store)
+        return FOOTAGE_TIERS if footage(cfg) else NO_TRUNK_TIERS if direct else DEFAULT_TIERS
+    tiers = parse_tiers(cfg.store)
+    if direct and "trunk" in tiers:
+        raise StdvsrError(f"--store trunk: an {cfg.teacher.upper()} teacher has no LR trunk and small head to cache "
+                          "(its HR maps are made inside every projection); store feat_sr, attention and/or sr "
+                          f"(default: {','.join(NO_TRUNK_TIERS)})")
+    if direct and footage(cfg) and "sr" not in tiers:
+        raise StdvsrError(f"--store {','.join(tiers)}: a footage cache of an {cfg.teacher.upper()} teacher needs sr "
+                          "(the student's target, which no cached head can rebuild for it); add sr to --store")
+    return tiers
 
 
 # ------------------------------------------------------------------------------------------------- teacher
 def load_teacher(cfg: CacheConfig):
-    """The teacher network and its fingerprint entry (architecture, arguments, weights hash)."""
-    from stdvsr.models import DEMO_TEACHER, build_model, load_weights, model_spec, read_checkpoint
+    """The teacher network and its fingerprint entry (architecture, arguments, weights hash; for a teacher without
+    a trunk also what its F^SR is). Weights that record no network need ``--preset``; official RBPN weights get
+    their configuration from their shapes."""
+    from stdvsr.models import DEMO_TEACHER, build_model, checkpoint_spec, load_weights, model_spec, read_checkpoint
     from stdvsr.models.edvr import EDVR
 
+    if cfg.weights is None and cfg.teacher != "edvr":
+        raise StdvsrError(f"--teacher {cfg.teacher} needs --weights: the shipped demo teacher is an EDVR; train one "
+                          f"with stdvsr train-teacher --teacher {cfg.teacher}")
     path = Path(cfg.weights).expanduser() if cfg.weights else DEMO_TEACHER
-    ckpt = read_checkpoint(path)
-    spec = ckpt.get("model") if isinstance(ckpt.get("model"), dict) else None
-    if spec is not None:
-        name, kwargs = spec["name"], dict(spec.get("kwargs", {}))
-    elif cfg.preset:
-        name, kwargs = cfg.preset, {}
-    else:
+    name, kwargs = checkpoint_spec(read_checkpoint(path), path, arch=cfg.preset)
+    if name is None:
         raise StdvsrError(f"--weights {path} is not a stdvsr checkpoint (no model name inside); name its "
-                          "architecture with --preset edvr-m, edvr-l or edvr-s")
+                          f"architecture with --preset, one of {', '.join(teacher_presets())}")
     arch, full = model_spec(name, **kwargs)
     if arch != cfg.teacher:
-        raise StdvsrError(f"--weights {path} holds a {arch} network, not a {cfg.teacher} teacher")
+        hint = f"; pass --teacher {arch}" if arch in TEACHERS else ""
+        raise StdvsrError(f"--weights {path} holds a {arch} network, not a {cfg.teacher} teacher{hint}")
     model = build_model(name, **kwargs)
-    if not isinstance(model, EDVR) or model.hr_in:
+    if isinstance(model, EDVR) and model.hr_in:
         raise StdvsrError("the cache needs an EDVR teacher with LR input (hr_in=False)")
     used = load_weights(model, path)["key"]
     info = {"name": arch, "kwargs": full, "weights_sha256": sha256_file(path), "weights_key": used,
@@ -110,8 +125,19 @@ def load_teacher(cfg: CacheConfig):
     return model.eval(), info
 
 
+def teacher_arch(weights: str | None, preset: str | None) -> str:
+    """The architecture of the teacher ``weights`` hold (recorded, else ``preset``'s; no weights: the shipped demo
+    teacher, an EDVR), so that a caller can choose the tiers before :func:`load_teacher` runs it."""
+    from stdvsr.models import checkpoint_spec, model_spec, read_checkpoint
+
+    if weights is None:
+        return "edvr"
+    name, _ = checkpoint_spec(read_checkpoint(weights, "--teacher-weights"), Path(weights), arch=preset)
+    return "edvr" if name is None else model_spec(name)[0]  # unnamed: load_teacher says what to pass
+
+
 def head_state(model) -> dict:
-    """What stage two needs to rebuild F^SR and SR from the trunk: the upsampling head and conv_last."""
+    """What stage two needs to rebuild F^SR and SR from the trunk: the upsampling head and conv_last (EDVR)."""
     keep = ("upconv1.", "upconv2.", "conv_hr.", "conv_last.")
     return {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith(keep)},
             "num_feat": model.upconv1.in_channels, "center_frame_idx": model.center_frame_idx,
@@ -120,10 +146,15 @@ def head_state(model) -> dict:
 
 # ------------------------------------------------------------------------------------------------ manifest
 def make_manifest(cfg: CacheConfig, teacher_info: dict, model, clips) -> dict:
+    """The manifest of a new cache; ``layout.channels`` records the teacher's F^SR / F^LR widths (``sr`` / ``lr``),
+    which distill's adapter and ConvLSTM are sized to."""
+    from stdvsr.models import feature_channels
+
     scale = 4
     records, groups = plan_clips(clips, scale, cfg.mod_crop, lr_input=footage(cfg))
     tiers = store_tiers(cfg)
-    layout = array_layout(groups, tiers, model.upconv1.in_channels, cfg.dtype, scale, cfg.chunk)
+    channels = feature_channels(model)
+    layout = array_layout(groups, tiers, channels["lr"], cfg.dtype, scale, cfg.chunk, channels["sr"])
     fingerprint = {
         "format_version": FORMAT_VERSION,
         "stdvsr": __version__,
@@ -137,7 +168,7 @@ def make_manifest(cfg: CacheConfig, teacher_info: dict, model, clips) -> dict:
         "scale": scale,
         "num_frame": model.num_frame,
         "padding": cfg.padding,
-        "feature_point": FEATURE_POINT,
+        "feature_point": feature_point(teacher_info["name"]),
         "tiers": list(tiers),
         "dtype": cfg.dtype,
         "chunk": cfg.chunk,
@@ -146,7 +177,7 @@ def make_manifest(cfg: CacheConfig, teacher_info: dict, model, clips) -> dict:
     }
     return {"fingerprint": fingerprint, "complete": False, "groups": groups, "clips": records,
             "layout": {"arrays": layout, "compress": cfg.compress, "part_mb": cfg.part_mb,
-                       "head_margin": 2, "teacher_weights": teacher_info["weights"]},
+                       "head_margin": 2, "teacher_weights": teacher_info["weights"], "channels": channels},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -202,7 +233,7 @@ def _check_space(root: Path, need: int, check: bool, quiet: bool = False) -> Non
     if check and need > free:
         raise StdvsrError(f"not enough disk space for the cache {root}: it needs about {size_text(need)} "
                           f"(uncompressed estimate) and {size_text(free)} are free; free some space, choose "
-                          "another --out, store fewer tiers (--store trunk) or use --dtype int8")
+                          "another --out, store fewer tiers (--store) or use --dtype int8")
 
 
 def create(root: Path, manifest: dict, model) -> None:
@@ -214,8 +245,9 @@ def create(root: Path, manifest: dict, model) -> None:
     try:
         backend(tmp, manifest).create()
         (tmp / PROGRESS).mkdir()
-        with atomic_path(tmp / HEAD) as t:
-            torch.save(head_state(model), t)
+        if manifest["fingerprint"]["teacher"]["name"] not in NO_TRUNK:
+            with atomic_path(tmp / HEAD) as t:
+                torch.save(head_state(model), t)
         write_manifest(tmp, manifest)
         os.replace(tmp, root)
     finally:
@@ -224,15 +256,6 @@ def create(root: Path, manifest: dict, model) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- one clip
-def pad4(x: torch.Tensor) -> torch.Tensor:
-    """Replicate-pad LR frames on the bottom/right to multiples of 4, as the teacher is run for the cache (and by
-    stage two's online teacher): EDVR's pyramid needs sizes divisible by 4."""
-    h, w = x.shape[-2:]
-    if h % 4 or w % 4:
-        x = F.pad(x, (0, -w % 4, 0, -h % 4), mode="replicate")
-    return x
-
-
 class _Hashes:
     def __init__(self):
         import hashlib
@@ -262,7 +285,8 @@ def tier_data(tier: str, feats, hr_size, dtype: str, clip_name: str):
         peak = float(x.max())
         if not peak <= FP16_MAX:  # also catches NaN
             raise StdvsrError(f"clip {clip_name}: the teacher's attention map reaches {peak:.4g}, beyond float16; "
-                              "store --store trunk (attention is rebuilt in float32 then)")
+                              "store F^SR instead (--store trunk for EDVR, feat_sr for RBPN): attention is then "
+                              "computed in float32")
     elif tier == "sr":
         x = feats.sr[0, :, :, :h, :w]
     else:
@@ -306,7 +330,7 @@ def process_clip(model, clip, rec: dict, group: dict, cfg: CacheConfig, store, d
     teacher_s = 0.0
 
     windows = torch.tensor([window_indices(t, len(clip), model.num_frame, cfg.padding) for t in indices])
-    frames = pad4(lq).unsqueeze(0).to(device)
+    frames = pad_to_multiple(lq).unsqueeze(0).to(device)
     with torch.no_grad():
         it = model.iter_windows(frames, windows, chunk=cfg.batch_size)
         while True:

@@ -15,6 +15,7 @@ from stdvsr.cache.records import not_intact, read_records, record_path
 from stdvsr.cache.stores import VDS, backend
 from stdvsr.errors import StdvsrError
 from stdvsr.io import mib
+from stdvsr.names import NO_TRUNK
 from stdvsr.progress import stdout
 
 
@@ -42,7 +43,8 @@ def info(path: str | Path) -> dict:
         "teacher": fp["teacher"], "data": fp["data"], "views": fp.get("views", 1),
         "degradation": fp["degradation"], "ground_truth": has_ground_truth(fp), "scale": fp["scale"],
         "num_frame": fp["num_frame"], "padding": fp["padding"], "tiers": ["lq", *fp["tiers"]], "dtype": fp["dtype"],
-        "chunk": fp["chunk"], "compress": fp["compress"], "feature_point": fp["feature_point"],
+        "chunk": fp["chunk"], "compress": fp["compress"],
+        "feature_point": fp["feature_point"],
         "stdvsr": fp["stdvsr"], "created": manifest.get("created"),
         "groups": {k: {"hr_size": g["hr_size"], "frames": g["frames"]} for k, g in manifest["groups"].items()},
         "raw_bytes": raw, "stored_bytes": stored,
@@ -104,7 +106,7 @@ def verify(path: str | Path, sources: bool = False, data: str | None = None, pro
     manifest = read_manifest(root, required=True)
     records = read_records(root)
     store = backend(root, manifest)
-    found = _head_problems(root)
+    found = _head_problems(root) if manifest["fingerprint"]["teacher"]["name"] not in NO_TRUNK else []
     joined = not store.join_missing()  # without cache.h5 nothing reads back; the same command writes it again
     if not joined:
         found.append(("-", f"missing on disk: {VDS} (the join of the part files)", RERUN))

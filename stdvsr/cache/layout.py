@@ -2,7 +2,8 @@
 
 A cache is a folder. Next to the array data (a Zarr v3 hierarchy, or HDF5 part files joined by a virtual dataset)
 it holds ``manifest.json`` (fingerprint, clip table, array layout; ``complete`` once every clip is written),
-``head.pth`` (the teacher's upsampling head and last conv, so stage two can rebuild F^SR and SR from the trunk) and
+``head.pth`` (an EDVR teacher's upsampling head and last conv, so stage two can rebuild F^SR and SR from the trunk;
+an RBPN cache has none) and
 ``progress/<clip index>.json`` (one record per finished clip: content hashes of its source frames and of every
 stored array). Completion is only ever read from these records — never inferred from array data, because a
 missing Zarr shard silently reads back as zeros.
@@ -44,9 +45,21 @@ PROGRESS = "progress"
 #: LR pixels of trunk around a crop that make the rebuilt F^SR exact: upconv1 (3×3 at LR) needs 1 LR pixel,
 #: upconv2 (3×3 at 2×) half of one, conv_hr (3×3 at 4×) a quarter; 1.75 rounds up to 2.
 HEAD_MARGIN = 2
-#: What the trunk is, recorded in the fingerprint so a cache from another feature point is never mixed up.
+#: What the cached features are, recorded in the fingerprint so a cache from another feature point is never mixed
+#: up (distill checks it against :func:`feature_point` of the cache's teacher): EDVR's trunk and F^SR...
 FEATURE_POINT = ("trunk = EDVR F^LR (reconstruction output, input of upconv1); F^SR = lrelu(conv_hr(·)) "
                  "(input of conv_last); attention = sum_c F^SR^2")
+#: ...and RBPN's (stdvsr.models.rbpn): no trunk is cached, F^SR and SR are stored as they are.
+RBPN_FEATURE_POINT = ("no trunk; F^SR = input of conv_last: PReLU(output(·)) of the N−1 projections' HR maps "
+                      "concatenated (sr_feat), or that concatenation itself (official, no sr_feat); "
+                      "attention = sum_c F^SR^2")
+
+
+def feature_point(teacher: str) -> str:
+    """The feature point a cache of ``teacher`` (an architecture name) records."""
+    return RBPN_FEATURE_POINT if teacher == "rbpn" else FEATURE_POINT
+
+
 INT8_MAX = 127
 #: The smallest LR frame edge of footage (``--degradation none``): EDVR aligns at 1/1, 1/2 and 1/4 of it, so at
 #: 8 LR pixels its coarsest level is 2×2; below, the alignment convolutions see little but padding.
@@ -59,15 +72,16 @@ def has_ground_truth(fingerprint: dict) -> bool:
     return fingerprint.get("degradation") != NO_DEGRADATION
 
 
-def tier_info(tier: str, trunk_channels: int, dtype: str) -> dict:
-    """Channels, resolution (``lr``/``hr``) and storage dtype of a tier; ``quantised`` tiers carry scales."""
+def tier_info(tier: str, trunk_channels: int, dtype: str, feat_sr_channels: int = 64) -> dict:
+    """Channels, resolution (``lr``/``hr``) and storage dtype of a tier; ``quantised`` tiers carry scales.
+    ``feat_sr_channels``: the teacher's F^SR width (EDVR: 64; RBPN: ``sr_feat``, or 384 as published)."""
     if tier == "lq":
         return {"channels": 3, "res": "lr", "dtype": "float32", "quantised": False}
     if tier == "trunk":
         return {"channels": trunk_channels, "res": "lr", "dtype": "int8" if dtype == "int8" else "float16",
                 "quantised": dtype == "int8"}
     if tier == "feat_sr":
-        return {"channels": 64, "res": "hr", "dtype": "int8" if dtype == "int8" else "float16",
+        return {"channels": feat_sr_channels, "res": "hr", "dtype": "int8" if dtype == "int8" else "float16",
                 "quantised": dtype == "int8"}
     if tier == "attention":
         return {"channels": 1, "res": "hr", "dtype": "float16", "quantised": False}
@@ -124,13 +138,13 @@ def tile(size: int, target: int) -> int:
 
 
 def array_layout(groups: dict, tiers: Sequence[str], trunk_channels: int, dtype: str, scale: int,
-                 chunk: int) -> dict:
+                 chunk: int, feat_sr_channels: int = 64) -> dict:
     """Shape, chunk and shard of every ``group/tier`` array: a chunk is one frame, all channels, a spatial tile of
     about ``chunk`` LR pixels (×scale for HR tiers); a shard is one whole frame (the unit a writer writes)."""
     layout = {}
     for gname, g in groups.items():
         for tier in ("lq", *tiers):
-            info = tier_info(tier, trunk_channels, dtype)
+            info = tier_info(tier, trunk_channels, dtype, feat_sr_channels)
             if tier == "trunk":
                 h, w = g["trunk_size"]
             elif info["res"] == "lr":

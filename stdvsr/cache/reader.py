@@ -125,7 +125,22 @@ class CacheReader:
         return len(self.clips)
 
     def head(self) -> TeacherHead:
+        """The cached head that rebuilds F^SR and SR from the trunk (EDVR); a cache without a trunk has none."""
+        if "trunk" not in self.tiers:
+            raise StdvsrError(f"cache {self.root} stores no trunk ({', '.join(self.tiers)}), so it has no head to "
+                              "rebuild the teacher's F^SR or SR; read its stored tiers instead")
         return TeacherHead.load(self.root / HEAD)
+
+    def teacher_channels(self, feature: str) -> int:
+        """The teacher's channels at F^SR (``feature`` ``sr``) or F^LR (``lr``): as the manifest records them, else
+        (caches written before it did, all EDVR) from the cached head, else EDVR's 64 of F^SR."""
+        recorded = self.manifest["layout"].get("channels")
+        if recorded:
+            return int(recorded[feature])
+        if "trunk" in self.tiers:
+            head = self.head()
+            return head.conv_hr.out_channels if feature == "sr" else head.upconv1.in_channels
+        return 64
 
     def require_ground_truth(self, needed_by: str) -> None:
         """Refuse, in one line, a cache of LR footage to a consumer that needs ground truth (``needed_by``, e.g.

@@ -10,7 +10,7 @@ import math
 import numpy as np
 from torch import nn
 
-from stdvsr.cache.layout import FEATURE_POINT
+from stdvsr.cache.layout import feature_point
 from stdvsr.cache.reader import CacheReader
 from stdvsr.configs import DistillConfig
 from stdvsr.errors import StdvsrError
@@ -138,9 +138,10 @@ def check_cache(cfg: DistillConfig, reader: CacheReader, student: nn.Module) -> 
         if want is not None and want != fp[name]:
             raise StdvsrError(f"cache {reader.root}: {name} is {fp[name]!r} there, --{name} {want!r} here; "
                               f"drop --{name} or build a cache with --{name} {want}")
-    if fp["feature_point"] != FEATURE_POINT:
+    expected = feature_point(fp["teacher"]["name"])
+    if fp["feature_point"] != expected:
         raise StdvsrError(f"cache {reader.root}: feature_point is {fp['feature_point']!r} there, not what this "
-                          f"version distils ({FEATURE_POINT!r}); rebuild the cache")
+                          f"version distils ({expected!r}); rebuild the cache")
     if distilled_feature(cfg) == "lr" and uses(cfg) and not getattr(student, "lr_features", True):
         raise StdvsrError(f"--feature lr: {cfg.student} has no LR feature map (it works at HR throughout); use "
                           "--feature sr, or a student with an LR trunk (fastdvdnet, vespcn)")

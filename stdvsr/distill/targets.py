@@ -9,14 +9,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stdvsr.cache.build import pad4
 from stdvsr.cache.layout import HEAD_MARGIN
 from stdvsr.cache.reader import CacheReader
 from stdvsr.configs import DistillConfig
 from stdvsr.data import dihedral
 from stdvsr.distill.plan import cache_tiers, distilled_feature, teacher_needs
 from stdvsr.errors import StdvsrError
-from stdvsr.models import build_model
+from stdvsr.infer import pad_to_multiple
+from stdvsr.models import build_model, feature_channels
+from stdvsr.names import NO_TRUNK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,14 +43,32 @@ def teacher_side(cfg: DistillConfig, reader: CacheReader, device: torch.device) 
             tiers = []
             online = load_online_teacher(cfg, reader, device) if needs else None
         else:
+            _check_trunkless(needs, feature, reader)
             tiers = cache_tiers(needs, feature, reader.tiers, reader.root)
-    # the teacher's channels at the distilled feature: F^SR is conv_hr's output (64 in EDVR), F^LR the trunk's
-    source = online if online is not None else head
-    if source is not None:
-        channels = source.conv_hr.out_channels if feature == "sr" else source.upconv1.in_channels
-    else:  # only stored HR tiers (feat_sr / attention / sr) and no trunk: F^SR
-        channels = 64
+        # the teacher's channels at the distilled feature (what the adapter maps to and the ConvLSTM reads); an
+        # old cache's are read off its head, whose layers are built here too
+        channels = feature_channels(online)[feature] if online is not None else reader.teacher_channels(feature)
     return TeacherSide(needs, feature, tiers, head, online, channels)
+
+
+def _check_trunkless(needs: set[str], feature: str, reader: CacheReader) -> None:
+    """A cache of a teacher without a trunk (RBPN) serves only what it stores: refuse what it lacks, naming the
+    ``--store`` tier that would serve it (the general refusal points at ``--store trunk``, which such a cache
+    cannot hold)."""
+    teacher = reader.fingerprint["teacher"]["name"]
+    if teacher not in NO_TRUNK:
+        return
+    if feature == "lr" and "feat" in needs:
+        raise StdvsrError(f"cache {reader.root} holds an {teacher.upper()} teacher, which has no trunk to cache, so it "
+                          "cannot provide F^LR (--feature lr, the default of --kd mean2); use --feature sr, or "
+                          "--online-teacher")
+    serving = {"feat": ("feat_sr",), "attention": ("attention", "feat_sr"), "sr": ("sr",)}
+    for need in sorted(needs):
+        if not any(t in reader.tiers for t in serving[need]):
+            wanted = " or ".join(serving[need])
+            raise StdvsrError(f"cache {reader.root} ({teacher.upper()} teacher) stores {', '.join(reader.tiers)}, not "
+                              f"{wanted}, which --kd here needs; rebuild it with --store including {wanted}, or use "
+                              "--online-teacher")
 
 
 class Targets(dict):
@@ -90,7 +109,7 @@ def online_targets(batch: dict, teacher: nn.Module, needs: set[str], feature: st
     feats, srs = [], []
     for b, (frames, index) in enumerate(zip(batch["teacher_lq"], batch["teacher_index"])):
         top, left = int(batch["box"][0][b]), int(batch["box"][1][b])
-        f = teacher.forward_windows(pad4(frames).unsqueeze(0).to(device), index.to(device))
+        f = teacher.forward_windows(pad_to_multiple(frames).unsqueeze(0).to(device), index.to(device))
         if feature == "lr":
             y, x, q = top // sr_scale, left // sr_scale, patch // sr_scale
             feats.append(f.feat_lr[0, :, :, y:y + q, x:x + q])
