@@ -334,8 +334,8 @@ class PlotConfig:
 @dataclass
 class AdaptConfig:
     """``stdvsr adapt``: a trained student fine-tuned to the user's own LR footage against the teacher's outputs on
-    it (issue #22). --steps and --lr were chosen on bigbuckbunny's LR frames (pipelines/studies/adapt_study.py), never on
-    carphone, the demo's test clip; --kd output and --views 1 were not swept."""
+    it (issue #22). --steps and --lr were chosen on bigbuckbunny's LR frames (pipelines/studies/adapt_study.py),
+    never on carphone, the demo's test clip; --kd sd/std, --views 2 and --mix-cache did not beat the defaults there."""
     student: str = option(REQUIRED, "The trained student to adapt: a student.pth written by stdvsr distill (or adapt).",
                           type=click.Path(dir_okay=False))
     data: str = option(REQUIRED, "Your LR footage: folder:ROOT (one sub-folder of frames per clip, or ROOT's own "
