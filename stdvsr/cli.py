@@ -433,6 +433,9 @@ def distill(ctx: click.Context, **opts) -> None:
       stdvsr distill                                               # fastdvdnet, STD, demo cache, CPU-sized
       stdvsr distill --kd none --out runs/plain                    # the baseline with the same budget
       stdvsr distill --student vsrnet --kd mse --steps 4000 --resume auto
+      stdvsr distill --kd none --ema 0.999 --out runs/plain-ema              # validate and ship the EMA weights
+      stdvsr distill --init runs/plain/student.pth --cache runs/adapt/clip/cache --kd output \\
+          --mix-cache cache/demo-6clips-edvr.zarr --out runs/finetune       # footage + a quarter GT steps
       stdvsr distill --config pipelines/paper.toml --cache cache/vimeo90k-edvr.zarr --device cuda
       torchrun --nproc_per_node 4 -m stdvsr distill --config pipelines/paper.toml --cache ...
     """

@@ -862,3 +862,11 @@ def test_an_ema_run_resumes_exactly(caches, tmp_path):
     a, b = (torch.load(tmp_path / x / "student.pth", weights_only=True) for x in ("a", "b"))
     for key in ("params", "params_ema"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+
+
+@pytest.mark.parametrize("value", ["1", "-0.1", "nan"])
+def test_ema_outside_0_to_1_is_refused_naming_the_flag(caches, tmp_path, value):
+    result = CliRunner().invoke(cli, ["distill", "--cache", str(caches["trunk"]), "--out", str(tmp_path / "run"),
+                                      "--ema", value, "--steps", "2"])
+    assert result.exit_code != 0 and "Error:" in result.output and "--ema" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()
