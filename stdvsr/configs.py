@@ -367,10 +367,10 @@ class AdaptConfig:
     clip_frames: int = option(7, "Frames per training sample, 2k+1 (the TD sequence).", type=click.IntRange(1))
     seed: int = option(0, "Seed of the crops and batch order, 0 to 2**32-1.", type=SEED)
     device: str = option("auto", DEVICE_HELP, resumable=True)
-    mix_cache: str | None = option(None, "A teacher cache with ground truth (e.g. the one the student was trained on: "
-                                   "cache/demo-6clips-edvr.zarr for the demo's) mixed into the fine-tuning, against "
-                                   "forgetting: --mix-share of the steps train on its frames and ground truth instead.",
-                                   type=click.Path(file_okay=False))
-    mix_share: float = option(0.25, "Share of the steps whose batch comes from --mix-cache.",
-                              type=click.FloatRange(0, 1, min_open=True, max_open=True))
+    mix_cache: str | None = redeclare(DistillConfig, "mix_cache", None,
+                                      help="A teacher cache with ground truth (e.g. the one the student was trained "
+                                      "on: cache/demo-6clips-edvr.zarr for the demo's) mixed into the fine-tuning, "
+                                      "against forgetting: --mix-share of the steps train on its frames and ground "
+                                      "truth instead.")
+    mix_share: float = redeclare(DistillConfig, "mix_share", 0.25)
     workers: int = option(2, "DataLoader workers of the fine-tuning.", type=click.IntRange(0), resumable=True)
