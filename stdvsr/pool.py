@@ -57,6 +57,8 @@ def run_in_processes(jobs: int, calls: dict[Hashable, Call], done: Callable[[Has
             while len(running) < jobs:
                 ready = [i for i, (key, _) in enumerate(waiting) if key not in after or after[key] in finished]
                 if not ready:
+                    if not running:  # nothing left can ever finish what they wait for
+                        raise ValueError(f"after= waits in a cycle: {[key for key, _ in waiting]}")
                     break
                 key, (function, args) = waiting.pop(ready[0])
                 receive, send = context.Pipe(duplex=False)

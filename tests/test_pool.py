@@ -76,4 +76,6 @@ def test_a_call_after_another_starts_once_that_one_is_done_and_others_go_first()
     assert finished_at["dep_ran_at"] >= finished_at["slow"]
     with pytest.raises(ValueError, match="not in calls"):
         run_in_processes(1, {"a": (time.time, ())}, done, after={"a": "b"})
+    with pytest.raises(ValueError, match="cycle"):
+        run_in_processes(2, {"a": (time.time, ()), "b": (time.time, ())}, done, after={"a": "b", "b": "a"})
     assert no_children_left()
