@@ -6,13 +6,14 @@ settings made in Python and the sets a resumed run may change are all derived. T
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import click
 
 from stdvsr.names import (ACTIVATIONS, ADAPTERS, AUGMENTS, CACHE_DEGRADATIONS, DEGRADATIONS, DTYPES,
                           EVAL_DEGRADATIONS, EXPORT_FORMATS, FEATURES, FORMATS, FRAME_MODES, KD_MODES, MAPPINGS,
-                          MAX_CALIB_WINDOWS, MAX_OPSET, MIN_OPSET, PADDING_MODES, SCHEDULES, SD_NORMS, TEACHERS,
-                          student_names, teacher_presets)
+                          MAX_CALIB_WINDOWS, MAX_OPSET, MIN_OPSET, PADDING_MODES, PRECISIONS, SCHEDULES, SD_NORMS,
+                          TEACHERS, student_names, teacher_presets)
 from stdvsr.options import REQUIRED, option, redeclare
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N."
@@ -83,6 +84,8 @@ class TeacherConfig(TrainingConfig):
 
 @dataclass
 class DistillConfig(TrainingConfig):
+    #: what a checkpoint written before a setting existed ran with (resume_run fills its config with these)
+    BEFORE_RECORDED: ClassVar[dict] = {"precision": "fp32", "channels_last": False}
     student: str = option("fastdvdnet", "Student network (the -half / -quarter widths are Table 6's; -h64 keeps a "
                           "64-channel head).", type=click.Choice(student_names()))
     cache: str = option("cache/demo-edvr.zarr", "Teacher cache written by `stdvsr cache-teacher`.",
@@ -137,6 +140,16 @@ class DistillConfig(TrainingConfig):
                             "kept out of training; validation scores the student's agreement with the teacher there "
                             "(Y-PSNR to the teacher's SR). 0: train on every frame, no validation.",
                             type=click.FloatRange(0, 0.9))
+    precision: str = option("auto", "Arithmetic of the student's, ConvLSTM's and cached head's forward passes: bf16 "
+                            "autocast (weights, optimizer, losses and validation stay fp32) or fp32. auto: bf16 where "
+                            "it is native (CUDA; CPUs with avx512_bf16 or AMX), else fp32.",
+                            type=click.Choice(PRECISIONS))
+    cache_ram_mb: int = option(1024, "RAM per DataLoader worker (or this process, with --workers 0) for whole "
+                               "frames of the cache and decoded ground truth, read once and cropped many times; "
+                               "what does not fit is read from disk each time (0: always). The same values either "
+                               "way.", type=click.IntRange(0), resumable=True)
+    channels_last: bool = option(True, "Keep the student's activations channels-last (faster convolutions on CPUs; "
+                                 "the same maths).", negatable=True)
     ema: float = option(0.0, "EMA decay of the student's weights (0: none); validation and student.pth use the EMA "
                         "weights (student.pth keeps the raw ones as params too).",
                         type=click.FloatRange(0, 1, max_open=True))
@@ -369,7 +382,7 @@ class AdaptConfig:
     device: str = option("auto", DEVICE_HELP, resumable=True)
     mix_cache: str | None = redeclare(DistillConfig, "mix_cache", None,
                                       help="A teacher cache with ground truth (e.g. the one the student was trained "
-                                      "on: cache/demo-6clips-edvr.zarr for the demo's) mixed into the fine-tuning, "
+                                      "on: cache/demo-6clips-edvr-sr.zarr for the demo's) mixed into the fine-tuning, "
                                       "against forgetting: --mix-share of the steps train on its frames and ground "
                                       "truth instead.")
     mix_share: float = redeclare(DistillConfig, "mix_share", 0.25)

@@ -398,15 +398,25 @@ def degrade(hr: torch.Tensor, degradation: str, scale: int) -> torch.Tensor:
     raise StdvsrError(f"unknown degradation {degradation!r}; use one of {', '.join(DEGRADATIONS)}")
 
 
-def read_hr(clip: Clip, indices: Sequence[int], scale: int = 4, mod_crop: bool = False) -> torch.Tensor:
+def read_hr(clip: Clip, indices: Sequence[int], scale: int = 4, mod_crop: bool = False,
+            box: tuple[int, int, int, int] | None = None, read=None) -> torch.Tensor:
     """HR frames ``indices`` of a clip as float32 ``(T, 3, H, W)``, sizes checked (one size per clip, divisible by
     the scale; ``mod_crop`` crops to the largest multiple of the scale instead), then the clip's ``transform``
-    applied (a transposing view of a W×H clip is H×W)."""
+    applied (a transposing view of a W×H clip is H×W), then cropped to ``box`` ``(top, left, height, width)`` if
+    given (of an untransformed clip, before the conversion to float: a training crop converts only its pixels).
+    ``read``: how a frame is decoded (default :func:`stdvsr.io.read_image`)."""
     paths = [clip.frames[i] for i in indices]
-    frames = [read_image(p) for p in paths]
+    frames = [(read or read_image)(p) for p in paths]
     h, w = check_sizes(clip, [f.shape[:2] for f in frames], paths, scale, mod_crop)
     h, w = h - h % scale, w - w % scale
-    return dihedral(to_tensor([f[:h, :w] for f in frames]), clip.transform).contiguous()
+    if box is not None and clip.transform == 0:
+        top, left, height, width = box
+        return to_tensor([f[top:top + height, left:left + width] for f in frames])
+    hr = dihedral(to_tensor([f[:h, :w] for f in frames]), clip.transform)
+    if box is not None:
+        top, left, height, width = box
+        hr = hr[..., top:top + height, left:left + width]
+    return hr.contiguous()
 
 
 def read_footage(clip: Clip, indices: Sequence[int]) -> torch.Tensor:

@@ -40,6 +40,10 @@ def teacher_presets() -> list[str]:
 
 
 
+# speed (stdvsr.perf)
+#: ``--precision``: auto = bf16 where the hardware does bf16 arithmetic natively, else fp32
+PRECISIONS = ("auto", "fp32", "bf16")
+
 # data (stdvsr.data)
 PADDING_MODES = ("replicate", "reflection", "reflection_circle", "circle")
 DEGRADATIONS = ("bd", "bi")

@@ -424,7 +424,8 @@ def resume_run(cfg: Config, resume: str | None, explicit: set[str] | None, resum
             if (ckpt.step or 0) > cfg.steps:
                 raise StdvsrError(f"--steps {cfg.steps} is below step {ckpt.step} of {path}: the run is already "
                                   f"past it; raise --steps, or start a new --out folder")
-            stored = resolved_specs(type(cfg)(**ckpt.config))
+            # a setting added since the checkpoint was written takes the value that reproduces its run
+            stored = resolved_specs(type(cfg)(**{**getattr(cfg, "BEFORE_RECORDED", {}), **ckpt.config}))
             fields = {f.name: f for f in dataclasses.fields(cfg)}
             names = set(fields) if explicit is None else explicit
             for name in sorted(names):

@@ -120,6 +120,14 @@ class CacheReader:
         self._clip_objects = None
         self._intact: set[int] = set()  # clips whose pieces were found on disk, by this process
         self._pid = os.getpid()
+        self._ram = FrameMemory(0)  # off until keep_in_memory()
+
+    def keep_in_memory(self, budget_bytes: int) -> None:
+        """Keep whole frames this process reads — of every tier, and the decoded ground truth — in RAM, up to
+        ``budget_bytes`` (a DataLoader worker holds its own), so that later crops of them are sliced, not read
+        and decoded again. What does not fit is read from disk every time (no eviction: nothing thrashes). The
+        values are the same either way."""
+        self._ram = FrameMemory(budget_bytes)
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -195,7 +203,13 @@ class CacheReader:
     def _read(self, clip: dict, tier: str, frames: range, rows: slice, cols: slice) -> torch.Tensor:
         self._check_pieces(clip)
         try:
-            data, scales = self.store.read(clip, tier, slice(frames.start, frames.stop), rows, cols)
+            if self._ram.budget:
+                whole = [self._ram.get((clip["index"], tier, f), lambda f=f: self.store.read(
+                    clip, tier, slice(f, f + 1), slice(None), slice(None))) for f in frames]
+                data = np.concatenate([d for d, _ in whole])[:, :, rows, cols]
+                scales = None if whole[0][1] is None else np.concatenate([sc for _, sc in whole])
+            else:
+                data, scales = self.store.read(clip, tier, slice(frames.start, frames.stop), rows, cols)
         except Exception as e:  # a corrupted chunk fails to decode (or its checksum to match)
             raise self._damaged(clip, f"{tier} does not decode: {type(e).__name__}") from None
         if scales is not None:
@@ -255,8 +269,8 @@ class CacheReader:
         if gt:
             from stdvsr.data import read_hr
 
-            hr = read_hr(self.dataset_clips()[index], frames, s, self.fingerprint["mod_crop"])
-            out["gt"] = hr[..., top:top + height, left:left + width].contiguous()
+            out["gt"] = read_hr(self.dataset_clips()[index], frames, s, self.fingerprint["mod_crop"],
+                                box=(top, left, height, width), read=self._read_image)
         return out
 
     def read_lq(self, index: int, frames: range, lr_box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
@@ -284,6 +298,29 @@ class CacheReader:
         lq = self._read(clip, "lq", frames, slice(ly0, ly1), slice(lx0, lx1))
         lpad = (lx0 - (x - m), (x + w + m) - lx1, ly0 - (y - m), (y + h + m) - ly1)
         return {"trunk": trunk, "valid": valid, "lq_margin": F.pad(lq, lpad, mode="replicate")}
+
+
+    def _read_image(self, path: Path) -> np.ndarray:
+        """A ground-truth frame, decoded once per process while :meth:`keep_in_memory`'s budget lasts."""
+        from stdvsr.io import read_image
+
+        return self._ram.get(("image", str(path)), lambda: read_image(path))
+
+
+class FrameMemory:
+    """Values by key, each computed once and kept while their bytes fit ``budget`` (then computed every time)."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used, self.items = budget, 0, {}
+
+    def get(self, key, compute):
+        if key in self.items:
+            return self.items[key]
+        value = compute()
+        size = sum(a.nbytes for a in (value if isinstance(value, tuple) else (value,)) if a is not None)
+        if self.used + size <= self.budget:
+            self.items[key], self.used = value, self.used + size
+        return value
 
 
 class CacheDataset(torch.utils.data.Dataset):

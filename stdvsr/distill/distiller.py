@@ -12,6 +12,7 @@ from stdvsr.configs import DistillConfig
 from stdvsr.distill.plan import distilled_feature, term_weights, uses
 from stdvsr.distill.targets import Targets
 from stdvsr.losses import ConvLSTM, charbonnier, kd_mean2, kd_mse, output_kd, sd_loss, td_loss
+from stdvsr.perf import autocast
 
 
 class Distiller(nn.Module):
@@ -27,9 +28,10 @@ class Distiller(nn.Module):
     """
 
     def __init__(self, student: nn.Module, cfg: DistillConfig, teacher_channels: int, student_channels: int,
-                 footage: bool = False):
+                 footage: bool = False, precision: str = "fp32"):
         super().__init__()
         self.student = student
+        self.precision = precision  # resolved (stdvsr.perf): the networks' forward passes run in it, the losses fp32
         # LR footage (no ground truth): L_rec's target is the teacher's SR, so output KD is not a term of its own
         self.terms = uses(cfg) - ({"output"} if footage else set())
         self.weights = term_weights(cfg)
@@ -65,32 +67,37 @@ class Distiller(nn.Module):
         """Loss terms for a batch; ``kd_weight`` multiplies every distillation term (0: L_rec only, warm-up).
         ``gt`` None (LR footage): L_rec is the Charbonnier distance to the teacher's SR, ``targets["sr"]``."""
         b, n = windows.shape[:2]
-        out = self.student.forward_features(windows.flatten(0, 1))
+        with autocast(windows.device, self.precision):
+            out = self.student.forward_features(windows.flatten(0, 1))
         self.student_done = now(out.sr.device)
-        sr = out.sr.view(b, n, *out.sr.shape[1:])
+        sr = out.sr.float().view(b, n, *out.sr.shape[1:])
         losses = {"rec": charbonnier(sr, gt if gt is not None else targets["sr"])}
         if not (kd_weight > 0 and self.terms):
             losses["total"] = losses["rec"]
             return losses
         cfg = self.cfg
-        f = out.feat_sr if self.feature == "sr" else out.feat_lr
+        raw = out.feat_sr if self.feature == "sr" else out.feat_lr  # in the student's graph: the probe's point
+        f = raw.float()
         feat = f.view(b, n, *f.shape[1:])
         if probe:
-            self.probe_feat = (f, n)
+            self.probe_feat = (raw, n)
         t_feat = targets.get("feat")
         if self.adapter is not None and hasattr(self, "adapter_fitted") and not self.adapter_fitted:
             self.fit_adapter(feat, t_feat)
-        adapted = self.adapter(feat.flatten(0, 1)).view(b, n, -1, *feat.shape[-2:]) if self.adapter is not None \
-            else feat
+        with autocast(windows.device, self.precision):
+            adapted = self.adapter(feat.flatten(0, 1)).view(b, n, -1, *feat.shape[-2:]).float() \
+                if self.adapter is not None else feat
         if "sd" in self.terms:
             if t_feat is not None:
                 losses["sd"] = sd_loss(feat, t_feat, cfg.attention, cfg.sd_norm)
             else:  # cached attention maps (Σ_c F², the default mapping)
                 losses["sd"] = sd_loss(feat, targets["attention"].unsqueeze(2).sqrt(), cfg.attention, cfg.sd_norm)
         if "td" in self.terms:
-            cell_s, _ = self.convlstm(adapted)
-            cell_t, _ = self.convlstm(t_feat)
-            losses["td"] = td_loss(cell_s, cell_t)
+            # contiguous: the ConvLSTM's convolutions measured slower channels-last (stdvsr.perf)
+            with autocast(windows.device, self.precision):
+                cell_s, _ = self.convlstm(adapted.contiguous())
+                cell_t, _ = self.convlstm(t_feat)
+            losses["td"] = td_loss(cell_s.float(), cell_t.float())
         if "mse" in self.terms:
             losses["mse"] = kd_mse(adapted, t_feat)
         if "mean2" in self.terms:
@@ -125,7 +132,7 @@ def gradient_probe(distiller: Distiller, losses: dict, kd_weight: float) -> dict
                    for gi, (n, p) in zip(g, params) if n.startswith(("head.", "conv_last.")))
         frames = None
         if feat is not None and g[-1] is not None:
-            per = g[-1].pow(2).reshape(-1, n, g[-1][0].numel()).sum(dim=(0, 2))
+            per = g[-1].float().pow(2).reshape(-1, n, g[-1][0].numel()).sum(dim=(0, 2))
             frames = [round(float(v), 4) for v in per / per.sum().clamp_min(1e-30)]
         grads[k] = (flat, head, frames)
     rec = grads["rec"][0]

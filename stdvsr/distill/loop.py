@@ -27,6 +27,7 @@ from stdvsr.errors import StdvsrError
 from stdvsr.io import folder_lock
 from stdvsr.models import build_model, model_spec, read_checkpoint
 from stdvsr.options import resumable
+from stdvsr.perf import adam, channels_last, resolve_precision
 from stdvsr.progress import stderr, training_progress
 from stdvsr.training import (EMA, Checkpoint, LoopState, RunFolder, StepTimes, announce_start, check_finite, due,
                              folder_config, latest_checkpoint, loader_batches, loader_worker_init, resolve_device,
@@ -91,6 +92,7 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
     setup, state = _setup(cfg, ckpt, rank, world, local_rank)
     folder = RunFolder(cfg.out, folder_config(dataclasses.asdict(cfg), setup.student_spec,
                                               feature_resolved=setup.teacher.feature, tiers_read=setup.teacher.tiers,
+                                              precision_resolved=setup.distiller.precision,
                                               cache_fingerprint=setup.reader.fingerprint, world_size=world),
                        lambda step: state_of(setup, state, step), state.step, ckpt is not None, cfg.keep_checkpoints,
                        write=rank == 0)
@@ -108,7 +110,8 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
             "bicubic_psnr": setup.validator.bicubic if setup.validator is not None else None,
             "seconds": time.perf_counter() - start_time, "td_frozen_at": state.td_frozen_at,
             "tiers_read": setup.teacher.tiers, **times.summary(), "rank": rank, "world_size": world,
-            "student_name": cfg.student, "init": cfg.init, "val_of": "gt" if setup.reader.has_gt else "teacher"}
+            "student_name": cfg.student, "init": cfg.init, "val_of": "gt" if setup.reader.has_gt else "teacher",
+            "precision": setup.distiller.precision}
 
 
 def _train(setup: Setup, state: DistillState, folder: RunFolder, show: bool) -> tuple[float | None, StepTimes]:
@@ -181,7 +184,8 @@ def _losses(setup: Setup, batch: dict, weight: float, probe: bool, mixed: bool =
         t = setup.teacher
         targets = (online_targets(batch, t.online, t.needs, t.feature, setup.reader.scale, setup.cfg.patch_size,
                                   setup.device)
-                   if t.online is not None else cached_targets(batch, t.head, t.needs, t.feature, setup.device))
+                   if t.online is not None else cached_targets(batch, t.head, t.needs, t.feature, setup.device,
+                                                               setup.distiller.precision))
     targets_ready = now(setup.device)
     windows, gt, targets = augment_batch(batch, targets)
     gt = gt.to(setup.device) if gt is not None else None
@@ -236,12 +240,14 @@ def _setup(cfg: DistillConfig, ckpt: Checkpoint | None, rank: int, world: int,
         from stdvsr.models import load_model
 
         student.load_state_dict(load_model(cfg.init, flag="--init")[0].state_dict())
+    if cfg.channels_last:
+        channels_last(student)
     check_cache(cfg, reader, student)
     teacher = teacher_side(cfg, reader, device)
     sr_ch, lr_ch = student_channels(student, teacher.feature)
     distiller = Distiller(student, cfg, teacher.channels, sr_ch if teacher.feature == "sr" else lr_ch,
-                          footage=not reader.has_gt).to(device)
-    optimizer = torch.optim.Adam(distiller.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+                          footage=not reader.has_gt, precision=resolve_precision(cfg.precision, device)).to(device)
+    optimizer = adam(distiller.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     ema = EMA(student, cfg.ema) if cfg.ema > 0 else None
     state = restore(ckpt, distiller, optimizer, ema) if ckpt is not None else DistillState()
     online_frames = teacher.online.num_frame if teacher.online is not None else None
@@ -305,6 +311,7 @@ def _loader(cfg: DistillConfig, reader: CacheReader, student_frames: int, tiers:
     """Batches of this rank's share of each step of ``reader``'s, in an order fixed by (seed, how many batches it
     gave before): resuming continues it. ``online_frames``: the online teacher's window, whose whole frames the
     samples then carry."""
+    reader.keep_in_memory(cfg.cache_ram_mb * 2**20)
     dataset = DistillDataset(reader, cfg.clip_frames, student_frames, cfg.patch_size, tiers, cfg.seed,
                              cfg.augment, online_frames, holdout=cfg.holdout if not reader.has_gt else 0.0)
     if len(dataset) < cfg.batch_size * world:
@@ -325,7 +332,9 @@ def run_or_reuse(cfg: DistillConfig, show_progress: bool = True) -> tuple[dict |
     done = out / "student.pth"
     if done.is_file():
         stored = Checkpoint.read(read_checkpoint(done)).config or {}
-        known = {f.name for f in dataclasses.fields(cfg)}  # options added since it was written take their defaults
+        known = {f.name for f in dataclasses.fields(cfg)}
+        # options added since it was written take the values it ran with, or else their defaults
+        stored = {**cfg.BEFORE_RECORDED, **stored}
         mine = dataclasses.asdict(resolved_specs(cfg))
         if stored.keys() <= known and dataclasses.asdict(resolved_specs(type(cfg)(**stored))) == mine:
             return None, "reused"

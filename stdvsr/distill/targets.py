@@ -18,6 +18,7 @@ from stdvsr.errors import StdvsrError
 from stdvsr.infer import pad_to_multiple
 from stdvsr.models import build_model, feature_channels
 from stdvsr.names import NO_TRUNK
+from stdvsr.perf import autocast
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +77,9 @@ class Targets(dict):
 
 
 @torch.no_grad()
-def cached_targets(batch: dict, head, needs: set[str], feature: str, device) -> Targets:
-    """Targets from the cache's tiers: stored tiers as they are, F^SR / SR rebuilt from the trunk by the head."""
+def cached_targets(batch: dict, head, needs: set[str], feature: str, device, precision: str = "fp32") -> Targets:
+    """Targets from the cache's tiers: stored tiers as they are, F^SR / SR rebuilt from the trunk by the head (in
+    ``precision``, returned as float32)."""
     out = Targets()
     m = HEAD_MARGIN
     if feature == "lr" and "feat" in needs:
@@ -89,12 +91,13 @@ def cached_targets(batch: dict, head, needs: set[str], feature: str, device) -> 
         need_fsr = False
     need_sr = "sr" in needs and "sr" not in batch
     if need_fsr or need_sr:
-        fsr, sr = head.targets(batch["trunk"].to(device), batch["valid"].to(device),
-                               batch["lq_margin"].to(device) if need_sr else None)
+        with autocast(device, precision):
+            fsr, sr = head.targets(batch["trunk"].to(device), batch["valid"].to(device),
+                                   batch["lq_margin"].to(device) if need_sr else None)
         if need_fsr:
-            out["feat"] = fsr
+            out["feat"] = fsr.float()
         if need_sr:
-            out["sr"] = sr
+            out["sr"] = sr.float()
     if "sr" in needs and "sr" in batch:
         out["sr"] = batch["sr"].to(device)
     if "attention" in needs and "feat" not in out:

@@ -82,7 +82,7 @@ class FastDVDnet(nn.Module):
         triplets = torch.stack([lq[:, 0:3], lq[:, 2:5], lq[:, 4:7]], dim=1)  # (B, 3, 3, C, h, w)
         x = triplets.reshape(b * 3, 3 * c, h, w)
         refined = self.stage1(x) + triplets[:, :, 1].reshape(b * 3, c, h, w)
-        feat_lr = self.stage2(refined.view(b, 3 * c, h, w))
+        feat_lr = self.stage2(refined.reshape(b, 3 * c, h, w))
         feat_sr = self.head(feat_lr)
         sr = self.conv_last(feat_sr) + upsample_base(lq[:, 3], 4)
         return Features(sr, feat_sr, feat_lr)

@@ -1,0 +1,125 @@
+"""The fast step (stdvsr.perf): ``--precision auto`` follows the CPU's bf16 arithmetic, every student is the same
+function channels-last and trains in bf16 (finite, every parameter gets a gradient, close to fp32), a distill run
+in fp32 channels-last has the contiguous run's losses, and a checkpoint written before the settings existed resumes
+in fp32 contiguous, as it ran."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from stdvsr import perf
+from stdvsr.distill import run
+from stdvsr.models import build_model
+from stdvsr.names import student_names
+from tests.test_models import _perturb
+from tests.test_distill import caches, config, data_root, losses_of, teacher  # noqa: F401  (module fixtures)
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("flags,resolved", [({"avx512f", "avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16"),
+                                            ({"avx512f", "avx2"}, "fp32"), (set(), "fp32")])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_arithmetic(monkeypatch, flags, resolved):
+    monkeypatch.setattr(perf, "cpu_flags", lambda: frozenset(flags))
+    assert perf.resolve_precision("auto", CPU) == resolved
+    assert perf.resolve_precision("fp32", CPU) == "fp32" and perf.resolve_precision("bf16", CPU) == "bf16"
+    with pytest.raises(ValueError, match="fp16"):
+        perf.resolve_precision("fp16", CPU)
+
+
+def test_cpu_flags_are_read_from_linux_cpuinfo():
+    flags = perf.cpu_flags()
+    assert isinstance(flags, frozenset)
+    if flags:  # Linux: every x86-64 CPU reports sse2
+        assert "sse2" in flags or "fp" in flags  # (aarch64 reports "fp")
+
+
+def _lq(model, b=2, h=16, w=16):
+    return torch.rand(b, model.num_frame, 3, h, w, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("name", student_names())
+def test_every_student_is_the_same_function_channels_last(name):
+    torch.manual_seed(0)
+    model = _perturb(build_model(name)).train()
+    fast = perf.channels_last(copy.deepcopy(model))
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in fast.parameters() if p.dim() == 4)
+    lq = _lq(model)
+    ref, out = model.forward_features(lq), fast.forward_features(lq)
+    for a, b in zip(ref, out):
+        assert a.shape == b.shape
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    gt = torch.rand_like(ref.sr)
+    (ref.sr - gt).square().mean().backward()  # smooth: an L1 kink would turn 1e-7 into a gradient sign
+    (out.sr - gt).square().mean().backward()
+    # summed in another order: fp32 rounding, which deep networks' ReLUs amplify
+    ga = torch.cat([p.grad.flatten() for p in model.parameters()])
+    gb = torch.cat([q.grad.flatten() for q in fast.parameters()])
+    assert (gb - ga).norm() <= 1e-3 * ga.norm()  # a layout bug is O(1); VDSR's 20 ReLUs give 2e-4
+    for (n, p), q in zip(model.named_parameters(), fast.parameters()):
+        assert (q.grad - p.grad).norm() <= 1e-2 * p.grad.norm() + 1e-12, n
+
+
+@pytest.mark.parametrize("name", student_names())
+def test_every_student_trains_in_bf16_close_to_fp32(name):
+    torch.manual_seed(0)
+    model = perf.channels_last(_perturb(build_model(name)).train())  # zero-initialised flow heads pass gradient
+    lq = _lq(model)
+    with torch.no_grad():
+        ref = model(lq)
+    with perf.autocast(CPU, "bf16"):
+        out = model.forward_features(lq)
+    sr = out.sr.float()
+    assert torch.isfinite(sr).all() and sr.shape == ref.shape
+    # bf16 keeps 8 bits of mantissa: the output is within ~1e-3 of fp32's on [0, 1] images (VDSR's 20 layers of
+    # randomly perturbed weights: 2e-2 at worst)
+    assert (sr - ref).abs().mean() < 5e-3 and (sr - ref).abs().max() < 5e-2
+    (sr - torch.rand_like(sr)).abs().mean().backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32, n
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
+
+
+def test_a_fp32_channels_last_run_has_the_contiguous_runs_losses(caches, tmp_path):  # noqa: F811
+    kw = dict(kd="std", steps=3, precision="fp32")
+    plain = run(config(caches["trunk"], tmp_path / "contiguous", channels_last=False, **kw), show_progress=False)
+    fast = run(config(caches["trunk"], tmp_path / "cl", channels_last=True, **kw), show_progress=False)
+    assert plain["precision"] == fast["precision"] == "fp32"
+    a, b = losses_of(tmp_path / "contiguous"), losses_of(tmp_path / "cl")
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert y[k] == pytest.approx(x[k], rel=1e-4, abs=1e-7), k
+
+
+def test_a_bf16_run_records_its_precision_and_stays_near_fp32(caches, tmp_path):  # noqa: F811
+    kw = dict(kd="std", steps=2)
+    a = run(config(caches["trunk"], tmp_path / "fp32", precision="fp32", **kw), show_progress=False)
+    b = run(config(caches["trunk"], tmp_path / "bf16", precision="bf16", **kw), show_progress=False)
+    assert (a["precision"], b["precision"]) == ("fp32", "bf16")
+    first_a, first_b = losses_of(tmp_path / "fp32")[0], losses_of(tmp_path / "bf16")[0]
+    assert first_b["loss_rec"] == pytest.approx(first_a["loss_rec"], rel=2e-2)
+    assert first_b["loss_rec"] != first_a["loss_rec"]  # the bf16 run really ran in bf16
+
+
+def test_a_checkpoint_from_before_the_settings_resumes_in_fp32_contiguous(caches, tmp_path):  # noqa: F811
+    kw = dict(kd="std", steps=4, ckpt_every=2)
+    straight = run(config(caches["trunk"], tmp_path / "straight", precision="fp32", channels_last=False, **kw),
+                   show_progress=False)
+    assert straight["precision"] == "fp32"
+    old = tmp_path / "old"
+    run(config(caches["trunk"], old, precision="fp32", channels_last=False, **kw), show_progress=False)
+    (old / "checkpoints" / "step_0000004.pth").unlink()
+    path = old / "checkpoints" / "step_0000002.pth"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["precision"], ckpt["config"]["channels_last"]  # as main wrote it before they existed
+    torch.save(ckpt, path)
+    (old / "student.pth").unlink()
+    # resumed with today's defaults (auto, channels-last) not given on the command line
+    resumed = run(config(caches["trunk"], old, **kw), resume="auto", explicit=set(), show_progress=False)
+    assert resumed["precision"] == "fp32" and resumed["resumed_from"] == 2
+    assert losses_of(old) == losses_of(tmp_path / "straight")
