@@ -435,7 +435,7 @@ def distill(ctx: click.Context, **opts) -> None:
       stdvsr distill --student vsrnet --kd mse --steps 4000 --resume auto
       stdvsr distill --kd none --ema 0.999 --out runs/plain-ema              # validate and ship the EMA weights
       stdvsr distill --init runs/plain/student.pth --cache runs/adapt/clip/cache --kd output \\
-          --mix-cache cache/demo-6clips-edvr.zarr --out runs/finetune       # footage + a quarter GT steps
+          --mix-cache cache/demo-6clips-edvr-sr.zarr --out runs/finetune       # footage + a quarter GT steps
       stdvsr distill --config pipelines/paper.toml --cache cache/vimeo90k-edvr.zarr --device cuda
       torchrun --nproc_per_node 4 -m stdvsr distill --config pipelines/paper.toml --cache ...
     """
@@ -485,7 +485,7 @@ def adapt(**opts) -> None:
       stdvsr adapt --student student.pth --data folder:lr/ --out runs/adapt/big \\
           --teacher-weights EDVR_L_BD.pth --teacher-preset edvr-l --kd std
       stdvsr adapt --student student.pth --data video:my_clip.mp4 --out runs/adapt/mixed \\
-          --mix-cache cache/demo-6clips-edvr.zarr     # a quarter of the steps on the training set's GT
+          --mix-cache cache/demo-6clips-edvr-sr.zarr     # a quarter of the steps on the training set's GT
       stdvsr upscale my_clip.mp4 my_clip_x4.mp4 --model runs/adapt/my_clip/student.pth
     """
     from stdvsr.adapt import print_adaptation, run

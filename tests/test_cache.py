@@ -371,6 +371,35 @@ def test_reader_margin_argument(built, online):
     assert errs[2] <= REBUILD_TOL < min(errs[0], errs[1])
 
 
+@pytest.mark.parametrize("cache", ["zarr", "hdf5", "int8"])
+def test_frames_kept_in_ram_read_the_same_values_within_the_budget(built, reference_int8, cache):
+    """keep_in_memory(): every tier, the ground truth and the LR windows read exactly as from disk, at any crop and
+    on a second read (sliced from RAM); nothing is kept past the budget, and with a budget of 0 nothing at all."""
+    path = reference_int8["zarr"] if cache == "int8" else built[cache]
+    disk, ram, tight = CacheReader(path), CacheReader(path), CacheReader(path)
+    ram.keep_in_memory(2**30)
+    tight.keep_in_memory(3 * 2**20)
+    boxes = [(0, 0, 16, 16), (16, 24, 24, 32), (8, 4, 32, 16)]
+    for _ in range(2):  # the second pass reads what the first kept
+        for index in range(len(disk)):
+            clip = disk.clips[index]
+            for box in boxes:
+                frames = range(1, min(4, clip["frames"]))
+                want = disk.read(index, frames, box, margin=2)
+                for reader in (ram, tight):
+                    got = reader.read(index, frames, box, margin=2)
+                    assert got.keys() == want.keys()
+                    for k, v in want.items():
+                        assert torch.equal(got[k], v) if isinstance(v, torch.Tensor) else got[k] == v, k
+                y, x = box[0] // 4, box[1] // 4
+                lr_box = (y, x, box[2] // 4, box[3] // 4)
+                assert torch.equal(ram.read_lq(index, frames, lr_box), disk.read_lq(index, frames, lr_box))
+    assert 0 < ram._ram.used <= 2**30 and len(ram._ram.items) > 0
+    assert any(key[0] == "image" for key in ram._ram.items)  # decoded ground truth is kept too
+    assert tight._ram.used <= 3 * 2**20 < ram._ram.used
+    assert disk._ram.used == 0 and not disk._ram.items
+
+
 # ----------------------------------------------------------------------------------------- 4. kill + resume
 def cli_args(teacher, data_root, out: Path, fmt: str) -> list[str]:
     return ["--weights", str(teacher.path), "--data", f"folder:{data_root}", "--out", str(out), "--format", fmt,

@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--kd", default=_default("kd"), help="comma-separated losses (output, sd, std, td)")
     ap.add_argument("--views", default=str(_default("views")), help="comma-separated view counts")
     ap.add_argument("--mix", default="0", help="comma-separated --mix-share values (0: no --mix-cache)")
-    ap.add_argument("--mix-cache", default="cache/demo-6clips-edvr.zarr", help="the GT cache --mix rows mix in")
+    ap.add_argument("--mix-cache", default="cache/demo-6clips-edvr-sr.zarr", help="the GT cache --mix rows mix in")
     ap.add_argument("--forget-clip", default=None, help="demo clip scored before/after for forgetting")
     ap.add_argument("--grid", action="store_true", help="sweep every combination, not one setting at a time")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")

@@ -113,7 +113,7 @@ def check_mix_cache(cfg: DistillConfig, mix: CacheReader, scale: int) -> None:
     scale, and clips that hold a training sample (that --cache is footage is checked by :func:`check_cache`)."""
     if not mix.has_gt:
         raise StdvsrError(f"--mix-cache {mix.root} is LR footage without ground truth: mix in a cache built from a "
-                          "dataset with HR frames (e.g. the demo's, cache/demo-6clips-edvr.zarr)")
+                          "dataset with HR frames (e.g. the demo's, cache/demo-6clips-edvr-sr.zarr)")
     if mix.scale != scale:
         raise StdvsrError(f"--mix-cache {mix.root} is ×{mix.scale} but the student is ×{scale}; mix in a ×{scale} "
                           "cache")
