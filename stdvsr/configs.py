@@ -119,6 +119,9 @@ class DistillConfig(TrainingConfig):
     log_first: int = option(0, "Log each of the first N distillation steps to metrics.jsonl with every term's "
                             "gradient norm, its cosine with L_rec's and where it lands (single process).",
                             type=click.IntRange(0), resumable=True)
+    probe_every: int = option(0, "Also log that gradient probe every N steps once distillation runs, to see the "
+                              "terms late in training as well as at switch-on (0: never).", type=click.IntRange(0),
+                              resumable=True)
     clip_frames: int = option(7, "Frames per training sample, 2k+1 (the TD sequence).", type=click.IntRange(1))
     warmup_steps: int = option(200, "Steps with L_rec only before distillation starts (the paper: 20000).",
                                type=click.IntRange(0))

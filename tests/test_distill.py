@@ -737,6 +737,15 @@ def test_log_first_probes_every_terms_gradient(caches, tmp_path):
     assert losses_of(ref)[3] == losses_of(out)[2]
 
 
+def test_probe_every_logs_the_probe_late_in_distillation_only(caches, tmp_path):
+    out = tmp_path / "run"
+    run(config(caches["trunk"], out, kd="std", steps=7, warmup_steps=4, probe_every=3, log_every=100),
+        show_progress=False)
+    probes = [r for r in metrics(out) if r.get("event") == "probe"]
+    assert [p["step"] for p in probes] == [6]  # step 3 is a multiple of 3 but still L_rec only
+    assert set(probes[0]["terms"]) == {"rec", "sd", "td"}
+
+
 def test_lever_flags_are_validated(caches, tmp_path):
     for kw, match in ((dict(kd="none", lambda_out=1.0), "with --kd none use --kd output instead"),
                       (dict(kd="output", lambda_out=1.0), "--kd output is output KD already .*: drop --lambda-out"),

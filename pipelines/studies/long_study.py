@@ -26,8 +26,8 @@ Protocol (fixed on 2026-12-07, before any run of it was looked at):
   is ≥ 0.15 dB at every seed with paired std ≤ 0.05 dB and the control's |Δ| ≤ 0.05 dB. Otherwise the answer is a
   null with the bounds measured (mean ± std of each row's paired test Δ) at this budget.
 
-The mechanism is logged: every run's loss terms every 20 steps, and the gradient probe of the first distillation
-steps (each term's gradient ratio and cosine to L_rec's). Runs are resumable (checkpoints every 500 steps; a re-run
+The mechanism is logged: every run's loss terms every 20 steps, and the gradient probe (each term's gradient ratio
+and cosine to L_rec's, where it lands) at the first 20 distillation steps and every 1000 steps after. Runs are resumable (checkpoints every 500 steps; a re-run
 reuses finished runs and continues interrupted ones); ``--rows`` / ``--seeds`` pick a subset, ``--steps`` a smoke
 run.
 
@@ -58,13 +58,14 @@ STEPS = 8000
 BASE = dict(student="fastdvdnet-quarter", steps=STEPS, lr=1e-3, batch_size=2, patch_size=64, clip_frames=7,
             workers=1, val_data=VALIDATION, val_every=1000, val_stride=4, ckpt_every=500, log_first=20, ema=0.999)
 FIT = dict(adapter="fit", kd_ramp=1000)
+LATE = dict(probe_every=1000)  # the distilled rows' gradient probe every 1000 steps too (the mechanism, late)
 # row → (cache key, overrides of BASE). "t2": the demo's cache (2 threads); "t1": the same rebuilt on 1 thread
 ROWS: dict[str, tuple[str, dict]] = {
     "plain": ("t2", dict(kd="none", warmup_steps=0)),
-    "output-w0": ("t2", dict(kd="output", warmup_steps=0)),
-    "output-w0-t1": ("t1", dict(kd="output", warmup_steps=0)),  # the control
-    "std-fit-out-w0": ("t2", dict(kd="std", lambda_out=1.0, warmup_steps=0, **FIT)),
-    "std": ("t2", dict(kd="std", warmup_steps=4000)),
+    "output-w0": ("t2", dict(kd="output", warmup_steps=0, **LATE)),
+    "output-w0-t1": ("t1", dict(kd="output", warmup_steps=0, **LATE)),  # the control
+    "std-fit-out-w0": ("t2", dict(kd="std", lambda_out=1.0, warmup_steps=0, **FIT, **LATE)),
+    "std": ("t2", dict(kd="std", warmup_steps=4000, **LATE)),
     # the precision check: plain as the step ran before #23 (fp32, contiguous), paired with plain (bf16 here)
     "plain-fp32": ("t2", dict(kd="none", warmup_steps=0, precision="fp32", channels_last=False)),
 }
@@ -102,7 +103,8 @@ def run_row(row: str, seed: int, cfg: DistillConfig, threads: int) -> dict:
             **{w: scores[w] for w in WEIGHTS},
             "val_curve": [(r["step"], r["val_psnr"]) for r in logged if "val_psnr" in r],
             "losses": losses[::10], "probe_first": probes[0] if probes else None,
-            "probe_last": probes[-1] if probes else None, "config": dataclasses.asdict(cfg)}
+            "probes_late": [p for p in probes if p["step"] % 1000 == 0], "threads": threads,
+            "config": dataclasses.asdict(cfg)}
 
 
 def paired(runs: dict, row: str, ref: str, seeds: list[int], weights: str, split: str) -> dict:

@@ -132,8 +132,10 @@ def _train(setup: Setup, state: DistillState, folder: RunFolder, show: bool) -> 
             t1 = time.perf_counter()
             lr = set_learning_rate(setup.optimizer, cfg, step)
             weight = kd_weight(cfg, step) if setup.teacher.needs and not mixed else 0.0
-            # the gradient probe of the first distillation steps (one process: it needs the whole batch's graph)
-            probe = weight > 0 and setup.world == 1 and step - cfg.warmup_steps < cfg.log_first
+            # the gradient probe of the first distillation steps and every --probe-every (one process: it needs
+            # the whole batch's graph)
+            probe = weight > 0 and setup.world == 1 and (step - cfg.warmup_steps < cfg.log_first
+                                                         or (cfg.probe_every > 0 and done % cfg.probe_every == 0))
             losses, t2 = _losses(setup, batch, weight, probe, mixed)
             t3 = now(setup.device)
             values = mean_across_ranks(losses, setup.world)
