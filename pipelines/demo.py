@@ -34,7 +34,7 @@ folder (its cache, run, ``student.pth`` and ``adapt.json``). Re-running reuses w
 student whose run ended with the same settings, a finished adaptation; an interrupted run continues from its
 checkpoint.
 
-    python pipelines/demo.py                    # the defaults make demo uses (about 13 minutes on 2 CPU cores, the install aside)
+    python pipelines/demo.py                    # the defaults make demo uses (about 8 minutes on 2 CPU cores, the install aside)
     python pipelines/demo.py --steps 200 --adapt-steps 300 --out runs/demo-quick   # a quicker look
 """
 

@@ -474,7 +474,7 @@ def adapt(**opts) -> None:
     an HR original (score that with evaluate where one exists). Rerun the same command after an interruption: a
     finished phase is reused, an interrupted one continues; other settings into the same OUT are refused.
 
-    The defaults of --steps and --lr (1200, 3e-4: about 2.5 minutes of fine-tuning on one CPU core for the demo's
+    The defaults of --steps and --lr (1200, 3e-4: about a minute of fine-tuning on one CPU core with bf16 for the demo's
     student) were chosen on bigbuckbunny's LR frames among 400/1200 steps × 1e-4/3e-4, never on carphone
     (pipelines/studies/adapt_study.py, docs/RESULTS.md).
 
