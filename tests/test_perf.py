@@ -123,3 +123,25 @@ def test_a_checkpoint_from_before_the_settings_resumes_in_fp32_contiguous(caches
     resumed = run(config(caches["trunk"], old, **kw), resume="auto", explicit=set(), show_progress=False)
     assert resumed["precision"] == "fp32" and resumed["resumed_from"] == 2
     assert losses_of(old) == losses_of(tmp_path / "straight")
+
+
+def test_distill_says_when_auto_chose_bf16(caches, tmp_path, monkeypatch):  # noqa: F811
+    from click.testing import CliRunner
+
+    from stdvsr.cli import cli
+
+    def distill(out, *extra):
+        return CliRunner().invoke(cli, ["distill", "--student", "fastdvdnet-quarter", "--cache", str(caches["trunk"]),
+                                        "--out", str(out), "--clip-frames", "3", "--patch-size", "32", "--steps", "1",
+                                        "--warmup-steps", "0", "--val-data", "none", "--device", "cpu", "--workers",
+                                        "0", "--td-hidden", "4", *extra])
+
+    monkeypatch.setattr(perf, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    said = distill(tmp_path / "auto")
+    assert said.exit_code == 0, said.output
+    assert "--precision auto: bf16 autocast on this CPU" in said.output
+    quiet = distill(tmp_path / "fp32", "--precision", "fp32")
+    assert quiet.exit_code == 0 and "bf16" not in quiet.output
+    monkeypatch.setattr(perf, "cpu_flags", lambda: frozenset({"avx2"}))
+    old_cpu = distill(tmp_path / "avx2")
+    assert old_cpu.exit_code == 0 and "bf16" not in old_cpu.output

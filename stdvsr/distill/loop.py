@@ -98,6 +98,9 @@ def _run(cfg: DistillConfig, resume: str | None = None, explicit: set[str] | Non
                        write=rank == 0)
     show = show_progress and rank == 0
     announce_start(cfg.out, state.step, cfg.steps, resume, show)
+    if show and cfg.precision == "auto" and setup.distiller.precision == "bf16":
+        stderr().print(f"--precision auto: bf16 autocast on this {setup.device.type.upper()}, which does bf16 arithmetic "
+                       "natively (the weights stay fp32; --precision fp32 trains as before)", highlight=False)
     start_time, start_step = time.perf_counter(), state.step
     val_psnr, times = _train(setup, state, folder, show)
     if world > 1:
