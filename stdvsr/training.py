@@ -427,7 +427,9 @@ def resume_run(cfg: Config, resume: str | None, explicit: set[str] | None, resum
             # a setting added since the checkpoint was written takes the value that reproduces its run
             stored = resolved_specs(type(cfg)(**{**getattr(cfg, "BEFORE_RECORDED", {}), **ckpt.config}))
             fields = {f.name: f for f in dataclasses.fields(cfg)}
-            names = set(fields) if explicit is None else explicit
+            # explicit None compares every field, except one the checkpoint predates: nobody asked to change it
+            unrecorded = set(getattr(cfg, "BEFORE_RECORDED", {})) - set(ckpt.config)
+            names = set(fields) - unrecorded if explicit is None else explicit
             for name in sorted(names):
                 mine, theirs = getattr(cfg, name), getattr(stored, name)
                 if mine == theirs:

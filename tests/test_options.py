@@ -19,7 +19,8 @@ def test_the_resumable_sets_are_the_ones_the_stages_always_had():
     shared = {"steps", "workers", "device", "out", "log_every", "val_every", "val_stride", "val_clips", "ckpt_every",
               "keep_checkpoints"}
     assert resumable(TeacherConfig) == shared | {"init_weights"}
-    assert resumable(DistillConfig) == shared | {"log_first", "val_data", "data", "cache", "teacher_weights"}
+    assert resumable(DistillConfig) == shared | {"log_first", "val_data", "data", "cache", "teacher_weights",
+                                                 "probe_every", "cache_ram_mb"}  # both since #23
 
 
 def test_shared_training_fields_are_declared_once_and_redeclared_only_for_another_default():
