@@ -644,8 +644,12 @@ def test_run_or_reuse_trains_resumes_and_reuses(caches, tmp_path):
     (tmp_path / "run" / "student.pth").unlink()
     result, what = distill.run_or_reuse(cfg, show_progress=False)
     assert what == "resumed" and result["resumed_from"] == 2
-    with pytest.raises(StdvsrError, match="holds a finished run with other settings"):
+    with pytest.raises(StdvsrError, match=r"holds a finished run with other settings \(--steps was 2, now 3, and 1 more\); "
+                                          "delete it or use another --out"):
         distill.run_or_reuse(config(caches["trunk"], tmp_path / "run", steps=3), show_progress=False)
+    with pytest.raises(StdvsrError, match=r"\(--precision was 'auto', now 'fp32', and 2 more\)"):
+        distill.run_or_reuse(config(caches["trunk"], tmp_path / "run", precision="fp32", channels_last=False),
+                             show_progress=False)
 
 
 # ----------------------------------------------------------------------------------- distillation levers

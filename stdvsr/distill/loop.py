@@ -26,7 +26,7 @@ from stdvsr.distributed import digests_across_ranks, end_process_group, mean_acr
 from stdvsr.errors import StdvsrError
 from stdvsr.io import folder_lock
 from stdvsr.models import build_model, model_spec, read_checkpoint
-from stdvsr.options import resumable
+from stdvsr.options import flag_of, resumable
 from stdvsr.perf import adam, channels_last, resolve_precision
 from stdvsr.progress import stderr, training_progress
 from stdvsr.training import (EMA, Checkpoint, LoopState, RunFolder, StepTimes, announce_start, check_finite, due,
@@ -341,9 +341,16 @@ def run_or_reuse(cfg: DistillConfig, show_progress: bool = True) -> tuple[dict |
         # options added since it was written take the values it ran with, or else their defaults
         stored = {**cfg.BEFORE_RECORDED, **stored}
         mine = dataclasses.asdict(resolved_specs(cfg))
-        if stored.keys() <= known and dataclasses.asdict(resolved_specs(type(cfg)(**stored))) == mine:
+        theirs = dataclasses.asdict(resolved_specs(type(cfg)(**stored))) if stored.keys() <= known else None
+        if theirs == mine:
             return None, "reused"
-        raise StdvsrError(f"{out} holds a finished run with other settings; delete it or use another --out")
+        fields = {f.name: f for f in dataclasses.fields(cfg)}
+        # the settings that change what is trained first (a moved folder or another --ckpt-every matter less)
+        differ = sorted((k for k in fields if theirs is not None and theirs[k] != mine[k]),
+                        key=lambda k: k in RESUMABLE_CHANGES)
+        what = (f" ({flag_of(fields[differ[0]])} was {theirs[differ[0]]!r}, now {mine[differ[0]]!r}"
+                + (f", and {len(differ) - 1} more" if len(differ) > 1 else "") + ")") if differ else ""
+        raise StdvsrError(f"{out} holds a finished run with other settings{what}; delete it or use another --out")
     resume = "auto" if latest_checkpoint(out / "checkpoints") is not None else None
     result = run(cfg, resume=resume, explicit=set() if resume else None, show_progress=show_progress)
     return result, "resumed" if resume else "trained"
