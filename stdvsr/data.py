@@ -411,7 +411,7 @@ def read_hr(clip: Clip, indices: Sequence[int], scale: int = 4, mod_crop: bool =
     h, w = h - h % scale, w - w % scale
     if box is not None and clip.transform == 0:
         top, left, height, width = box
-        return to_tensor([f[top:top + height, left:left + width] for f in frames])
+        return to_tensor([f[top:top + height, left:left + width] for f in frames]).contiguous()
     hr = dihedral(to_tensor([f[:h, :w] for f in frames]), clip.transform)
     if box is not None:
         top, left, height, width = box

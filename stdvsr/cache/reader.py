@@ -206,7 +206,7 @@ class CacheReader:
             if self._ram.budget:
                 whole = [self._ram.get((clip["index"], tier, f), lambda f=f: self.store.read(
                     clip, tier, slice(f, f + 1), slice(None), slice(None))) for f in frames]
-                data = np.concatenate([d for d, _ in whole])[:, :, rows, cols]
+                data = np.concatenate([d[:, :, rows, cols] for d, _ in whole])  # crop, then copy the crops
                 scales = None if whole[0][1] is None else np.concatenate([sc for _, sc in whole])
             else:
                 data, scales = self.store.read(clip, tier, slice(frames.start, frames.stop), rows, cols)
@@ -298,7 +298,6 @@ class CacheReader:
         lq = self._read(clip, "lq", frames, slice(ly0, ly1), slice(lx0, lx1))
         lpad = (lx0 - (x - m), (x + w + m) - lx1, ly0 - (y - m), (y + h + m) - ly1)
         return {"trunk": trunk, "valid": valid, "lq_margin": F.pad(lq, lpad, mode="replicate")}
-
 
     def _read_image(self, path: Path) -> np.ndarray:
         """A ground-truth frame, decoded once per process while :meth:`keep_in_memory`'s budget lasts."""
