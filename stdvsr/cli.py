@@ -434,6 +434,8 @@ def distill(ctx: click.Context, **opts) -> None:
       stdvsr distill --kd none --out runs/plain                    # the baseline with the same budget
       stdvsr distill --student vsrnet --kd mse --steps 4000 --resume auto
       stdvsr distill --kd none --ema 0.999 --out runs/plain-ema              # validate and ship the EMA weights
+      stdvsr distill --kd none --precision fp32 --no-channels-last --out runs/plain-fp32   # the step before #23
+      stdvsr distill --kd std --log-first 20 --probe-every 1000            # each term's gradient, early and late
       stdvsr distill --init runs/plain/student.pth --cache runs/adapt/clip/cache --kd output \\
           --mix-cache cache/demo-6clips-edvr-sr.zarr --out runs/finetune       # footage + a quarter GT steps
       stdvsr distill --config pipelines/paper.toml --cache cache/vimeo90k-edvr.zarr --device cuda

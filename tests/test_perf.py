@@ -145,3 +145,17 @@ def test_distill_says_when_auto_chose_bf16(caches, tmp_path, monkeypatch):  # no
     monkeypatch.setattr(perf, "cpu_flags", lambda: frozenset({"avx2"}))
     old_cpu = distill(tmp_path / "avx2")
     assert old_cpu.exit_code == 0 and "bf16" not in old_cpu.output
+
+
+def test_bad_speed_flags_are_refused_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from stdvsr.cli import cli
+
+    for flag, value, match in (("--precision", "fp16", "'fp16' is not one of 'auto', 'fp32', 'bf16'"),
+                               ("--cache-ram-mb", "-1", "-1 is not in the range x>=0"),
+                               ("--probe-every", "-5", "-5 is not in the range x>=0")):
+        result = CliRunner().invoke(cli, ["distill", "--out", str(tmp_path / "run"), flag, value])
+        assert result.exit_code == 2 and match in result.output, (flag, result.output)
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()  # refused before anything was written
