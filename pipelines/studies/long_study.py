@@ -156,7 +156,9 @@ def main() -> None:
                     help="the same cache built on 1 thread (key t1): OMP_NUM_THREADS=1 stdvsr cache-teacher --data "
                          "demo --max-clips 6 --store trunk,sr --out cache/demo-6clips-edvr-sr-t1.zarr")
     ap.add_argument("--steps", type=int, default=STEPS, help=f"a smoke run only (warm-ups scale); the study's is {STEPS}")
-    ap.add_argument("--jobs", type=int, default=2, help="runs trained at once, one single-threaded process each")
+    ap.add_argument("--jobs", type=int, default=2, help="runs trained at once, one process each")
+    ap.add_argument("--threads", type=int, help="torch threads per run (default: the cores ÷ --jobs); e.g. --jobs 1 "
+                    "--threads 1 leaves a core to other work")
     ap.add_argument("--out", default="runs/long_study")
     ap.add_argument("--json", default="runs/long_study/results.json")
     args = ap.parse_args()
@@ -179,7 +181,7 @@ def main() -> None:
 
     # the cheap rows of every seed first, so that the comparisons they make are complete soonest
     plan = [(row, seed, DistillConfig(**settings(row, seed))) for row in rows for seed in seeds]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     runs = []
 
     def done(_, r: dict) -> None:
