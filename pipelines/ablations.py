@@ -3,6 +3,7 @@
     Table 2  w/o STD, SD, TD, STD                  --kd none | sd | td | std
     Table 3  STD vs KD-MSE vs KD-M²_mean           --kd std | mse | mean2 (Gao et al., on F^LR)
     Table 4  F^SR vs F^LR                           --kd std --feature sr | lr
+    Table 5  w/o STD, STD from EDVR, STD from RBPN  --kd none | std on --cache | std on --rbpn-cache
     Table 6  width 1/4, 1/2, 1, each w/o and with STD   fastdvdnet-quarter | -half | fastdvdnet
     Table x  (not the paper's) STD with λ2 = 10, λ1 = 0.1, L2-normalised attention maps: the loss-scale levers
 
@@ -13,6 +14,8 @@ default protocol). Writes ``--json`` (every run's settings and scores) and print
 
     python pipelines/ablations.py --cache cache/demo-4clips-edvr.zarr --steps 800 --seeds 0,1,2
     python pipelines/ablations.py --tables 2 --seeds 0 --steps 200        # a quick look
+    python pipelines/ablations.py --tables 5 --seeds 0,1 --cache cache/demo-6clips-edvr-sr.zarr \
+        --rbpn-cache cache/demo-6clips-rbpn.zarr                          # the two teachers (RBPN: see --help)
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ TABLES = {
           ("STD", None, {"kd": "std"})],
     "3": [("STD", None, {"kd": "std"}), ("KD-MSE", None, {"kd": "mse"}), ("KD-M²_mean", None, {"kd": "mean2"})],
     "4": [("F^SR", None, {"kd": "std"}), ("F^LR", None, {"kd": "std", "feature": "lr"})],
+    # "cache": a key of CACHES, the teacher whose cache the row reads (the others read --cache, the EDVR one)
+    "5": [("w/o STD", None, {"kd": "none"}), ("STD-EDVR", None, {"kd": "std"}),
+          ("STD-RBPN", None, {"kd": "std", "cache": "rbpn"})],
     "6": [(f"{name} {label}", student, {"kd": kd})
           for name, student in (("width 1/4", "fastdvdnet-quarter"), ("width 1/2", "fastdvdnet-half"),
                                 ("width 1", "fastdvdnet"))
@@ -50,6 +56,9 @@ TABLES = {
           ("STD λ1=0.1", None, {"kd": "std", "lambda_sd": 0.1}),
           ("STD, L2-normalised maps", None, {"kd": "std", "sd_norm": "l2"})],
 }
+
+
+CACHES = {"rbpn": "rbpn_cache"}  # a row's "cache" override → the option naming that cache
 
 
 def run_name(student: str, overrides: dict, seed: int) -> str:
@@ -64,6 +73,8 @@ PAPER_ROWS = {
     ("3", "STD"): ("table3", "KD-Ours (STD)", -1), ("3", "KD-MSE"): ("table3", "KD-MSE", -1),
     ("3", "KD-M²_mean"): ("table3", "KD-M2_mean", -1),
     ("4", "F^SR"): ("table4", "KD-F_SR", -1), ("4", "F^LR"): ("table4", "KD-F_LR", -1),
+    ("5", "w/o STD"): ("table5", "FastDVDnet", -1), ("5", "STD-EDVR"): ("table5", "FastDVDnet-EDVR", -1),
+    ("5", "STD-RBPN"): ("table5", "FastDVDnet-RBPN", -1),
     **{("6", f"width {w} {label}"): ("table6", f"FastDVDnet {paper}", i)
        for i, w in enumerate(("1/4", "1/2", "1")) for label, paper in (("w/o STD", "w/o STD"), ("STD", "w/ STD"))},
 }
@@ -147,13 +158,38 @@ def table_seeds(args, table: str) -> list[int]:
     return [int(x) for x in args.seeds.split(",")]
 
 
+def plan_runs(args, tables: list[str]) -> dict[str, DistillConfig]:
+    """The distinct runs of ``tables``, in table order: each row at each of its table's seeds, on its teacher's
+    cache. Refuses a cache that does not exist, naming the row that needs it."""
+    plan: dict[str, DistillConfig] = {}
+    for table in tables:
+        for label, student, overrides in TABLES[table]:
+            student = student or args.student
+            cache = getattr(args, CACHES[overrides["cache"]]) if "cache" in overrides else args.cache
+            if not Path(cache).exists():
+                raise SystemExit(f"Error: cache {cache} (Table {table}, row {label}) does not exist; see --help")
+            options = {k: v for k, v in overrides.items() if k != "cache"}
+            for seed in table_seeds(args, table):
+                name = run_name(student, overrides, seed)
+                settings = dict(student=student, cache=cache, out=str(Path(args.out) / name), seed=seed,
+                                steps=args.steps, warmup_steps=args.warmup_steps, lambda_sd=args.lambda_sd,
+                                lambda_td=args.lambda_td, lr=args.lr, workers=args.workers, val_every=0,
+                                ckpt_every=max(args.steps // 4, 1))
+                plan.setdefault(name, DistillConfig(**{**settings, **options}))
+    return plan
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", default="cache/demo-4clips-edvr.zarr",
                     help="teacher cache of the ablations (build it with: stdvsr cache-teacher --max-clips 4 "
                          "--out cache/demo-4clips-edvr.zarr)")
-    ap.add_argument("--student", default="fastdvdnet-quarter", help="student of tables 2-4")
-    ap.add_argument("--tables", default="2,3,4,x,6", help="comma list of 2, 3, 4, 6, x")
+    ap.add_argument("--rbpn-cache", default="cache/demo-6clips-rbpn.zarr",
+                    help="Table 5's RBPN cache, of the same clips as --cache (build it with: stdvsr cache-teacher "
+                         "--teacher rbpn --weights stdvsr/weights/rbpn_s_demo.pth --max-clips 6 "
+                         "--out cache/demo-6clips-rbpn.zarr)")
+    ap.add_argument("--student", default="fastdvdnet-quarter", help="student of tables 2-5")
+    ap.add_argument("--tables", default="2,3,4,x,6", help="comma list of 2, 3, 4, 5, 6, x")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--warmup-steps", type=int, default=400,
@@ -173,17 +209,7 @@ def main() -> None:
     tables = chosen(args.tables, TABLES, "--tables")
     console = Console(stderr=True)
 
-    plan: dict[str, DistillConfig] = {}  # distinct runs, in table order
-    for table in tables:
-        for label, student, overrides in TABLES[table]:
-            student = student or args.student
-            for seed in table_seeds(args, table):
-                name = run_name(student, overrides, seed)
-                settings = dict(student=student, cache=args.cache, out=str(Path(args.out) / name), seed=seed,
-                                steps=args.steps, warmup_steps=args.warmup_steps, lambda_sd=args.lambda_sd,
-                                lambda_td=args.lambda_td, lr=args.lr, workers=args.workers, val_every=0,
-                                ckpt_every=max(args.steps // 4, 1))
-                plan.setdefault(name, DistillConfig(**{**settings, **overrides}))
+    plan = plan_runs(args, tables)
     threads = max(1, args.threads // args.jobs)
     console.print(f"{len(plan)} distinct runs, {args.jobs} at a time with {threads} torch thread(s) each", highlight=False)
     scores: dict[str, dict] = {}
