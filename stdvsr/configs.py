@@ -176,7 +176,7 @@ class CacheConfig:
     teacher: str = option("edvr", "Teacher network: EDVR, or RBPN (no trunk: its caches store feat_sr / attention "
                           "/ sr).", type=click.Choice(TEACHERS))
     weights: str | None = option(None, "Teacher weights (stdvsr, BasicSR or official RBPN checkpoint). Default: the "
-                                 "shipped demo teacher (edvr-s); --teacher rbpn needs them.",
+                                 "shipped demo teacher of --teacher (edvr-s, rbpn-s).",
                                  type=click.Path(dir_okay=False))
     preset: str | None = option(None, "Architecture of --weights that are not a stdvsr checkpoint (e.g. BasicSR's "
                                 "EDVR-L; rbpn for official RBPN weights, configuration read off their shapes).",

@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from stdvsr import adapt, cache, distill, train_teacher
+from stdvsr import adapt, cache, distill, models, train_teacher
 from stdvsr.cache import CacheConfig, CacheReader
 from stdvsr.cache.check import info, verify
 from stdvsr.cache.layout import HEAD, RBPN_FEATURE_POINT
@@ -142,7 +142,7 @@ def test_bytes_per_frame_of_the_tiers(built):
     assert raw["feat_sr"] * 3 == raw["sr"] * 16 and set(raw) == {"lq", "feat_sr", "sr"}
 
 
-def test_cache_refusals(trained, data_root, tmp_path):
+def test_cache_refusals(trained, data_root, tmp_path, monkeypatch):
     def build(**kw):
         base = dict(teacher="rbpn", weights=trained["teacher"], data=f"folder:{data_root}", out=str(tmp_path / "c"))
         return cache.run(CacheConfig(**{**base, **kw}), show_progress=False)
@@ -152,7 +152,9 @@ def test_cache_refusals(trained, data_root, tmp_path):
         build(store="trunk,sr")
     with pytest.raises(StdvsrError, match="a footage cache of an RBPN teacher needs sr"):
         build(store="feat_sr", degradation="none")
-    with pytest.raises(StdvsrError, match="--teacher rbpn needs --weights"):
+    monkeypatch.setitem(models.DEMO_TEACHERS, "rbpn", tmp_path / "rbpn_s_demo.pth")  # a clone without it
+    with pytest.raises(StdvsrError, match="--teacher rbpn needs --weights: no shipped demo teacher at .*; train one "
+                                          "with bash pipelines/train_demo_teacher.sh rbpn"):
         build(weights=None)
     with pytest.raises(StdvsrError, match="holds a rbpn network, not a edvr teacher; pass --teacher rbpn"):
         build(teacher="edvr")

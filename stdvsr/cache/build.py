@@ -101,13 +101,13 @@ def load_teacher(cfg: CacheConfig):
     """The teacher network and its fingerprint entry (architecture, arguments, weights hash; for a teacher without
     a trunk also what its F^SR is). Weights that record no network need ``--preset``; official RBPN weights get
     their configuration from their shapes."""
-    from stdvsr.models import DEMO_TEACHER, build_model, checkpoint_spec, load_weights, model_spec, read_checkpoint
+    from stdvsr.models import DEMO_TEACHERS, build_model, checkpoint_spec, load_weights, model_spec, read_checkpoint
     from stdvsr.models.edvr import EDVR
 
-    if cfg.weights is None and cfg.teacher != "edvr":
-        raise StdvsrError(f"--teacher {cfg.teacher} needs --weights: the shipped demo teacher is an EDVR; train one "
-                          f"with stdvsr train-teacher --teacher {cfg.teacher}")
-    path = Path(cfg.weights).expanduser() if cfg.weights else DEMO_TEACHER
+    path = Path(cfg.weights).expanduser() if cfg.weights else DEMO_TEACHERS[cfg.teacher]
+    if cfg.weights is None and not path.is_file():
+        raise StdvsrError(f"--teacher {cfg.teacher} needs --weights: no shipped demo teacher at {path}; train one "
+                          f"with bash pipelines/train_demo_teacher.sh {cfg.teacher}")
     name, kwargs = checkpoint_spec(read_checkpoint(path), path, arch=cfg.preset)
     if name is None:
         raise StdvsrError(f"--weights {path} is not a stdvsr checkpoint (no model name inside); name its "
