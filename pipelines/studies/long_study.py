@@ -22,6 +22,9 @@ Protocol (fixed on 2026-12-07, before any run of it was looked at):
   is its Δ to ``output-w0``;
 * ``plain-fp32`` (plain in fp32, contiguous, as the step ran before #23), paired with plain, measures what the
   bf16 default costs in PSNR — at the demo's budget too (``--steps 800``), since the default serves it;
+* Table 2 of the paper at this budget (added 2026-12-08, before any of its runs): ``sd`` and ``td`` (``--kd sd`` /
+  ``--kd td``, warm-up 4000 like ``std``), paired with plain; with ``plain`` and ``std`` they are Table 2's four rows
+  (``--rows plain,sd,td,std``), scored on carphone like every row, reported as the paper's table is;
 * decision: a row that beats plain on validation at every seed is a candidate; it resolves the claim if its test Δ
   is ≥ 0.15 dB at every seed with paired std ≤ 0.05 dB and the control's |Δ| ≤ 0.05 dB. Otherwise the answer is a
   null with the bounds measured (mean ± std of each row's paired test Δ) at this budget.
@@ -32,6 +35,7 @@ reuses finished runs and continues interrupted ones); ``--rows`` / ``--seeds`` p
 run.
 
     python pipelines/studies/long_study.py --rows plain,output-w0,output-w0-t1 --seeds 0,1,2
+    python pipelines/studies/long_study.py --rows plain,sd,td,std --seeds 0,1,2 --jobs 1 --threads 1   # Table 2
     python pipelines/studies/long_study.py --steps 40 --seeds 0 --out runs/long_smoke --json runs/long_smoke.json
 """
 
@@ -66,6 +70,8 @@ ROWS: dict[str, tuple[str, dict]] = {
     "output-w0-t1": ("t1", dict(kd="output", warmup_steps=0, **LATE)),  # the control
     "std-fit-out-w0": ("t2", dict(kd="std", lambda_out=1.0, warmup_steps=0, **FIT, **LATE)),
     "std": ("t2", dict(kd="std", warmup_steps=4000, **LATE)),
+    "sd": ("t2", dict(kd="sd", warmup_steps=4000, **LATE)),  # Table 2's single terms, as the paper's std runs
+    "td": ("t2", dict(kd="td", warmup_steps=4000, **LATE)),
     # the precision check: plain as the step ran before #23 (fp32, contiguous), paired with plain (bf16 here)
     "plain-fp32": ("t2", dict(kd="none", warmup_steps=0, precision="fp32", channels_last=False)),
 }
