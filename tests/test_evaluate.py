@@ -237,7 +237,9 @@ def test_basicsr_edvr_checkpoint_is_scored_with_arch(vid4, tmp_path):
                             max_figures=0, device="cpu"), show_progress=False)
     lq = bd_downsample(hr_frames(vid4 / "GT" / "city"))
     expected = direct(windows_sr(teacher, lq), hr_frames(vid4 / "GT" / "city"), range(len(lq)))
-    assert result["models"][0]["average"]["psnr"] == pytest.approx(expected[0], abs=1e-6)
+    # evaluate batches the windows otherwise than the reference does; on one thread oneDNN then rounds differently
+    # (3.2e-6 dB measured with OMP_NUM_THREADS=1, < 1e-6 on 2 threads)
+    assert result["models"][0]["average"]["psnr"] == pytest.approx(expected[0], abs=1e-5)
 
 
 @pytest.mark.parametrize("arg", ["plain=", "=runs/x.pth", " = "])
