@@ -301,7 +301,7 @@ def cache_teacher(**opts) -> None:
       stdvsr cache-teacher --max-clips 2 --out cache/smoke.zarr   # a quick check
       stdvsr cache-teacher --views 4 --out cache/demo-views4.zarr # + flipped views, exact targets (4× cost)
       stdvsr cache-teacher --data video:my_clip.mp4 --degradation none  # your LR footage, no GT: SR targets
-      stdvsr cache-teacher --teacher rbpn --weights runs/rbpn/teacher.pth   # F^SR and SR, no trunk
+      stdvsr cache-teacher --teacher rbpn --out cache/demo-rbpn.zarr   # the demo RBPN: F^SR and SR, no trunk
       stdvsr cache-teacher --weights EDVR_L_BD.pth --preset edvr-l \\
           --data vimeo90k:/data/vimeo_septuplet --dtype int8 --device cuda --batch-size 7
       torchrun --nproc_per_node 4 -m stdvsr cache-teacher --data vimeo90k:/data/vimeo_septuplet ...

@@ -1,7 +1,9 @@
-"""The shipped demo teacher: a stdvsr checkpoint inside the package that loads safely and beats bicubic."""
+"""The shipped demo teachers (edvr-s, rbpn-s): stdvsr checkpoints inside the package that load safely and beat
+bicubic."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.nn import functional as F
 
@@ -9,19 +11,24 @@ from stdvsr.data import to_tensor
 from stdvsr.degradations import bd_downsample
 from stdvsr.infer import upscale_frames
 from stdvsr.metrics import VideoMetrics
-from stdvsr.models import DEMO_TEACHER, load_model
+from stdvsr.models import DEMO_TEACHERS, load_model
+
+SHIPPED = pytest.mark.parametrize("teacher, preset", [("edvr", "edvr-s"), ("rbpn", "rbpn-s")])
 
 
-def test_demo_teacher_ships_small_and_loads():
-    assert DEMO_TEACHER.is_file(), "run pipelines/train_demo_teacher.sh"
-    assert DEMO_TEACHER.stat().st_size < 5e6
-    model, ckpt = load_model(DEMO_TEACHER)
-    assert ckpt["model"]["name"] == "edvr-s" and model.num_frame == 7 and model.scale == 4
+@SHIPPED
+def test_demo_teacher_ships_small_and_loads(teacher, preset):
+    path = DEMO_TEACHERS[teacher]
+    assert path.is_file(), f"run pipelines/train_demo_teacher.sh {teacher}"
+    assert path.stat().st_size < 5e6
+    model, ckpt = load_model(path)
+    assert ckpt["model"]["name"] == preset and model.num_frame == 7 and model.scale == 4
     assert ckpt["config"]["degradation"] == "bd"
 
 
-def test_demo_teacher_beats_bicubic_on_held_out_frames(carphone_frames):
-    model, _ = load_model(DEMO_TEACHER)
+@SHIPPED
+def test_demo_teacher_beats_bicubic_on_held_out_frames(carphone_frames, teacher, preset):
+    model, _ = load_model(DEMO_TEACHERS[teacher])
     gt = to_tensor(carphone_frames)  # 8 real held-out frames, 144×176
     lq = bd_downsample(gt, 4)
     frames = [2, 3, 4, 5]
