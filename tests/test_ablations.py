@@ -74,7 +74,7 @@ def test_run_names_are_shared_between_tables():
 def test_table5_compares_the_teachers_with_the_paper(tmp_path):
     a = args(seeds="0,1")
     offset = {"w/o STD": 0.0, "STD-EDVR": 0.2, "STD-RBPN": 0.1}
-    scores = fake_scores(a, ["5"], lambda label, seed: 25.0 + seed + offset[label])
+    scores = fake_scores(a, ["5"], lambda label, seed: 25.0 + seed + offset.get(label, -1.0))
     rows = {r["row"]: r for r in ablations.table_rows("5", a, scores)}
     assert rows["STD-RBPN"]["delta_mean"] == pytest.approx(0.1) and rows["STD-RBPN"]["reference"] == "w/o STD"
     paper = json.loads((REPO / "pipelines" / "paper" / "paper_results.json").read_text())["table5"]["rows"]
@@ -83,7 +83,8 @@ def test_table5_compares_the_teachers_with_the_paper(tmp_path):
     # the EDVR row is Table 2's STD run; the RBPN row is a run of its own
     names = [ablations.run_name(a.student, o, 0) for _, _, o in ablations.TABLES["5"]]
     assert names == ["fastdvdnet-quarter_kd-none_seed0", "fastdvdnet-quarter_kd-std_seed0",
-                     "fastdvdnet-quarter_cache-rbpn_kd-std_seed0"]
+                     "fastdvdnet-quarter_cache-rbpn_kd-std_seed0",
+                     "fastdvdnet-quarter_cache-rbpn_kd-std_sd_norm-l2_seed0"]
 
 
 def test_a_missing_teacher_cache_is_one_line_naming_the_row(tmp_path):
@@ -106,7 +107,10 @@ def test_table5_plan_reads_each_teachers_cache_at_every_seed(tmp_path):
              lambda_sd=1.0, lambda_td=100.0, lr=1e-3, workers=0)
     plan = ablations.plan_runs(a, ["2", "5"])
     rbpn = {n: c for n, c in plan.items() if "rbpn" in n}
-    assert sorted(rbpn) == ["fastdvdnet-quarter_cache-rbpn_kd-std_seed0", "fastdvdnet-quarter_cache-rbpn_kd-std_seed1"]
+    assert sorted(rbpn) == ["fastdvdnet-quarter_cache-rbpn_kd-std_sd_norm-l2_seed0",
+                            "fastdvdnet-quarter_cache-rbpn_kd-std_sd_norm-l2_seed1",
+                            "fastdvdnet-quarter_cache-rbpn_kd-std_seed0", "fastdvdnet-quarter_cache-rbpn_kd-std_seed1"]
     assert {c.cache for c in rbpn.values()} == {a.rbpn_cache} and {c.kd for c in rbpn.values()} == {"std"}
+    assert [c.sd_norm for n, c in sorted(rbpn.items())] == ["l2", "l2", "none", "none"]
     assert {c.cache for n, c in plan.items() if n not in rbpn} == {a.cache}
-    assert len(plan) == 4 * 2 + 2  # Table 5's plain and EDVR rows are Table 2's runs
+    assert len(plan) == 4 * 2 + 4  # Table 5's plain and EDVR rows are Table 2's runs
