@@ -190,7 +190,7 @@ def main() -> None:
                          "--out cache/demo-4clips-edvr.zarr)")
     ap.add_argument("--rbpn-cache", default="cache/demo-6clips-rbpn.zarr",
                     help="Table 5's RBPN cache, of the same clips as --cache (build it with: stdvsr cache-teacher "
-                         "--teacher rbpn --weights stdvsr/weights/rbpn_s_demo.pth --max-clips 6 "
+                         "--teacher rbpn --max-clips 6 "
                          "--out cache/demo-6clips-rbpn.zarr)")
     ap.add_argument("--student", default="fastdvdnet-quarter", help="student of tables 2-5")
     ap.add_argument("--tables", default="2,3,4,x,6", help="comma list of 2, 3, 4, 5, 6, x")

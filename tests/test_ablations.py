@@ -96,7 +96,8 @@ def test_a_missing_teacher_cache_is_one_line_naming_the_row(tmp_path):
                         "--rbpn-cache", str(tmp_path / "rbpn.zarr"), "--out", str(tmp_path / "runs")],
                        capture_output=True, text=True)
     assert r.returncode != 0
-    assert r.stderr.strip() == f"Error: cache {tmp_path / 'rbpn.zarr'} (Table 5, row STD-RBPN) does not exist; see --help"
+    missing = tmp_path / "rbpn.zarr"
+    assert r.stderr.strip() == f"Error: cache {missing} (Table 5, row STD-RBPN) does not exist; see --help"
     assert not (tmp_path / "runs").exists()
 
 

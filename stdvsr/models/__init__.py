@@ -28,8 +28,8 @@ from stdvsr.models.vdsr import VDSR
 from stdvsr.models.vespcn import VESPCN
 from stdvsr.models.vsrnet import VSRNet
 
-__all__ = ["Features", "MODELS", "STUDENTS", "PRESETS", "DEMO_TEACHER", "DEMO_TEACHERS", "build_model", "list_models", "load_weights",
-           "load_model", "checkpoint_spec", "read_checkpoint", "model_spec", "feature_channels"]
+__all__ = ["Features", "MODELS", "STUDENTS", "PRESETS", "DEMO_TEACHER", "DEMO_TEACHERS", "build_model", "list_models",
+           "load_weights", "load_model", "checkpoint_spec", "read_checkpoint", "model_spec", "feature_channels"]
 
 #: The shipped demo teacher: edvr-s trained on the demo training clips (BD ×4) by pipelines/train_demo_teacher.sh.
 DEMO_TEACHER = Path(__file__).resolve().parent.parent / "weights" / "edvr_s_demo.pth"
