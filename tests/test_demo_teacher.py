@@ -41,3 +41,13 @@ def test_demo_teacher_beats_bicubic_on_held_out_frames(carphone_frames, teacher,
     gain = teacher.summary()["psnr"] - bicubic.summary()["psnr"]
     assert gain > 1.0, f"teacher only {gain:.2f} dB above bicubic"
     assert torch.isfinite(sr).all()
+
+
+def test_train_demo_teacher_refuses_an_unknown_teacher_in_one_line(tmp_path):
+    import subprocess
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "pipelines" / "train_demo_teacher.sh"
+    r = subprocess.run(["bash", str(script), "vdsr"], capture_output=True, text=True, env={"OUT": str(tmp_path / "o"),
+                                                                                         "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2 and r.stderr.strip() == "Error: unknown teacher 'vdsr'; use edvr or rbpn"
+    assert not (tmp_path / "o").exists()

@@ -168,6 +168,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/long_study")
     ap.add_argument("--json", default="runs/long_study/results.json")
     args = ap.parse_args()
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"Error: --threads {args.threads}: give 1 or more torch threads per run")
     rows = chosen(args.rows, ROWS, "--rows")
     seeds = [int(s) for s in args.seeds.split(",")]
     caches = {"t2": args.cache, "t1": args.cache_t1}
