@@ -195,9 +195,27 @@ def loader_worker_init(worker_id: int) -> None:
     Ctrl-C in a terminal; a worker dying first would fail the main process's next batch before it can save. The
     main process ends its workers itself."""
     import signal
+    import threading
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.excepthook = quiet_handover(threading.excepthook)
+
+
+def quiet_handover(default):
+    """A ``threading.excepthook`` for DataLoader workers: a worker hands each batch's tensors to the main process
+    through multiprocessing's ``resource_sharer`` thread, and when the main process stops (Ctrl-C, SIGTERM) in the
+    middle of a handover, that thread's send fails with a connection error whose traceback would land on the user's
+    terminal beside the one-line "saved step N" message. Those errors are dropped; any other goes to ``default``."""
+    import traceback
+
+    def hook(args) -> None:
+        if args.exc_traceback is not None and issubclass(args.exc_type, (OSError, EOFError)) and any(
+                frame.f_code.co_filename.endswith("resource_sharer.py")
+                for frame, _ in traceback.walk_tb(args.exc_traceback)):
+            return
+        default(args)
+    return hook
 
 
 def _end_daemon_children() -> None:

@@ -184,3 +184,29 @@ def test_pruning_keeps_the_run_s_own_checkpoints_beside_a_damaged_newer_one(tmp_
     folder.save(250)
     assert sorted(p.name for p in ckpts.iterdir()) == ["step_0000250.pth", "step_0000300.pth"]
     assert read_checkpoint(ckpts / "step_0000250.pth")["step"] == 250 and folder.last == ckpts / "step_0000250.pth"
+
+
+def _thread_error(code: str, filename: str):
+    import threading
+    try:
+        exec(compile(code, filename, "exec"), {})
+    except BaseException as error:  # noqa: B902 - the test raises it on purpose
+        return threading.ExceptHookArgs([type(error), error, error.__traceback__, threading.current_thread()])
+    raise AssertionError("the code did not raise")
+
+
+def test_workers_drop_only_the_handover_errors_of_a_stopping_main_process():
+    """A worker's resource_sharer thread failing to send to a main process that stopped prints nothing; any other
+    thread error still reaches the default hook (seen: a resource_sharer traceback beside 'saved step N')."""
+    from stdvsr.training import quiet_handover
+    seen = []
+    hook = quiet_handover(seen.append)
+    sharer = "/usr/lib/python3/multiprocessing/resource_sharer.py"
+    hook(_thread_error("raise BrokenPipeError(32, 'Broken pipe')", sharer))
+    hook(_thread_error("raise ConnectionResetError()", "/x/multiprocessing/resource_sharer.py"))
+    assert seen == []
+    other = _thread_error("raise BrokenPipeError()", "/x/my_thread.py")
+    bug = _thread_error("raise ValueError('a bug')", "/x/multiprocessing/resource_sharer.py")
+    hook(other)
+    hook(bug)
+    assert seen == [other, bug]
