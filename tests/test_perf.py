@@ -43,6 +43,47 @@ def test_cpu_flags_are_read_from_linux_cpuinfo():
         assert flags == frozenset()
 
 
+@pytest.mark.parametrize("scale,shape", [(2, (3, 64, 5, 7)), (2, (2, 16, 4, 4)), (4, (2, 48, 3, 5)), (3, (1, 18, 2, 3))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pixel_shuffle_is_torchs_to_the_bit_forwards_and_backwards(scale, shape, dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    ours, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = perf.pixel_shuffle(ours, scale), torch.nn.functional.pixel_shuffle(ref, scale)
+    assert out.grad_fn is not None and type(out.grad_fn).__name__ == "_PixelShuffleBackward"  # the fast path ran
+    assert torch.equal(out, expected) and out.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(out.shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    out.backward(grad)
+    expected.backward(grad)
+    assert torch.equal(ours.grad, ref.grad) and ours.grad.is_contiguous(memory_format=torch.channels_last)
+    # the gradient as pixel_unshuffle defines it, written out: grad_x[b, c·s² + i·s + j, y, x] = grad[b, c, s·y+i, s·x+j]
+    b, c, h, w = shape
+    spelled = grad.float().reshape(b, c // scale ** 2, h, scale, w, scale).permute(0, 1, 3, 5, 2, 4).reshape(shape)
+    assert torch.equal(ours.grad.float(), spelled)
+
+
+def test_pixel_shuffle_takes_torchs_own_op_where_the_fast_backward_does_not_apply():
+    contiguous = torch.randn(2, 16, 3, 3, requires_grad=True)
+    assert type(perf.pixel_shuffle(contiguous, 2).grad_fn).__name__ == "PixelShuffleBackward0"
+    cl = torch.randn(2, 16, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with torch.no_grad():
+        assert torch.equal(perf.pixel_shuffle(cl, 2), torch.nn.functional.pixel_shuffle(cl, 2))
+    # a gradient arriving contiguous (not channels-last) is unshuffled by torch's op
+    out = perf.pixel_shuffle(cl, 2)
+    grad = torch.randn(out.shape)
+    out.backward(grad)
+    assert torch.equal(cl.grad, torch.nn.functional.pixel_unshuffle(grad, 2))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # jit.trace: what export tracing sees
+def test_the_pixel_shuffle_module_keeps_checkpoints_and_exports_unchanged():
+    module = perf.PixelShuffle(2)
+    assert isinstance(module, torch.nn.PixelShuffle) and module.state_dict() == {}
+    x = torch.randn(1, 8, 2, 2)
+    traced = torch.jit.trace(module, x.contiguous(memory_format=torch.channels_last).requires_grad_())
+    assert "pixel_shuffle" in str(traced.graph) and "PythonOp" not in str(traced.graph)
+
+
 def _lq(model, b=2, h=16, w=16):
     return torch.rand(b, model.num_frame, 3, h, w, generator=torch.Generator().manual_seed(1))
 

@@ -7,6 +7,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from stdvsr.perf import pixel_shuffle
+
 
 class Features(NamedTuple):
     """What ``forward_features(lq)`` returns (the model contract, docs/ARCHITECTURE.md).
@@ -70,8 +72,8 @@ class PixelShuffleHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lrelu = nn.functional.leaky_relu
-        x = lrelu(nn.functional.pixel_shuffle(self.upconv1(x), 2), 0.1)
-        x = lrelu(nn.functional.pixel_shuffle(self.upconv2(x), 2), 0.1)
+        x = lrelu(pixel_shuffle(self.upconv1(x), 2), 0.1)
+        x = lrelu(pixel_shuffle(self.upconv2(x), 2), 0.1)
         return lrelu(self.conv_hr(x), 0.1)
 
 

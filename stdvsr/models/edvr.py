@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from stdvsr.models.common import Features, ResidualBlockNoBN, lrelu, make_layer
 from stdvsr.models.dcn import DCNv2Pack
+from stdvsr.perf import pixel_shuffle
 
 
 def _up2(x: torch.Tensor) -> torch.Tensor:
@@ -227,8 +228,8 @@ class EDVR(nn.Module):
 
     def upsample_head(self, feat_lr: torch.Tensor) -> torch.Tensor:
         """F^LR → F^SR: two pixel-shuffle ×2 steps and ``conv_hr``, each followed by LeakyReLU(0.1)."""
-        x = lrelu(F.pixel_shuffle(self.upconv1(feat_lr), 2))
-        x = lrelu(F.pixel_shuffle(self.upconv2(x), 2))
+        x = lrelu(pixel_shuffle(self.upconv1(feat_lr), 2))
+        x = lrelu(pixel_shuffle(self.upconv2(x), 2))
         return lrelu(self.conv_hr(x))
 
     def to_rgb(self, feat_sr: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from stdvsr.models.common import Features, PixelShuffleHead, scaled, upsample_base
+from stdvsr.perf import PixelShuffle
 
 
 def _conv_relu(cin: int, cout: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
@@ -44,9 +45,9 @@ class DenBlock(nn.Module):
         self.down0 = nn.Sequential(*_conv_relu(c0, c1, stride=2), *_conv_relu(c1, c1), *_conv_relu(c1, c1))
         self.down1 = nn.Sequential(*_conv_relu(c1, c2, stride=2), *_conv_relu(c2, c2), *_conv_relu(c2, c2))
         self.up2 = nn.Sequential(*_conv_relu(c2, c2), *_conv_relu(c2, c2), nn.Conv2d(c2, c1 * 4, 3, 1, 1),
-                                 nn.PixelShuffle(2))
+                                 PixelShuffle(2))
         self.up1 = nn.Sequential(*_conv_relu(c1, c1), *_conv_relu(c1, c1), nn.Conv2d(c1, c0 * 4, 3, 1, 1),
-                                 nn.PixelShuffle(2))
+                                 PixelShuffle(2))
         self.outc = nn.Sequential(*_conv_relu(c0, c0), nn.Conv2d(c0, out_ch, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

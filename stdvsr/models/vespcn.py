@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from stdvsr.models.common import Features, upsample_base
+from stdvsr.perf import PixelShuffle, pixel_shuffle
 
 
 def _flow_net(cin: int, kernels, channels, strides, shuffle: int) -> nn.Sequential:
@@ -33,7 +34,7 @@ def _flow_net(cin: int, kernels, channels, strides, shuffle: int) -> nn.Sequenti
         layers.append(nn.Conv2d(c, cout, k, s, k // 2))
         layers.append(nn.Tanh() if i == len(kernels) - 1 else nn.ReLU(inplace=True))
         c = cout
-    layers.append(nn.PixelShuffle(shuffle))
+    layers.append(PixelShuffle(shuffle))
     return nn.Sequential(*layers)
 
 
@@ -97,7 +98,7 @@ class VESPCN(nn.Module):
         warped, _, center = self.compensate(lq)
         fused = torch.cat([warped[:, 0], center, warped[:, 1]], 1)
         feat_lr = self.body(fused)
-        feat_sr = F.relu(F.pixel_shuffle(self.subpixel(feat_lr), 4))
+        feat_sr = F.relu(pixel_shuffle(self.subpixel(feat_lr), 4))
         return Features(self.conv_last(feat_sr) + upsample_base(center, 4), feat_sr, feat_lr)
 
     def forward(self, lq: torch.Tensor) -> torch.Tensor:
