@@ -18,6 +18,7 @@ from stdvsr import __version__, interrupts, options
 from stdvsr.configs import (AdaptConfig, CacheConfig, DistillConfig, EvalConfig, ExportConfig, PlotConfig,
                             ProfileConfig, QuantizeConfig, TeacherConfig, UpscaleConfig)
 from stdvsr.errors import StdvsrError, Terminated, message, os_error
+from stdvsr.heap import keep_freed_memory
 from stdvsr.options import click_options, config_file_option, from_cli
 from stdvsr.progress import progress_bar, stderr, stdout
 
@@ -618,6 +619,7 @@ def plot(runs: tuple[Path, ...], **opts) -> None:
 
 def main() -> None:
     interrupts.install()  # Ctrl-C and SIGTERM (a preempted job) save the finished steps; a second one waits
+    keep_freed_memory()  # a step's activations stay in the heap for the next step (stdvsr.heap)
     cli(prog_name="stdvsr")
 
 

@@ -3,8 +3,8 @@ the studies train several runs at once (a 2-core machine trains two single-threa
 one), and how such a script's ``main`` is run.
 
 Every call runs in a fresh process of its own, started with ``spawn`` (nothing inherited from the parent's memory;
-not daemonic, so its DataLoader may start workers). Only the standard library and :mod:`stdvsr.errors` are imported
-here, so a worker starts by importing what its function needs and no more.
+not daemonic, so its DataLoader may start workers). Only the standard library, :mod:`stdvsr.errors` and
+:mod:`stdvsr.heap` are imported here, so a worker starts by importing what its function needs and no more.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Hashable
 
 from stdvsr.errors import StdvsrError
+from stdvsr.heap import keep_freed_memory
 
 #: What :func:`run_in_processes` runs: ``(function, positional arguments)``, both picklable.
 Call = tuple[Callable[..., Any], tuple]
@@ -78,7 +79,9 @@ def run_in_processes(jobs: int, calls: dict[Hashable, Call], done: Callable[[Has
 
 def run_script(main: Callable[[], None]) -> None:
     """Run a script's ``main`` whose runs are reused when it is run again: an error is one ``Error:`` line; Ctrl-C
-    keeps the finished runs (the others resume from their checkpoints when the same command runs again)."""
+    keeps the finished runs (the others resume from their checkpoints when the same command runs again). Freed
+    memory stays in the process's heap for the next step, as under the ``stdvsr`` command (``stdvsr.heap``)."""
+    keep_freed_memory()
     try:
         main()
     except StdvsrError as e:
@@ -95,6 +98,7 @@ def _interrupt(signum: int, frame) -> None:
 
 def _work(send: Connection, function: Callable[..., Any], args: tuple) -> None:
     """A worker's body: send back ``(True, result, None)`` or ``(False, exception, traceback text)``."""
+    keep_freed_memory()  # a spawned process starts with glibc's defaults
     try:
         outcome = (True, function(*args), None)
     except BaseException as e:  # KeyboardInterrupt too: the parent decides what it means
