@@ -102,6 +102,25 @@ def test_samples_hold_every_frames_window_with_the_cache_padding(caches, data_ro
     assert ds[(1, 5)]["box"] == ds[(1, 5)]["box"] and len(ds) == (8 - 2) + (4 - 2)
 
 
+def test_a_batch_stacks_the_tensors_and_keeps_the_rest_as_plain_lists(caches):
+    """collate: tensors stacked (what a DataLoader worker sends through shared memory), metadata as lists of
+    plain values with tuples transposed (box = [tops, lefts]); through a worker the batch is the same."""
+    reader = CacheReader(caches["trunk"])
+    ds = DistillDataset(reader, clip_frames=3, student_frames=7, patch_size=32, tiers=["trunk"], seed=3)
+    items = [ds[(1, i)] for i in (0, 4)]
+    batch = collate(items)
+    for key in ("windows", "gt", "trunk"):
+        assert torch.equal(batch[key], torch.stack([it[key] for it in items]))
+    assert batch["box"] == [[items[0]["box"][0], items[1]["box"][0]], [items[0]["box"][1], items[1]["box"][1]]]
+    assert batch["clip"] == [it["clip"] for it in items] and batch["transform"] == [0, 0]
+    assert all(type(v) is int for v in (*batch["index"], *batch["box"][0], *batch["frames"][1]))
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=[[(1, 0), (1, 4)]], num_workers=1, collate_fn=collate)
+    (through_worker,) = list(loader)
+    assert through_worker.keys() == batch.keys()
+    for key, value in batch.items():
+        assert torch.equal(through_worker[key], value) if torch.is_tensor(value) else through_worker[key] == value
+
+
 # ------------------------------------------------------------------------------------------- cached = online
 @pytest.mark.parametrize("feature", ["sr", "lr"])
 def test_cached_and_online_targets_and_losses_agree(caches, teacher, feature):
