@@ -195,11 +195,13 @@ def loader_worker_init(worker_id: int) -> None:
     Ctrl-C in a terminal; a worker dying first would fail the main process's next batch before it can save. The
     main process ends its workers itself."""
     import signal
+    import sys
     import threading
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.excepthook = quiet_handover(threading.excepthook)
+    sys.excepthook = quiet_handover_sys(sys.excepthook)
 
 
 def quiet_handover(default):
@@ -207,15 +209,27 @@ def quiet_handover(default):
     through multiprocessing's ``resource_sharer`` thread, and when the main process stops (Ctrl-C, SIGTERM) in the
     middle of a handover, that thread's send fails with a connection error whose traceback would land on the user's
     terminal beside the one-line "saved step N" message. Those errors are dropped; any other goes to ``default``."""
+    def hook(args) -> None:
+        if not _handover_error(args.exc_type, args.exc_traceback):
+            default(args)
+    return hook
+
+
+def quiet_handover_sys(default):
+    """:func:`quiet_handover` for ``sys.excepthook``, which is what ``resource_sharer``'s serving loop calls with
+    the errors it catches (an ``accept`` reset by a main process that stopped, for one), not the thread hook."""
+    def hook(exc_type, value, tb) -> None:
+        if not _handover_error(exc_type, tb):
+            default(exc_type, value, tb)
+    return hook
+
+
+def _handover_error(exc_type, tb) -> bool:
+    """A connection error (OSError, EOFError) raised inside multiprocessing's resource_sharer."""
     import traceback
 
-    def hook(args) -> None:
-        if args.exc_traceback is not None and issubclass(args.exc_type, (OSError, EOFError)) and any(
-                frame.f_code.co_filename.endswith("resource_sharer.py")
-                for frame, _ in traceback.walk_tb(args.exc_traceback)):
-            return
-        default(args)
-    return hook
+    return tb is not None and issubclass(exc_type, (OSError, EOFError)) and any(
+        frame.f_code.co_filename.endswith("resource_sharer.py") for frame, _ in traceback.walk_tb(tb))
 
 
 def _end_daemon_children() -> None:

@@ -210,3 +210,20 @@ def test_workers_drop_only_the_handover_errors_of_a_stopping_main_process():
     hook(other)
     hook(bug)
     assert seen == [other, bug]
+
+
+def test_workers_drop_the_handover_errors_resource_sharer_reports_through_sys_excepthook():
+    """resource_sharer's serving loop catches its own errors and calls sys.excepthook with them (seen: a reset
+    accept → deliver_challenge traceback beside 'Interrupted (Ctrl-C): saved step 3'): dropped there too."""
+    from stdvsr.training import quiet_handover_sys
+    seen = []
+    hook = quiet_handover_sys(lambda *exc: seen.append(exc))
+    reset = _thread_error("raise ConnectionResetError(104, 'Connection reset by peer')",
+                          "/x/multiprocessing/resource_sharer.py")
+    hook(reset.exc_type, reset.exc_value, reset.exc_traceback)
+    assert seen == []
+    bug = _thread_error("raise ValueError('a bug')", "/x/multiprocessing/resource_sharer.py")
+    other = _thread_error("raise ConnectionResetError()", "/x/my_server.py")
+    for exc in (bug, other):
+        hook(exc.exc_type, exc.exc_value, exc.exc_traceback)
+    assert [e[1] for e in seen] == [bug.exc_value, other.exc_value]
