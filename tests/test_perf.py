@@ -43,7 +43,8 @@ def test_cpu_flags_are_read_from_linux_cpuinfo():
         assert flags == frozenset()
 
 
-@pytest.mark.parametrize("scale,shape", [(2, (3, 64, 5, 7)), (2, (2, 16, 4, 4)), (4, (2, 48, 3, 5)), (3, (1, 18, 2, 3))])
+@pytest.mark.parametrize("scale,shape", [(2, (3, 64, 5, 7)), (2, (2, 16, 4, 4)), (4, (2, 48, 3, 5)),
+                                         (3, (1, 18, 2, 3))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_pixel_shuffle_is_torchs_to_the_bit_forwards_and_backwards(scale, shape, dtype):
     gen = torch.Generator().manual_seed(0)
@@ -56,7 +57,8 @@ def test_pixel_shuffle_is_torchs_to_the_bit_forwards_and_backwards(scale, shape,
     out.backward(grad)
     expected.backward(grad)
     assert torch.equal(ours.grad, ref.grad) and ours.grad.is_contiguous(memory_format=torch.channels_last)
-    # the gradient as pixel_unshuffle defines it, written out: grad_x[b, c·s² + i·s + j, y, x] = grad[b, c, s·y+i, s·x+j]
+    # the gradient as pixel_unshuffle defines it, written out:
+    # grad_x[b, c·s² + i·s + j, y, x] = grad[b, c, s·y+i, s·x+j]
     b, c, h, w = shape
     spelled = grad.float().reshape(b, c // scale ** 2, h, scale, w, scale).permute(0, 1, 3, 5, 2, 4).reshape(shape)
     assert torch.equal(ours.grad.float(), spelled)
